@@ -1,0 +1,578 @@
+"""The `linkedge` command line: serve, demo, link, domain, geo, stats, token.
+
+Rules: every command works on the SQLite file directly, so it is usable whether or not a
+server runs (a running server picks the change up within a second). Every command's help
+has an example; bad input prints one clear line to stderr and exits 2; listings take --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from edge import config as cfg
+from edge import store
+from edge.errors import LinkedgeError
+
+EXIT_USAGE = 2
+
+
+class CLIError(Exception):
+    pass
+
+
+def _fail(message: str) -> int:
+    print(f"linkedge: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise CLIError(f"{what} must be HOST:PORT (e.g. 127.0.0.1:8080), got {text!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_time(text: str, what: str = "time") -> int:
+    """ISO 8601 (naive means UTC) or relative (+2h, -15m, +7d, now) -> Unix ms."""
+    value = text.strip()
+    if value == "now":
+        return store.now_ms()
+    if value[:1] in "+-" and value[1:-1].isdigit() and value[-1] in "smhdw":
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[value[-1]]
+        seconds = int(value[1:-1]) * unit
+        return store.now_ms() + (seconds if value[0] == "+" else -seconds) * 1000
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CLIError(
+            f"{what}: expected ISO 8601 like 2026-12-31T23:59:00Z or relative like +7d, "
+            f"got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def format_time(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def short_url(link: dict[str, Any]) -> str:
+    return f"https://{link['domain']}/{link['slug']}"
+
+
+# --- serve ---------------------------------------------------------------------------------
+
+
+def _add_serve_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--edge", metavar="HOST:PORT", help="edge listener (default 0.0.0.0:8080)")
+    p.add_argument("--admin", metavar="HOST:PORT", help="admin API listener (127.0.0.1:8081)")
+    handled = {"edge_host", "edge_port", "admin_host", "admin_port"}
+    for f in cfg.settings():
+        if f.name in handled:
+            continue
+        flag = "--" + (f.metadata.get("flag") or f.name.replace("_", "-"))
+        help_text = f"{f.metadata['help']} (env {cfg.env_name(f.name)}, default {f.default!r})"
+        if f.type == "bool":
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
+        elif f.type.startswith("tuple"):
+            p.add_argument(flag, dest=f.name, action="append", metavar="CIDR", help=help_text)
+        else:
+            p.add_argument(flag, dest=f.name, metavar=f.name.upper(), help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> cfg.Config:
+    overrides: dict[str, Any] = {}
+    for f in cfg.settings():
+        value = getattr(args, f.name, None)
+        if value is None:
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        elif isinstance(value, str):
+            value = cfg.parse_value(f, value)
+        overrides[f.name] = value
+    if getattr(args, "edge", None):
+        overrides["edge_host"], overrides["edge_port"] = parse_hostport(args.edge, "--edge")
+    if getattr(args, "admin", None):
+        overrides["admin_host"], overrides["admin_port"] = parse_hostport(args.admin, "--admin")
+    try:
+        config = cfg.from_env(**overrides)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    import ipaddress
+
+    for cidr in config.trusted_proxies:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise CLIError(f"--trusted-proxy: {cidr!r} is not a CIDR like 10.0.0.0/8") from None
+    if config.admin_enabled and not config.admin_public:
+        try:
+            loopback = ipaddress.ip_address(config.admin_host).is_loopback
+        except ValueError:
+            loopback = config.admin_host == "localhost"
+        if not loopback:
+            raise CLIError(
+                f"refusing to expose the admin API on {config.admin_host}: it controls every "
+                "link. Put it behind a TLS proxy, or pass --admin-public if you mean it."
+            )
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from admin.runtime import run
+
+    config = config_from_args(args)
+    _setup_logging(config.log_level)
+    return run(config)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Set up a demo link on the default domain and serve."""
+    from admin.runtime import Runtime, run
+
+    config = config_from_args(args)
+    _setup_logging(config.log_level)
+    conn = store.open_db(config.db_path)
+    try:
+        store.find_link(conn, "demo")
+    except LinkedgeError:
+        store.create_link(
+            conn,
+            {"url": "https://example.com/", "title": "linkedge demo", "campaign": "demo"},
+            slug="demo",
+        )
+    conn.close()
+
+    def ready(rt: Runtime) -> None:
+        assert rt.edge is not None
+        port = rt.edge.port
+        print(
+            "\nlinkedge is running with a demo link. Try:\n"
+            f"  curl -i http://127.0.0.1:{port}/demo\n"
+            f"  curl -i 'http://127.0.0.1:{port}/demo?utm_source=readme'\n"
+            f"  linkedge link add https://example.org/launch --slug launch --db {config.db_path}\n"
+            "Press Ctrl-C to stop (every click is written before exit).\n",
+            flush=True,
+        )
+
+    return run(config, ready)
+
+
+# --- links ---------------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> Any:
+    path = args.db or os.environ.get("LINKEDGE_DB_PATH") or "linkedge.db"
+    return store.open_db(path)
+
+
+def _link_fields(args: argparse.Namespace) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if getattr(args, "url", None) is not None:
+        fields["url"] = args.url
+    if args.status is not None:
+        fields["status"] = args.status
+    for name in ("title", "notes", "campaign", *store.UTM_FIELDS):
+        value = getattr(args, name, None)
+        if value is not None:
+            fields[name] = value
+    if args.tag is not None:
+        fields["tags"] = args.tag
+    if args.expires is not None:
+        fields["expires_at"] = None if args.expires == "never" else parse_time(args.expires)
+    if args.expired_url is not None:
+        fields["expired_url"] = args.expired_url or None
+    if args.cache_max_age is not None:
+        fields["cache_max_age_s"] = args.cache_max_age
+    if args.no_forward_query:
+        fields["forward_query"] = False
+    if args.query_precedence is not None:
+        fields["query_precedence"] = args.query_precedence
+    return fields
+
+
+def _show_link(link: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _print_json({**link, "short_url": short_url(link)})
+        return
+    state = "archived" if link["archived_at"] else "disabled" if link["disabled"] else "active"
+    print(f"{short_url(link)} -> {link['url']}")
+    print(
+        f"  id {link['id']}, {link['status']}, {state}, expires {format_time(link['expires_at'])}"
+    )
+    tags = ", ".join(link["tags"]) or "-"
+    print(f"  campaign {link['campaign'] or '-'}, tags {tags}")
+
+
+def cmd_link_add(args: argparse.Namespace) -> int:
+    conn = _open(args)
+    link = store.create_link(conn, _link_fields(args), domain=args.domain, slug=args.slug)
+    _show_link(link, args.json)
+    return 0
+
+
+def cmd_link_list(args: argparse.Namespace) -> int:
+    conn = _open(args)
+    where = []
+    params: list[Any] = []
+    if args.domain:
+        where.append("domains.host = ?")
+        params.append(args.domain.lower())
+    if not args.all:
+        where.append("links.archived_at IS NULL")
+    sql = (
+        "SELECT links.*, domains.host AS domain FROM links JOIN domains ON "
+        "domains.id = links.domain_id"
+        + (" WHERE " + " AND ".join(where) if where else "")
+        + " ORDER BY links.id"
+    )
+    links = [store.link_dict(r) for r in conn.execute(sql, params)]
+    if args.json:
+        _print_json([{**link, "short_url": short_url(link)} for link in links])
+        return 0
+    rows = []
+    for link in links:
+        state = "archived" if link["archived_at"] else "disabled" if link["disabled"] else "active"
+        rows.append(
+            [
+                str(link["id"]),
+                f"{link['domain']}/{link['slug']}",
+                str(link["status"]),
+                state,
+                link["url"],
+            ]
+        )
+    _table(rows, ["ID", "SHORT", "STATUS", "STATE", "DESTINATION"])
+    return 0
+
+
+def _find(conn: Any, args: argparse.Namespace) -> dict[str, Any]:
+    return store.find_link(conn, args.slug, args.domain)
+
+
+def cmd_link_show(args: argparse.Namespace) -> int:
+    conn = _open(args)
+    _show_link(_find(conn, args), args.json)
+    return 0
+
+
+def cmd_link_set(args: argparse.Namespace) -> int:
+    conn = _open(args)
+    link = _find(conn, args)
+    changes = _link_fields(args)
+    if not changes:
+        raise CLIError("nothing to change: give --url, --status, --expires, ...")
+    _show_link(store.update_link(conn, link["id"], changes), args.json)
+    return 0
+
+
+def cmd_link_state(args: argparse.Namespace) -> int:
+    conn = _open(args)
+    link = _find(conn, args)
+    if args.action == "disable":
+        link = store.update_link(conn, link["id"], {"disabled": True})
+    elif args.action == "enable":
+        if link["archived_at"]:
+            link = store.archive_link(conn, link["id"], archived=False)
+        link = store.update_link(conn, link["id"], {"disabled": False})
+    elif args.action == "rm":
+        if args.purge:
+            store.purge_link(conn, link["id"])
+            print(f"purged {link['domain']}/{link['slug']} (its clicks stay in the stats)")
+            return 0
+        link = store.archive_link(conn, link["id"])
+    _show_link(link, getattr(args, "json", False))
+    return 0
+
+
+# --- domains -------------------------------------------------------------------------------
+
+
+def cmd_domain_add(args: argparse.Namespace) -> int:
+    conn = _open(args)
+    d = store.add_domain(
+        conn,
+        args.host,
+        default=args.default,
+        root_url=args.root_url,
+        fallback_url=args.fallback_url,
+    )
+    if args.json:
+        _print_json(d)
+    else:
+        print(f"added {d['host']}{' (default)' if d['default'] else ''}")
+    return 0
+
+
+def cmd_domain_set(args: argparse.Namespace) -> int:
+    conn = _open(args)
+    changes: dict[str, Any] = {}
+    if args.default:
+        changes["default"] = True
+    if args.root_url is not None:
+        changes["root_url"] = args.root_url
+    if args.fallback_url is not None:
+        changes["fallback_url"] = args.fallback_url
+    if not changes:
+        raise CLIError("nothing to change: give --default, --root-url or --fallback-url")
+    d = store.update_domain(conn, args.host, changes)
+    _print_json(d) if args.json else print(f"updated {d['host']}")
+    return 0
+
+
+def cmd_domain_list(args: argparse.Namespace) -> int:
+    conn = _open(args)
+    domains = store.list_domains(conn)
+    if args.json:
+        _print_json(domains)
+        return 0
+    _table(
+        [
+            [
+                d["host"],
+                "yes" if d["default"] else "",
+                d["root_url"] or "-",
+                d["fallback_url"] or "-",
+            ]
+            for d in domains
+        ],
+        ["HOST", "DEFAULT", "ROOT URL", "FALLBACK URL"],
+    )
+    return 0
+
+
+def cmd_domain_rm(args: argparse.Namespace) -> int:
+    conn = _open(args)
+    store.remove_domain(conn, args.host)
+    print(f"removed {args.host}")
+    return 0
+
+
+# --- parser --------------------------------------------------------------------------------
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _cmd(
+    sub: Any, name: str, fn: Callable[[argparse.Namespace], int], help: str, example: str
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog=f"example:\n  {example}",
+        formatter_class=_Formatter,
+    )
+    p.set_defaults(fn=fn)
+    return p
+
+
+def _db_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", help="SQLite file (env LINKEDGE_DB_PATH, default ./linkedge.db)")
+
+
+def _link_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--status", type=int, choices=store.REDIRECT_STATUSES, help="redirect status")
+    p.add_argument("--title")
+    p.add_argument("--notes")
+    p.add_argument("--campaign")
+    p.add_argument("--tag", action="append", help="a tag (repeat for several)")
+    for name in store.UTM_FIELDS:
+        p.add_argument(
+            "--" + name.replace("_", "-"), dest=name, help=f"{name} merged into Location"
+        )
+    p.add_argument("--expires", help="ISO 8601 time or relative (+7d); 'never' clears it")
+    p.add_argument("--expired-url", help="where to send visitors after expiry (else 410)")
+    p.add_argument("--cache-max-age", type=int, help="seconds browsers may cache (default 0)")
+    p.add_argument("--no-forward-query", action="store_true", help="do not pass ?query on")
+    p.add_argument("--query-precedence", choices=("destination", "request"))
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="linkedge",
+        description="Self-hosted redirect edge for branded short links with live click stats.",
+        epilog="example:\n  linkedge serve --edge 0.0.0.0:8080 --geoip GeoLite2-City.mmdb",
+        formatter_class=_Formatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = _cmd(
+        sub,
+        "serve",
+        cmd_serve,
+        "run the redirect edge and the admin API",
+        "linkedge serve --db /var/lib/linkedge/links.db --trusted-proxy 127.0.0.1/32",
+    )
+    _add_serve_options(p)
+    p = _cmd(
+        sub,
+        "demo",
+        cmd_demo,
+        "serve with a demo link (what `make run` does)",
+        "linkedge demo --edge 127.0.0.1:8080",
+    )
+    _add_serve_options(p)
+
+    link = _cmd(
+        sub,
+        "link",
+        lambda a: 0,
+        "create, change and list links",
+        "linkedge link add https://example.com/launch --slug launch",
+    )
+    lsub = link.add_subparsers(dest="link_command", metavar="ACTION", required=True)
+    p = _cmd(
+        lsub,
+        "add",
+        cmd_link_add,
+        "add a link",
+        "linkedge link add https://example.com/spring --slug spring --utm-source newsletter",
+    )
+    p.add_argument("url", help="destination (absolute http or https URL)")
+    p.add_argument("--slug", help="the short path (default: 7 random characters)")
+    p.add_argument("--domain", help="domain (default: the default domain)")
+    _link_options(p)
+    _db_option(p)
+    p = _cmd(lsub, "list", cmd_link_list, "list links", "linkedge link list --json")
+    p.add_argument("--domain")
+    p.add_argument("--all", action="store_true", help="include archived links")
+    p.add_argument("--json", action="store_true")
+    _db_option(p)
+    p = _cmd(lsub, "show", cmd_link_show, "show one link", "linkedge link show spring")
+    p.add_argument("slug")
+    p.add_argument("--domain")
+    p.add_argument("--json", action="store_true")
+    _db_option(p)
+    p = _cmd(
+        lsub,
+        "set",
+        cmd_link_set,
+        "change a link (served within a second)",
+        "linkedge link set spring --url https://example.com/spring-sale",
+    )
+    p.add_argument("slug")
+    p.add_argument("--url", help="new destination")
+    p.add_argument("--domain")
+    _link_options(p)
+    _db_option(p)
+    for action, help_text in (
+        ("disable", "answer 410 Gone for a link"),
+        ("enable", "serve a disabled or archived link again"),
+        ("rm", "archive a link (stops serving, keeps its stats; --purge frees the slug)"),
+    ):
+        p = _cmd(lsub, action, cmd_link_state, help_text, f"linkedge link {action} spring")
+        p.set_defaults(action=action)
+        p.add_argument("slug")
+        p.add_argument("--domain")
+        p.add_argument("--json", action="store_true")
+        if action == "rm":
+            p.add_argument("--purge", action="store_true", help="delete the link row for good")
+        _db_option(p)
+
+    domain = _cmd(
+        sub,
+        "domain",
+        lambda a: 0,
+        "manage the domains links live on",
+        "linkedge domain add go.example.com --default",
+    )
+    dsub = domain.add_subparsers(dest="domain_command", metavar="ACTION", required=True)
+    p = _cmd(
+        dsub,
+        "add",
+        cmd_domain_add,
+        "add a domain",
+        "linkedge domain add go.example.com --default --root-url https://example.com/",
+    )
+    p.add_argument("host")
+    p.add_argument("--default", action="store_true", help="serve unknown hosts and new links")
+    p.add_argument("--root-url", help="where / on this domain redirects")
+    p.add_argument("--fallback-url", help="where unknown slugs redirect (instead of 404)")
+    p.add_argument("--json", action="store_true")
+    _db_option(p)
+    p = _cmd(
+        dsub,
+        "set",
+        cmd_domain_set,
+        "change a domain",
+        "linkedge domain set go.example.com --fallback-url https://example.com/",
+    )
+    p.add_argument("host")
+    p.add_argument("--default", action="store_true")
+    p.add_argument("--root-url")
+    p.add_argument("--fallback-url")
+    p.add_argument("--json", action="store_true")
+    _db_option(p)
+    p = _cmd(dsub, "list", cmd_domain_list, "list domains", "linkedge domain list --json")
+    p.add_argument("--json", action="store_true")
+    _db_option(p)
+    p = _cmd(
+        dsub,
+        "rm",
+        cmd_domain_rm,
+        "remove a domain without links",
+        "linkedge domain rm old.example.com",
+    )
+    p.add_argument("host")
+    _db_option(p)
+
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return parser
+
+
+# Other modules add their command groups here (geo, stats, token), keeping this file small.
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except (CLIError, LinkedgeError) as exc:
+        message = exc.message if isinstance(exc, LinkedgeError) else str(exc)
+        return _fail(message)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The one frozen configuration object.
+
+Settings are data: each field carries its default and its help text, its name carries its
+unit, and every field can also come from a `LINKEDGE_<NAME>` environment variable. The CLI
+builds its `serve` options from these fields and docs/configuration.md documents each one
+(a test fails when a field is missing there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _setting(default: Any, help: str, *, flag: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    db_path: str = _setting("linkedge.db", "SQLite database file (created if missing).", flag="db")
+    edge_host: str = _setting("0.0.0.0", "Address the redirect edge listens on.")
+    edge_port: int = _setting(8080, "Port of the redirect edge (0 picks a free port).")
+    admin_host: str = _setting("127.0.0.1", "Address of the admin API listener.")
+    admin_port: int = _setting(8081, "Port of the admin API (0 picks a free port).")
+    admin_public: bool = _setting(False, "Allow the admin API to listen on a non-loopback address.")
+    admin_enabled: bool = _setting(True, "Start the admin API listener.")
+    trusted_proxies: tuple[str, ...] = _setting(
+        (),
+        "CIDRs of reverse proxies whose X-Forwarded-For/Forwarded headers are believed "
+        "(e.g. 127.0.0.1/32 when Caddy or nginx terminates TLS on the same host).",
+        flag="trusted-proxy",
+    )
+    unknown_host: str = _setting(
+        "default",
+        "What a request for a host with no domain gets: 'default' serves the default "
+        "domain's links, '404' answers Not Found.",
+    )
+    keep_alive_timeout_s: float = _setting(
+        15.0, "Idle keep-alive connections are closed after this many seconds."
+    )
+    header_timeout_s: float = _setting(
+        10.0,
+        "A request head must arrive within this many seconds of its first byte, else 408 "
+        "and close (slowloris defence).",
+    )
+    max_connections: int = _setting(
+        10000, "Open edge connections above this are answered 503 and closed."
+    )
+    max_edge_body_bytes: int = _setting(
+        65536, "A GET/HEAD body up to this size is read and discarded; larger gets 413."
+    )
+    shutdown_timeout_s: float = _setting(
+        10.0, "On SIGTERM/SIGINT, wait this long for in-flight requests before closing."
+    )
+    link_poll_interval_s: float = _setting(
+        0.25, "How often the server checks SQLite for link changes made by other processes."
+    )
+    flush_interval_s: float = _setting(
+        0.1, "Captured clicks are enriched and written to SQLite this often."
+    )
+    flush_max_clicks: int = _setting(
+        20000, "A flush also starts as soon as this many clicks are waiting."
+    )
+    max_queued_clicks: int = _setting(
+        500000,
+        "Clicks held in memory while the writer is behind (slow disk, locked DB); past "
+        "this they are counted as dropped and shown on /metrics and /api/live.",
+    )
+    record_clicks: bool = _setting(True, "Record clicks (off only for benchmarks).")
+    geoip_path: str | None = _setting(
+        None,
+        "MaxMind-format City or Country database (.mmdb); without one, geo fields stay empty.",
+        flag="geoip",
+    )
+    geoip_asn_path: str | None = _setting(
+        None, "Optional MaxMind-format ASN database (.mmdb).", flag="geoip-asn"
+    )
+    store_truncated_ip: bool = _setting(
+        False, "Store the client IP truncated to /24 (IPv4) or /48 (IPv6) with each click."
+    )
+    log_level: str = _setting("info", "Logging level: debug, info, warning, error.")
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+def env_name(name: str) -> str:
+    return "LINKEDGE_" + name.upper()
+
+
+def settings() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(Config))
+
+
+def parse_value(f: dataclasses.Field[Any], raw: str) -> Any:
+    """Turn a string (from the environment or a flag) into the field's type."""
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if kind == "bool":
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{f.name}: expected true/false, got {raw!r}")
+    if kind == "int":
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{f.name}: expected an integer, got {raw!r}") from None
+    if kind == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{f.name}: expected a number, got {raw!r}") from None
+    if kind.startswith("tuple"):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    if kind == "str | None":
+        return raw or None
+    return raw
+
+
+def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """A Config from LINKEDGE_* variables, then explicit overrides (e.g. CLI flags)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in settings():
+        raw = environ.get(env_name(f.name))
+        if raw is not None:
+            values[f.name] = parse_value(f, raw)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    if config.unknown_host not in ("default", "404"):
+        raise ValueError("unknown_host must be 'default' or '404'")
+    for name in ("keep_alive_timeout_s", "header_timeout_s", "flush_interval_s"):
+        if getattr(config, name) <= 0:
+            raise ValueError(f"{name} must be positive")
+    if not 0 <= config.edge_port <= 65535 or not 0 <= config.admin_port <= 65535:
+        raise ValueError("ports must be between 0 and 65535")
+    if config.max_connections < 1:
+        raise ValueError("max_connections must be at least 1")

@@ -1,0 +1,242 @@
+"""The in-memory link table: (host, slug) -> Link, with each link's response bytes prebuilt.
+
+Rules:
+- The table is built from SQLite rows (edge/store.py) and updated in place from the rows
+  that changed; unchanged links are never rebuilt.
+- Each Link carries the bytes of its answer (status line, Location, Cache-Control,
+  Content-Length) built once when it loads. The server only appends the Date line.
+- Lookups take the raw Host header and path bytes from the parser: the host is normalised
+  once per distinct raw value and remembered; slugs are bytes keys.
+- A visit with a query string gets its Location merged per request (unavoidable); a visit
+  without one uses the prebuilt bytes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Final
+from urllib.parse import unquote_to_bytes
+
+from edge.http import response_head
+from edge.store import UTM_FIELDS
+from edge.urls import merge_query, split_url, with_params
+
+HOST_CACHE_SIZE: Final = 4096  # distinct raw Host values remembered (ports, case variants)
+
+NOT_FOUND_BODY: Final = b"Not Found\n"
+GONE_BODY: Final = b"This link is no longer available.\n"
+ROBOTS_BODY: Final = b"User-agent: *\nDisallow: /\n"
+
+
+def cache_control(max_age_s: int) -> str:
+    # Not cached by default so that every repeat click reaches us (a cached 301 makes
+    # clicks vanish from the stats, a common complaint about other shorteners).
+    return "private, max-age=" + str(max_age_s) if max_age_s > 0 else "private, no-store"
+
+
+def redirect_head(status: int, location: str, max_age_s: int = 0) -> bytes:
+    return response_head(
+        status,
+        [
+            ("Location", location),
+            ("Cache-Control", cache_control(max_age_s)),
+            ("Content-Length", "0"),
+        ],
+    )
+
+
+def body_head(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    return response_head(
+        status,
+        [
+            ("Content-Type", content_type),
+            ("Cache-Control", "no-store"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
+
+
+NOT_FOUND_HEAD: Final = body_head(404, NOT_FOUND_BODY)
+GONE_HEAD: Final = body_head(410, GONE_BODY)
+ROBOTS_HEAD: Final = response_head(
+    200,
+    [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Cache-Control", "public, max-age=86400"),
+        ("Content-Length", str(len(ROBOTS_BODY))),
+    ],
+)
+
+
+class Link:
+    """A servable link. `head` is the prebuilt response head for a visit without a query."""
+
+    __slots__ = (
+        "id",
+        "domain_id",
+        "slug",
+        "url",
+        "status",
+        "location",
+        "head",
+        "base",
+        "pairs",
+        "fragment",
+        "forward_query",
+        "request_wins",
+        "max_age_s",
+        "disabled",
+        "expires_at_s",
+        "expired_head",
+        "servable",
+    )
+
+    def __init__(self, row: sqlite3.Row) -> None:
+        self.id: int = row["id"]
+        self.domain_id: int = row["domain_id"]
+        self.slug: str = row["slug"]
+        self.url: str = row["url"]
+        self.status: int = row["status"]
+        utm = [(f, row[f]) for f in UTM_FIELDS if row[f]]
+        # The link's own UTM tags replace same-named parameters of the destination: the
+        # operator set them on purpose for this placement.
+        self.location: str = with_params(self.url, utm) if utm else self.url
+        self.base, self.pairs, self.fragment = split_url(self.location)
+        self.forward_query: bool = bool(row["forward_query"])
+        self.request_wins: bool = row["query_precedence"] == "request"
+        self.max_age_s: int = row["cache_max_age_s"]
+        self.head: bytes = redirect_head(self.status, self.location, self.max_age_s)
+        self.disabled: bool = bool(row["disabled"])
+        expires = row["expires_at"]
+        self.expires_at_s: float | None = expires / 1000 if expires is not None else None
+        expired_url = row["expired_url"]
+        # None: an expired link answers 410 Gone.
+        self.expired_head: bytes | None = redirect_head(302, expired_url) if expired_url else None
+        self.servable: bool = row["archived_at"] is None
+
+    def head_for_query(self, query: bytes) -> bytes:
+        """The response head for a visit that carried `?query` on the short URL."""
+        if not self.forward_query:
+            return self.head
+        location = merge_query(
+            self.base, self.pairs, self.fragment, query.decode("ascii"), self.request_wins
+        )
+        return redirect_head(self.status, location, self.max_age_s)
+
+
+class Domain:
+    __slots__ = ("id", "host", "is_default", "slugs", "root_head", "fallback_head")
+
+    def __init__(self, row: sqlite3.Row, slugs: dict[bytes, Link]) -> None:
+        self.id: int = row["id"]
+        self.host: str = row["host"]
+        self.is_default: bool = bool(row["is_default"])
+        self.slugs = slugs
+        self.root_head: bytes | None = (
+            redirect_head(302, row["root_url"]) if row["root_url"] else None
+        )
+        self.fallback_head: bytes | None = (
+            redirect_head(302, row["fallback_url"]) if row["fallback_url"] else None
+        )
+
+
+def normalize_raw_host(raw: bytes) -> str:
+    """The Host header as a domain key: lowercase, no port, no trailing dot."""
+    text = raw.decode("ascii", "replace").lower()
+    if text.startswith("["):
+        end = text.find("]")
+        return text[: end + 1] if end > 0 else text
+    text = text.rpartition(":")[0] if ":" in text else text
+    return text.rstrip(".")
+
+
+class LinkTable:
+    """All servable links in memory, keyed by domain then slug bytes."""
+
+    def __init__(self, *, unknown_host_404: bool = False) -> None:
+        self.unknown_host_404 = unknown_host_404
+        self.rev = 0
+        self._by_id: dict[int, Link] = {}
+        self._slugs: dict[int, dict[bytes, Link]] = {}
+        self._domains: dict[str, Domain] = {}
+        self._default: Domain | None = None
+        self._host_cache: dict[bytes, Domain | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def domain_for(self, raw_host: bytes) -> Domain | None:
+        """The domain serving a raw Host header value (cached per distinct value)."""
+        try:
+            return self._host_cache[raw_host]
+        except KeyError:
+            pass
+        domain = self._domains.get(normalize_raw_host(raw_host))
+        if domain is None and not self.unknown_host_404:
+            domain = self._default
+        if len(self._host_cache) >= HOST_CACHE_SIZE:
+            self._host_cache.clear()
+        self._host_cache[raw_host] = domain
+        return domain
+
+    def resolve(self, raw_host: bytes, slug: bytes) -> Link | None:
+        domain = self.domain_for(raw_host)
+        return None if domain is None else domain.slugs.get(slug)
+
+    def get(self, link_id: int) -> Link | None:
+        return self._by_id.get(link_id)
+
+    def apply(
+        self,
+        rev: int,
+        links: Iterable[sqlite3.Row],
+        purged: Iterable[int] = (),
+        domains: Iterable[sqlite3.Row] | None = None,
+    ) -> int:
+        """Bring the table up to `rev` from the changed rows; return how many links changed."""
+        if domains is not None:
+            self._set_domains(domains)
+        changed = 0
+        for link_id in purged:
+            changed += self._remove(link_id)
+        for row in links:
+            self._remove(row["id"])
+            link = Link(row)
+            if link.servable:
+                self._by_id[link.id] = link
+                self._slugs.setdefault(link.domain_id, {})[link.slug.encode()] = link
+            changed += 1
+        self.rev = rev
+        return changed
+
+    def _remove(self, link_id: int) -> int:
+        old = self._by_id.pop(link_id, None)
+        if old is None:
+            return 0
+        slugs = self._slugs.get(old.domain_id)
+        if slugs is not None and slugs.get(old.slug.encode()) is old:
+            del slugs[old.slug.encode()]
+        return 1
+
+    def _set_domains(self, rows: Iterable[sqlite3.Row]) -> None:
+        domains: dict[str, Domain] = {}
+        default = None
+        for row in rows:
+            domain = Domain(row, self._slugs.setdefault(row["id"], {}))
+            domains[domain.host] = domain
+            if domain.is_default:
+                default = domain
+        self._domains = domains
+        self._default = default
+        self._host_cache = {}
+
+
+def slug_from_path(path: bytes) -> bytes:
+    """`/abc`, `/abc/` and `/%61bc` -> b"abc"; the root path gives b""."""
+    slug = path[1:]
+    if slug[-1:] == b"/":
+        slug = slug[:-1]
+    if b"%" in slug:
+        slug = unquote_to_bytes(slug)
+    return slug

@@ -1,0 +1,493 @@
+"""The redirect edge: an asyncio.Protocol serving HTTP/1.0 and 1.1 from the link table.
+
+Rules:
+- The redirect path (data_received -> parse -> resolve -> append the click) never awaits
+  and never touches GeoIP, user-agent parsing or SQLite. A click is one tuple appended to
+  a list (`ClickRecorder.buffer`); the flusher does the rest off the hot path.
+- Pipelined requests are answered in order; all answers to one read go out in one write.
+- Any BadRequest gets its canned answer with `Connection: close`, then the connection
+  closes. Nothing else a client sends can raise out of here.
+- Timeouts are deadlines checked by one sweep a second (like nginx), not a timer per
+  request: a partial head must complete within header_timeout_s of its first byte (408),
+  an idle keep-alive connection closes after keep_alive_timeout_s.
+- Flow control: reading pauses while the transport's write buffer is above its high-water
+  mark, and resumes when it drains.
+- Shutdown: stop accepting, let each connection finish the request it is receiving, close
+  idle ones at once, wait up to shutdown_timeout_s, then abort what is left.
+
+Request bodies: GET/HEAD with a body are read and discarded per their framing (up to
+max_edge_body_bytes, else 413 and close) so a keep-alive connection stays in sync.
+Other methods get 405 (and the connection closes when they carried a body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from email.utils import formatdate
+from typing import Any, Final, Protocol
+
+from edge.config import Config
+from edge.http import STATUS_REASONS, BadRequest, Request, parse_head, read_body
+from edge.links import (
+    GONE_BODY,
+    GONE_HEAD,
+    NOT_FOUND_BODY,
+    NOT_FOUND_HEAD,
+    ROBOTS_BODY,
+    ROBOTS_HEAD,
+    LinkTable,
+    slug_from_path,
+)
+
+log = logging.getLogger("linkedge.edge")
+
+# Click flags: bits of the last element of a captured click tuple.
+FLAG_HEAD: Final = 1
+FLAG_PREFETCH: Final = 2
+FLAG_DNT: Final = 4
+FLAG_GPC: Final = 8
+
+SWEEP_INTERVAL_S: Final = 1.0  # timeouts are checked and the Date line rebuilt this often
+LISTEN_BACKLOG: Final = 2048  # nginx uses 511 on Linux; a burst of new visitors fits here
+
+_GET: Final = b"GET"
+_HEAD: Final = b"HEAD"
+_FAVICON: Final = b"/favicon.ico"
+_ROBOTS: Final = b"/robots.txt"
+
+
+class ClickSink(Protocol):
+    """What the edge needs of the click pipeline (edge/clicks.py's ClickRecorder)."""
+
+    buffer: list[Any]
+
+    def nudge(self) -> None: ...
+
+
+def canned(status: int, message: str) -> bytes:
+    """A complete error answer that closes the connection (no Date: sent before any parse)."""
+    body = (message + "\n").encode()
+    return (
+        f"HTTP/1.1 {status} {STATUS_REASONS.get(status, 'Error')}\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+
+
+METHOD_NOT_ALLOWED_HEAD: Final = (
+    b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Length: 19\r\n"
+)
+METHOD_NOT_ALLOWED_BODY: Final = b"Method Not Allowed\n"
+SERVICE_UNAVAILABLE: Final = canned(503, "Too many connections")
+
+
+def normalize_ip(ip: str) -> str:
+    """`::ffff:1.2.3.4` -> `1.2.3.4`; other addresses unchanged (zone ids dropped)."""
+    if ip.startswith("::ffff:") and "." in ip:
+        return ip[7:]
+    if "%" in ip:
+        return ip.partition("%")[0]
+    return ip
+
+
+class TrustedProxies:
+    """Which peers may tell us the client address (X-Forwarded-For / Forwarded)."""
+
+    def __init__(self, cidrs: tuple[str, ...]) -> None:
+        self.networks = [ipaddress.ip_network(c.strip(), strict=False) for c in cidrs]
+        self._cache: dict[str, bool] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def contains(self, ip: str) -> bool:
+        known = self._cache.get(ip)
+        if known is not None:
+            return known
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            result = False
+        else:
+            result = any(addr in net for net in self.networks)
+        if len(self._cache) > 10000:
+            self._cache.clear()
+        self._cache[ip] = result
+        return result
+
+    def client_ip(self, peer: str, req: Request) -> str:
+        """The client address: walk the forwarding chain right to left past trusted hops."""
+        chain: list[str] = []
+        if req.forwarded is not None:
+            for element in req.forwarded.decode("latin-1").split(","):
+                for pair in element.split(";"):
+                    key, _, value = pair.strip().partition("=")
+                    if key.lower() == "for":
+                        chain.append(_strip_forwarded_node(value))
+        elif req.forwarded_for is not None:
+            chain = [p.strip() for p in req.forwarded_for.decode("latin-1").split(",")]
+        client = peer
+        for hop in reversed(chain):
+            hop = normalize_ip(hop)
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                break  # "unknown", an obfuscated id or garbage: stop at the last good one
+            client = hop
+            if not self.contains(hop):
+                break
+        return client
+
+
+def _strip_forwarded_node(value: str) -> str:
+    value = value.strip().strip('"')
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    if value.count(":") == 1:  # IPv4 with a port
+        return value.partition(":")[0]
+    return value
+
+
+class EdgeMetrics:
+    __slots__ = (
+        "requests",
+        "by_status",
+        "redirects",
+        "connections_open",
+        "connections_total",
+        "connections_rejected",
+        "bad_requests",
+        "timeouts",
+    )
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.by_status: dict[int, int] = {}
+        self.redirects = 0
+        self.connections_open = 0
+        self.connections_total = 0
+        self.connections_rejected = 0
+        self.bad_requests = 0
+        self.timeouts = 0
+
+    def count(self, status: int, n: int = 1) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + n
+
+
+class EdgeServer:
+    """Owns the listening sockets, the live connections, the Date line and the sweep."""
+
+    def __init__(self, config: Config, table: LinkTable, clicks: ClickSink | None) -> None:
+        self.config = config
+        self.table = table
+        self.clicks = clicks
+        # The hot path appends captured clicks straight to this list (None: not recording).
+        self.click_buffer: list[Any] | None = clicks.buffer if clicks is not None else None
+        self.flush_max_clicks = config.flush_max_clicks
+        self.metrics = EdgeMetrics()
+        self.trusted = TrustedProxies(config.trusted_proxies)
+        self.connections: set[EdgeProtocol] = set()
+        self.servers: list[asyncio.Server] = []
+        self.stopping = False
+        self.date_tail = b""
+        self.date_tail_close = b""
+        self.date_tail_keep = b""
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drained = asyncio.Event()  # set when the last connection closes while stopping
+        self._refresh_date()
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        return [s for server in self.servers for s in server.sockets]
+
+    @property
+    def port(self) -> int:
+        return int(self.sockets[0].getsockname()[1])
+
+    async def start(self, sock: socket.socket | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        if sock is not None:
+            server = await loop.create_server(
+                lambda: EdgeProtocol(self), sock=sock, backlog=LISTEN_BACKLOG
+            )
+        else:
+            server = await loop.create_server(
+                lambda: EdgeProtocol(self),
+                self.config.edge_host,
+                self.config.edge_port,
+                backlog=LISTEN_BACKLOG,
+                reuse_port=True,
+            )
+        self.servers.append(server)
+        self._sweeper = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def _refresh_date(self) -> None:
+        date = formatdate(usegmt=True).encode()
+        self.date_tail = b"Date: " + date + b"\r\n\r\n"
+        self.date_tail_close = b"Date: " + date + b"\r\nConnection: close\r\n\r\n"
+        self.date_tail_keep = b"Date: " + date + b"\r\nConnection: keep-alive\r\n\r\n"
+
+    def _sweep(self) -> None:
+        self._refresh_date()
+        now = time.monotonic()
+        for conn in list(self.connections):
+            if conn.deadline < now:
+                conn.on_deadline()
+        if self._loop is not None and not self._loop.is_closed():
+            self._sweeper = self._loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    async def stop(self, timeout_s: float | None = None) -> None:
+        """Stop accepting, finish requests in flight, close idle connections."""
+        timeout = self.config.shutdown_timeout_s if timeout_s is None else timeout_s
+        self.stopping = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            self._drained.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), timeout)
+        for conn in list(self.connections):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for server in self.servers:
+            await server.wait_closed()
+
+
+class EdgeProtocol(asyncio.Protocol):
+    __slots__ = (
+        "server",
+        "table",
+        "transport",
+        "peer_ip",
+        "trusted_peer",
+        "buf",
+        "deadline",
+        "head_started",
+        "closing",
+        "paused",
+    )
+
+    def __init__(self, server: EdgeServer) -> None:
+        # shared state
+        self.server = server
+        self.table = server.table
+        # per connection
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self.trusted_peer = False
+        self.buf = b""  # bytes of a request not complete yet
+        self.closing = False  # close after the answers already queued
+        self.paused = False  # reading paused by flow control
+        # timeouts: `deadline` is when the sweep acts; `head_started` is set while a
+        # partial request head is buffered
+        self.deadline = time.monotonic() + server.config.keep_alive_timeout_s
+        self.head_started: float | None = None
+
+    # --- connection lifecycle -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server = self.server
+        metrics = server.metrics
+        metrics.connections_total += 1
+        if len(server.connections) >= server.config.max_connections or server.stopping:
+            metrics.connections_rejected += 1
+            transport.write(SERVICE_UNAVAILABLE)
+            transport.close()
+            return
+        server.connections.add(self)
+        metrics.connections_open += 1
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = normalize_ip(peer[0]) if isinstance(peer, tuple) else "unix"
+        self.trusted_peer = bool(server.trusted) and server.trusted.contains(self.peer_ip)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self.server
+        if self in server.connections:
+            server.connections.discard(self)
+            server.metrics.connections_open -= 1
+            if server.stopping and not server.connections:
+                server._drained.set()
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        if self.transport is not None and not self.paused:
+            self.paused = True
+            self.transport.pause_reading()
+            # A client that stops reading our answers gets keep_alive_timeout_s to resume.
+            self.deadline = time.monotonic() + self.server.config.keep_alive_timeout_s
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self.paused:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def shutdown(self) -> None:
+        """Server stopping: close now if idle, else after the request being received."""
+        self.closing = True
+        if not self.buf and self.transport is not None and not self.paused:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+    def on_deadline(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self.head_started is not None and not self.paused:
+            self.server.metrics.timeouts += 1
+            self.server.metrics.count(408)
+            transport.write(canned(408, "Request Timeout"))
+            transport.close()
+        else:
+            transport.abort() if self.paused else transport.close()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        pos = 0
+        out: list[bytes] = []
+        server = self.server
+        close = False
+        try:
+            while True:
+                parsed = parse_head(buf, pos)
+                if parsed is None:
+                    break
+                req, end = parsed
+                if req.content_length or req.chunked:
+                    body = read_body(buf, end, req, server.config.max_edge_body_bytes)
+                    if body is None:
+                        break  # wait for the rest of the body; the head is parsed again
+                    end = body[1]
+                pos = end
+                keep = req.keep_alive and not self.closing
+                out.append(self._respond(req, keep))
+                if not keep:
+                    close = True
+                    break
+        except BadRequest as exc:
+            server.metrics.bad_requests += 1
+            server.metrics.count(exc.status)
+            out.append(canned(exc.status, exc.message))
+            close = True
+        transport = self.transport
+        if transport is None:
+            return
+        if out:
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            click_buffer = server.click_buffer
+            if click_buffer is not None and len(click_buffer) >= server.flush_max_clicks:
+                server.clicks.nudge()  # type: ignore[union-attr]
+        if close:
+            self.buf = b""
+            transport.close()
+            return
+        rest = buf[pos:] if pos < len(buf) else b""
+        self.buf = rest
+        now = time.monotonic()
+        if rest:
+            if self.head_started is None or pos:
+                self.head_started = now
+            self.deadline = self.head_started + server.config.header_timeout_s
+        else:
+            self.head_started = None
+            self.deadline = now + server.config.keep_alive_timeout_s
+            if self.closing:
+                transport.close()
+
+    def _respond(self, req: Request, keep: bool) -> bytes:
+        """The whole answer to one request; captures the click of a served redirect."""
+        server = self.server
+        metrics = server.metrics
+        metrics.requests += 1
+        if keep:
+            tail = server.date_tail if req.http11 else server.date_tail_keep
+        else:
+            tail = server.date_tail_close
+        method = req.method
+        is_head = method == _HEAD
+        if not is_head and method != _GET:
+            metrics.count(405)
+            if req.content_length or req.chunked:
+                self.closing = True
+                tail = server.date_tail_close
+            return METHOD_NOT_ALLOWED_HEAD + tail + METHOD_NOT_ALLOWED_BODY
+        domain = self.table.domain_for(req.host)
+        path = req.path
+        link = None
+        if domain is not None:
+            slug = path[1:]
+            link = domain.slugs.get(slug)
+            if link is None and path != b"/":
+                link = domain.slugs.get(slug_from_path(path))
+        if link is None:
+            if path == _ROBOTS:
+                metrics.count(200)
+                return ROBOTS_HEAD + tail + (b"" if is_head else ROBOTS_BODY)
+            if domain is not None and path != _FAVICON:
+                fallback = domain.root_head if path == b"/" else domain.fallback_head
+                if fallback is not None:
+                    metrics.count(302)
+                    return fallback + tail
+            metrics.count(404)
+            return NOT_FOUND_HEAD + tail + (b"" if is_head else NOT_FOUND_BODY)
+        now = time.time()
+        if link.disabled:
+            metrics.count(410)
+            return GONE_HEAD + tail + (b"" if is_head else GONE_BODY)
+        if link.expires_at_s is not None and now >= link.expires_at_s:
+            if link.expired_head is None:
+                metrics.count(410)
+                return GONE_HEAD + tail + (b"" if is_head else GONE_BODY)
+            metrics.count(302)
+            return link.expired_head + tail
+        metrics.count(link.status)
+        metrics.redirects += 1
+        click_buffer = server.click_buffer
+        if click_buffer is not None:
+            flags = FLAG_HEAD if is_head else 0
+            if req.prefetch:
+                flags |= FLAG_PREFETCH
+            if req.dnt:
+                flags |= FLAG_DNT
+            if req.gpc:
+                flags |= FLAG_GPC
+            ip = self.peer_ip
+            if self.trusted_peer and (req.forwarded_for is not None or req.forwarded is not None):
+                ip = server.trusted.client_ip(ip, req)
+            click_buffer.append(
+                (now, link.id, ip, req.user_agent, req.referer, req.accept_language, flags)
+            )
+        if req.query:
+            return link.head_for_query(req.query) + tail
+        return link.head + tail
+
+
+def install_event_loop_policy() -> str:
+    """Use uvloop when it is installed; say so either way."""
+    try:
+        import uvloop
+    except ImportError:
+        log.warning("uvloop is not installed: using the default asyncio event loop (slower)")
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"

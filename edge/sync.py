@@ -1,0 +1,75 @@
+"""Keeps the in-memory link table in step with SQLite, whoever changed it.
+
+Every link_poll_interval_s it asks its own connection for `PRAGMA data_version` (which
+changes when another connection commits). Only then does it read `meta.rev`, and only when
+that moved does it load the rows stamped with a newer revision: unchanged links are never
+reloaded, and a change from the CLI or another process is served within one interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+
+from edge import store
+from edge.db import Database
+from edge.links import LinkTable
+
+log = logging.getLogger("linkedge.sync")
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+class LinkSync:
+    def __init__(self, db: Database, table: LinkTable, interval_s: float) -> None:
+        self.db = db
+        self.table = table
+        self.interval_s = interval_s
+        self.data_version = -1
+        self.reloads = 0
+        self.last_error: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def refresh(self) -> int:
+        """Apply whatever changed since the table's revision; return links changed."""
+        rev, links, purged, domains = await self.db.run(store.changes_since, self.table.rev)
+        if rev == self.table.rev:
+            return 0
+        changed = self.table.apply(rev, links, purged, domains)
+        self.reloads += 1
+        if self.table.rev and changed:
+            log.debug("link table: %d link(s) changed, now at rev %d", changed, rev)
+        return changed
+
+    async def load(self) -> int:
+        self.data_version = await self.db.run(_data_version)
+        await self.refresh()
+        return len(self.table)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="link-sync")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                version = await self.db.run(_data_version)
+                if version != self.data_version:
+                    self.data_version = version
+                    await self.refresh()
+                self.last_error = None
+            except sqlite3.Error as exc:
+                if self.last_error is None:
+                    log.warning("checking for link changes failed: %s", exc)
+                self.last_error = str(exc)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

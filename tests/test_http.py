@@ -1,0 +1,294 @@
+"""edge/http.py: the strict request parser, as a pure function of bytes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.http import (
+    MAX_HEAD_BYTES,
+    MAX_HEADER_COUNT,
+    MAX_REQUEST_LINE_BYTES,
+    BadRequest,
+    Request,
+    parse_head,
+    read_body,
+)
+
+SIMPLE = (
+    b"GET /launch?utm_source=x HTTP/1.1\r\nHost: go.example.com\r\n"
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0\r\n"
+    b"Referer: https://t.co/abc\r\nAccept-Language: en-US,en;q=0.9\r\n\r\n"
+)
+
+
+def parse(data: bytes) -> Request:
+    result = parse_head(data)
+    assert result is not None, "expected a complete head"
+    return result[0]
+
+
+def rejected(data: bytes) -> int:
+    with pytest.raises(BadRequest) as info:
+        parse_head(data)
+    return info.value.status
+
+
+def test_simple_request_fields() -> None:
+    req = parse(SIMPLE)
+    assert req.method == b"GET"
+    assert req.path == b"/launch"
+    assert req.query == b"utm_source=x"
+    assert req.host == b"go.example.com"
+    assert req.user_agent.startswith(b"Mozilla/5.0")
+    assert req.referer == b"https://t.co/abc"
+    assert req.accept_language == b"en-US,en;q=0.9"
+    assert req.http11 and req.keep_alive
+    assert req.content_length is None and not req.chunked
+    assert req.header(b"host") == b"go.example.com"
+
+
+def test_returns_offset_past_head_for_pipelining() -> None:
+    data = SIMPLE + b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n"
+    first = parse_head(data)
+    assert first is not None
+    second = parse_head(data, first[1])
+    assert second is not None
+    assert second[0].path == b"/b"
+    assert second[1] == len(data)
+
+
+def test_incomplete_head_needs_more() -> None:
+    assert parse_head(b"GET / HTTP/1.1\r\nHost: a\r\n") is None
+    assert parse_head(b"") is None
+    assert parse_head(b"GE") is None
+
+
+def test_http10_keep_alive_rules() -> None:
+    assert not parse(b"GET / HTTP/1.0\r\n\r\n").keep_alive
+    assert parse(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n").keep_alive
+    assert not parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").keep_alive
+    assert parse(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, Upgrade\r\n\r\n").keep_alive
+
+
+def test_header_names_are_case_insensitive_and_values_trimmed() -> None:
+    req = parse(b"GET / HTTP/1.1\r\nHOST:   a.example  \r\nuser-AGENT:\tcurl/8\t\r\n\r\n")
+    assert req.host == b"a.example"
+    assert req.user_agent == b"curl/8"
+
+
+def test_prefetch_dnt_gpc_flags() -> None:
+    req = parse(
+        b"GET / HTTP/1.1\r\nHost: a\r\nSec-Purpose: prefetch;prerender\r\nDNT: 1\r\n"
+        b"Sec-GPC: 1\r\n\r\n"
+    )
+    assert req.prefetch and req.dnt and req.gpc
+    assert parse(b"GET / HTTP/1.1\r\nHost: a\r\nPurpose: prefetch\r\n\r\n").prefetch
+    plain = parse(b"GET / HTTP/1.1\r\nHost: a\r\nDNT: 0\r\n\r\n")
+    assert not plain.prefetch and not plain.dnt and not plain.gpc
+
+
+def test_absolute_form_target_uses_its_authority() -> None:
+    req = parse(b"GET http://go.example.com/abc?x=1 HTTP/1.1\r\nHost: other\r\n\r\n")
+    assert req.host == b"go.example.com"
+    assert req.path == b"/abc"
+    assert req.query == b"x=1"
+
+
+def test_leading_empty_line_is_ignored() -> None:
+    assert parse(b"\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n").path == b"/a"
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),  # TLS ClientHello
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),  # two Host headers
+        (b"GET / HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999\r\n\r\n", 413),
+        (
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n", 400),  # obs-fold
+        (b"GET / HTTP/1.1\r\nHost : a\r\n\r\n", 400),  # whitespace before colon
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n", 400),  # NUL
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n", 400),  # bare CR
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x01c\r\n\r\n", 400),  # control byte
+        (b"GET / HTTP/1.1\nHost: a\n\n", 400),  # bare LF line endings
+        (b"GET / HTTP/1.1\r\nHost: a\r\nX-\x7fA: b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n", 400),  # empty name
+        (b"GET / HTTP/1.1\r\nHost: a\r\nno colon\r\n\r\n", 400),
+        (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+        (b"GET / HTTP/3.1\r\nHost: a\r\n\r\n", 505),
+        (b"GET / HTTPS/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / http/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # double space
+        (b"GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /a<b> HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /a#frag HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /%zz HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET /%4 HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET abc HTTP/1.1\r\nHost: a\r\n\r\n", 400),  # not origin/absolute form
+        (b"GET /\xff HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),  # invalid Host
+        (b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n", 417),
+    ],
+)
+def test_strict_rejections(data: bytes, status: int) -> None:
+    assert rejected(data) == status
+
+
+def test_request_line_too_long_is_414() -> None:
+    data = b"GET /" + b"a" * MAX_REQUEST_LINE_BYTES + b" HTTP/1.1\r\nHost: a\r\n\r\n"
+    assert rejected(data) == 414
+    # ...also before the line is complete
+    assert rejected(b"GET /" + b"a" * (MAX_REQUEST_LINE_BYTES + 10)) == 414
+
+
+def test_header_section_too_large_is_431() -> None:
+    big = b"X-Big: " + b"v" * 1000 + b"\r\n"
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n" + big * (MAX_HEAD_BYTES // len(big) + 1)
+    assert rejected(data) == 431  # incomplete and already too large
+    assert rejected(data + b"\r\n") == 431
+
+
+def test_too_many_headers_is_431() -> None:
+    lines = b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADER_COUNT + 1))
+    assert rejected(b"GET / HTTP/1.1\r\nHost: a\r\n" + lines + b"\r\n") == 431
+
+
+def test_content_length_body_is_read() -> None:
+    data = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloGET"
+    req, end = parse_head(data) or (None, 0)
+    assert req is not None and req.content_length == 5
+    assert read_body(data, end, req, 100) == (b"hello", end + 5)
+    assert read_body(data[: end + 3], end, req, 100) is None
+    with pytest.raises(BadRequest) as info:
+        read_body(data, end, req, 4)
+    assert info.value.status == 413
+
+
+def test_chunked_body_is_decoded() -> None:
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    body = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+    req, end = parse_head(head + body) or (None, 0)
+    assert req is not None and req.chunked
+    assert read_body(head + body, end, req, 100) == (b"hello world", len(head + body))
+    for cut in range(len(head), len(head + body)):
+        assert read_body((head + body)[:cut], end, req, 100) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"5\r\nhelloXX0\r\n\r\n",  # data not followed by CRLF
+        b"zz\r\nhello\r\n0\r\n\r\n",  # bad size
+        b"\r\n",  # empty size
+        b"11111111111111111\r\n",  # size overflow
+        b"5\nhello\r\n0\r\n\r\n",  # bare LF after size
+    ],
+)
+def test_bad_chunked_framing_is_rejected(body: bytes) -> None:
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    req, end = parse_head(head) or (None, 0)
+    assert req is not None
+    with pytest.raises(BadRequest):
+        read_body(head + body, end, req, 1 << 20)
+
+
+def test_chunked_body_over_limit_is_413() -> None:
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    req, end = parse_head(head) or (None, 0)
+    assert req is not None
+    with pytest.raises(BadRequest) as info:
+        read_body(head + b"100\r\n" + b"x" * 256 + b"\r\n0\r\n\r\n", end, req, 100)
+    assert info.value.status == 413
+
+
+# --- properties ---------------------------------------------------------------------------
+
+
+def parse_all(data: bytes) -> str:
+    """Any bytes: a request, need-more, or BadRequest; never another exception."""
+    try:
+        result = parse_head(data)
+    except BadRequest as exc:
+        assert 400 <= exc.status < 600
+        return "bad"
+    if result is None:
+        return "more"
+    req, end = result
+    assert 0 < end <= len(data)
+    assert isinstance(req.path, bytes)
+    return "request"
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.binary(max_size=400))
+def test_any_bytes_parse_or_need_more_or_bad_request(data: bytes) -> None:
+    parse_all(data)
+
+
+_token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
+_value = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40).map(
+    str.strip
+)
+_path = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABC0123456789-_/.~", max_size=30)
+
+
+@st.composite
+def valid_requests(draw: st.DrawFn) -> bytes:
+    path = "/" + draw(_path)
+    query = draw(st.one_of(st.just(""), _path.map(lambda q: "?" + q.replace("/", "="))))
+    headers = draw(
+        st.lists(
+            st.tuples(_token, _value).filter(
+                lambda h: h[0] not in ("host", "content-length", "transfer-encoding", "expect")
+            ),
+            max_size=8,
+        )
+    )
+    lines = [f"GET {path}{query} HTTP/1.1", "Host: go.example.com"]
+    lines += [f"{name}: {value}" for name, value in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _summary(req: Request) -> tuple[object, ...]:
+    return (req.method, req.path, req.query, req.host, req.headers, req.keep_alive)
+
+
+@settings(max_examples=300, deadline=None)
+@given(valid_requests(), st.lists(st.integers(min_value=0), max_size=6))
+def test_valid_request_split_anywhere_parses_like_whole(data: bytes, cuts: list[int]) -> None:
+    whole = parse_head(data)
+    assert whole is not None
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    buf = b""
+    last = 0
+    result = None
+    for point in [*points, len(data)]:
+        buf += data[last:point]
+        last = point
+        result = parse_head(buf)
+        if point < len(data):
+            assert result is None  # a head is complete only when all of it arrived
+    assert result is not None
+    assert _summary(result[0]) == _summary(whole[0])
+    assert result[1] == whole[1] == len(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(valid_requests(), st.integers(min_value=0), st.binary(min_size=1, max_size=3))
+def test_mutated_valid_request_never_crashes(data: bytes, where: int, junk: bytes) -> None:
+    i = where % len(data)
+    parse_all(data[:i] + junk + data[i + 1 :])

@@ -1,0 +1,164 @@
+"""edge/store.py and edge/links.py: schema, migrations, link writes, and the link table."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge import store
+from edge.errors import Conflict, InvalidField, InvalidURL, NotFound
+from edge.links import LinkTable, slug_from_path
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    return store.open_db(str(tmp_path / "t.db"))
+
+
+def test_migrations_are_recorded_and_idempotent(tmp_path: Path) -> None:
+    path = str(tmp_path / "m.db")
+    first = store.connect(path)
+    assert store.migrate(first) == [name for _, name, _ in store.MIGRATIONS]
+    assert store.migrate(first) == []
+    second = store.connect(path)
+    assert store.migrate(second) == []
+    rows = second.execute("SELECT id, name FROM schema_migrations ORDER BY id").fetchall()
+    assert [tuple(r) for r in rows] == [(n, name) for n, name, _ in store.MIGRATIONS]
+    version = second.execute("PRAGMA user_version").fetchone()[0]
+    assert version == store.MIGRATIONS[-1][0]
+    assert second.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_default_domain_exists(conn: sqlite3.Connection) -> None:
+    domains = store.list_domains(conn)
+    assert [(d["host"], d["default"]) for d in domains] == [("localhost", True)]
+
+
+def test_create_link_validates_and_normalises(conn: sqlite3.Connection) -> None:
+    link = store.create_link(
+        conn,
+        {
+            "url": "https://Example.com/ü",
+            "tags": ["Launch", "launch", " spring "],
+            "utm_source": " NewsLetter ",
+            "status": 308,
+        },
+        slug="spring",
+    )
+    assert link["url"] == "https://example.com/%C3%BC"
+    assert link["tags"] == ["launch", "spring"]
+    assert link["utm_source"] == "newsletter"
+    assert link["status"] == 308
+    assert link["domain"] == "localhost"
+    with pytest.raises(Conflict):
+        store.create_link(conn, {"url": "https://example.com/"}, slug="spring")
+    with pytest.raises(InvalidURL):
+        store.create_link(conn, {"url": "javascript:alert(1)"})
+    with pytest.raises(InvalidField) as info:
+        store.create_link(conn, {"url": "https://example.com/", "status": 200})
+    assert info.value.field == "status"
+    with pytest.raises(NotFound):
+        store.create_link(conn, {"url": "https://example.com/"}, domain="nope.example")
+
+
+def test_generated_slugs_are_random_and_unique(conn: sqlite3.Connection) -> None:
+    slugs = {store.create_link(conn, {"url": "https://example.com/"})["slug"] for _ in range(50)}
+    assert len(slugs) == 50
+
+
+def test_every_change_bumps_the_revision_and_only_changed_rows_reload(
+    conn: sqlite3.Connection,
+) -> None:
+    a = store.create_link(conn, {"url": "https://example.com/a"}, slug="a")
+    store.create_link(conn, {"url": "https://example.com/b"}, slug="b")
+    table = LinkTable()
+    rev, links, purged, domains = store.changes_since(conn, 0)
+    table.apply(rev, links, purged, domains)
+    assert len(table) == 2
+    store.update_link(conn, a["id"], {"url": "https://example.com/a2"})
+    rev2, links, purged, domains = store.changes_since(conn, rev)
+    assert rev2 > rev and [r["slug"] for r in links] == ["a"]
+    assert table.apply(rev2, links, purged, domains) == 1
+    link = table.resolve(b"localhost:8080", b"a")
+    assert link is not None and link.url == "https://example.com/a2"
+    # archive: leaves the table; purge: frees the slug
+    store.archive_link(conn, a["id"])
+    rev3, links, purged, domains = store.changes_since(conn, rev2)
+    table.apply(rev3, links, purged, domains)
+    assert table.resolve(b"localhost", b"a") is None
+    with pytest.raises(Conflict):
+        store.create_link(conn, {"url": "https://example.com/"}, slug="a")
+    store.purge_link(conn, a["id"])
+    rev4, links, purged, domains = store.changes_since(conn, rev3)
+    assert purged == [a["id"]]
+    store.create_link(conn, {"url": "https://example.com/again"}, slug="a")
+    assert store.changes_since(conn, store.current_rev(conn))[1] == []
+
+
+def test_link_table_hosts_and_utm(conn: sqlite3.Connection) -> None:
+    store.add_domain(conn, "go.example.com")
+    store.create_link(
+        conn,
+        {"url": "https://example.com/p?utm_source=old&x=1", "utm_source": "mail"},
+        slug="p",
+        domain="go.example.com",
+    )
+    table = LinkTable()
+    table.apply(*store.changes_since(conn, 0))
+    link = table.resolve(b"GO.EXAMPLE.COM.", b"p")
+    assert link is not None
+    assert link.location == "https://example.com/p?x=1&utm_source=mail"
+    assert b"Location: https://example.com/p?x=1&utm_source=mail\r\n" in link.head
+    assert table.resolve(b"elsewhere", b"p") is None  # default domain has no "p"
+    strict = LinkTable(unknown_host_404=True)
+    strict.apply(*store.changes_since(conn, 0))
+    assert strict.domain_for(b"elsewhere") is None
+
+
+def test_domain_rules(conn: sqlite3.Connection) -> None:
+    store.add_domain(conn, "go.example.com", default=True)
+    assert [d["host"] for d in store.list_domains(conn) if d["default"]] == ["go.example.com"]
+    with pytest.raises(Conflict):
+        store.add_domain(conn, "GO.example.com")
+    with pytest.raises(Conflict):
+        store.remove_domain(conn, "go.example.com")  # the default
+    store.create_link(conn, {"url": "https://example.com/"}, slug="x", domain="localhost")
+    with pytest.raises(Conflict):
+        store.remove_domain(conn, "localhost")  # has links
+
+
+def test_utm_allow_list(conn: sqlite3.Connection) -> None:
+    store.set_utm_allowed(conn, "source", ["Newsletter", "twitter"])
+    store.create_link(conn, {"url": "https://example.com/", "utm_source": "NEWSLETTER"})
+    with pytest.raises(InvalidField) as info:
+        store.create_link(conn, {"url": "https://example.com/", "utm_source": "tiktok"})
+    assert info.value.field == "utm_source"
+    store.set_utm_allowed(conn, "utm_source", [])
+    store.create_link(conn, {"url": "https://example.com/", "utm_source": "tiktok"})
+
+
+def test_tokens_store_only_hashes(conn: sqlite3.Connection) -> None:
+    record, secret = store.create_token(conn, "ci")
+    assert secret.startswith("le_") and len(secret) > 40
+    dump = "\n".join(conn.iterdump())
+    assert secret not in dump
+    assert (record["id"], store.token_hash(secret)) in store.active_token_hashes(conn)
+    store.revoke_token(conn, record["id"])
+    assert store.active_token_hashes(conn) == []
+
+
+def test_salts_rotate_and_old_ones_are_deleted(conn: sqlite3.Connection) -> None:
+    s1 = store.salt_for_day(conn, 100, lambda: b"a" * 32)
+    assert store.salt_for_day(conn, 100, lambda: b"b" * 32) == s1
+    s2 = store.salt_for_day(conn, 101, lambda: b"c" * 32)
+    assert s2 != s1
+    assert [r[0] for r in conn.execute("SELECT day FROM salts")] == [101]
+
+
+def test_slug_from_path() -> None:
+    assert slug_from_path(b"/abc") == b"abc"
+    assert slug_from_path(b"/abc/") == b"abc"
+    assert slug_from_path(b"/%61bc") == b"abc"
+    assert slug_from_path(b"/") == b""
