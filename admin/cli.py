@@ -144,18 +144,18 @@ def config_from_args(args: argparse.Namespace) -> cfg.Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
     from admin.runtime import run
 
-    config = config_from_args(args)
     _setup_logging(config.log_level)
     return run(config)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Set up a demo link on the default domain and serve."""
+    config = config_from_args(args)
     from admin.runtime import Runtime, run
 
-    config = config_from_args(args)
     _setup_logging(config.log_level)
     conn = store.open_db(config.db_path)
     try:

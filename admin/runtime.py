@@ -39,8 +39,9 @@ class Runtime:
         self.table = LinkTable(unknown_host_404=config.unknown_host == "404")
         self.live = LiveCounters()
         self.geo = GeoDatabase(config.geoip_path, config.geoip_asn_path)
-        self.writer = Database(config.db_path)
-        self.reader = Database(config.db_path)
+        timeout_ms = int(config.db_busy_timeout_s * 1000)
+        self.writer = Database(config.db_path, timeout_ms=timeout_ms)
+        self.reader = Database(config.db_path, timeout_ms=timeout_ms)
         self.sync = LinkSync(self.reader, self.table, config.link_poll_interval_s)
         self.clicks: ClickRecorder | None = None
         self.edge: EdgeServer | None = None
@@ -114,13 +115,16 @@ async def serve(config: Config, on_ready: Callable[[Runtime], None] | None = Non
     await rt.stop_event.wait()
     log.info("stopping: finishing requests in flight, then writing every click")
     left = await rt.stop()
+    redirects = rt.edge.metrics.redirects
     if rt.clicks is not None:
         m = rt.clicks.metrics
         print(
-            f"linkedge stopped: {m.captured} clicks captured, {m.written} written, "
-            f"{m.dropped} dropped, {left} unwritten",
+            f"linkedge stopped: {redirects} redirects served, {m.captured} clicks captured, "
+            f"{m.written} written, {m.dropped} dropped, {left} unwritten",
             flush=True,
         )
+    else:
+        print(f"linkedge stopped: {redirects} redirects served, clicks not recorded", flush=True)
     return 0 if left == 0 else 1
 
 

@@ -60,6 +60,7 @@ VISITOR_SEEN_MAX: Final = 1_000_000  # (link, day, visitor) pairs remembered to 
 RETRY_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 ROLLUP_INTERVAL_S: Final = 1.0  # rollups are written at most this often
 DROP_LOG_INTERVAL_S: Final = 10.0
+GEO_CHECK_INTERVAL_S: Final = 2.0  # how often the GeoIP file is stat()ed for replacement
 DAY_S: Final = 86400
 
 # The dimensions kept per link per hour for stats breakdowns.
@@ -168,14 +169,7 @@ class Enricher:
         self.store_truncated_ip = config.store_truncated_ip
         self._ua_cache: dict[bytes, tuple[UAInfo, str | None, str]] = {}
         self._text_cache: dict[bytes, Any] = {}
-        self._salt_day = -1
-        self._salt = b""
-        self.visitor_salt_source: Any = None  # callable(day) -> salt, set by the recorder
         self.parsed = 0
-
-    def set_salt(self, day: int, salt: bytes) -> None:
-        self._salt_day = day
-        self._salt = salt
 
     def _ua(self, raw: bytes) -> tuple[UAInfo, str | None, str]:
         hit = self._ua_cache.get(raw)
@@ -191,9 +185,12 @@ class Enricher:
         return entry
 
     def enrich(
-        self, clicks: Sequence[RawClick], salt: bytes
+        self, clicks: Sequence[RawClick], salts: dict[int, bytes]
     ) -> tuple[list[Row], list[tuple[int, int, int, int]]]:
-        """Rows to insert and live aggregates (link_id, second, clicks, humans)."""
+        """Rows to insert and live aggregates (link_id, second, clicks, humans).
+
+        `salts` maps each UTC day (unix seconds // 86400) of the clicks to its salt.
+        """
         rows: list[Row] = []
         live: dict[tuple[int, int], list[int]] = {}
         geo_lookup = self.geo.lookup
@@ -221,7 +218,9 @@ class Enricher:
                 link = table_get(link_id)
                 domain = b"" if link is None else str(link.domain_id).encode()
                 visitor_id = blake(
-                    ip.encode() + b"\0" + ua_raw + b"\0" + domain, digest_size=8, key=salt
+                    ip.encode() + b"\0" + ua_raw + b"\0" + domain,
+                    digest_size=8,
+                    key=salts[int(ts) // DAY_S],
                 ).digest()
                 region, city, asn, as_org = geo.region, geo.city, geo.asn, geo.as_org
                 ip_trunc = truncate_ip(ip) if truncated else None
@@ -325,6 +324,7 @@ class ClickRecorder:
         # waiting to be written: enriched rows of earlier flushes that failed, raw clicks
         self._raw_queue: list[RawClick] = []
         self._rows_queue: list[Row] = []
+        self._in_flight = 0  # clicks being enriched or written right now
         self._rollup = Rollup()
         self._last_rollup = 0.0
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="linkedge-enrich")
@@ -334,13 +334,13 @@ class ClickRecorder:
         self._last_drop_log = 0.0
         self._failures_in_row = 0
         self._dropped_since_log = 0
-        self._salt_day = -1
-        self._salt = b""
+        self._salts: dict[int, bytes] = {}
+        self._next_geo_check = 0.0
 
     @property
     def queued(self) -> int:
         """Clicks captured but not yet written."""
-        return len(self.buffer) + len(self._raw_queue) + len(self._rows_queue)
+        return len(self.buffer) + len(self._raw_queue) + len(self._rows_queue) + self._in_flight
 
     @property
     def flush_lag_s(self) -> float:
@@ -369,6 +369,7 @@ class ClickRecorder:
                 await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
             try:
+                await self._maybe_reload_geo()
                 await self.flush()
             except Exception:  # the pipeline never raises into the edge
                 log.exception("click flush failed; will retry")
@@ -408,34 +409,43 @@ class ClickRecorder:
         self._admit()
         loop = asyncio.get_running_loop()
         if self._raw_queue:
+            # Clicks are queued in time order: their days are first..last, ascending (the
+            # order matters: a new day's salt deletes the older ones).
+            first_day = int(self._raw_queue[0][0]) // DAY_S
+            last_day = int(self._raw_queue[-1][0]) // DAY_S
             try:
-                salt = await self._salt_for(int(time.time()) // DAY_S)
+                salts = {day: await self._salt_for(day) for day in range(first_day, last_day + 1)}
             except sqlite3.Error as exc:
                 await self._write_failed(exc, len(self._raw_queue))
                 return 0
             raw, self._raw_queue = self._raw_queue, []
+            self._in_flight = len(raw)
             try:
                 rows, live = await loop.run_in_executor(
-                    self._executor, self.enricher.enrich, raw, salt
+                    self._executor, self.enricher.enrich, raw, salts
                 )
             except Exception:
                 self._raw_queue[:0] = raw  # keep them; enrichment bugs must not lose clicks
                 raise
+            finally:
+                self._in_flight = 0
             self.live.add(live)
             self._rows_queue.extend(rows)
         if not self._rows_queue:
             return 0
-        rows = self._rows_queue
+        rows, self._rows_queue = self._rows_queue, []
+        self._in_flight = len(rows)
         started = time.monotonic()
         rollup_due = started - self._last_rollup >= ROLLUP_INTERVAL_S or self._closing
         pending = self._rollup if rollup_due else None
         try:
             first, last, batch_rollup = await self.db.run(_write_batch, rows, pending)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # sqlite3 errors, and anything else: keep the rows
+            self._rows_queue[:0] = rows
+            self._in_flight = 0
             await self._write_failed(exc, len(rows))
             return 0
-        # Written: drop exactly those rows (more may have been queued meanwhile).
-        del self._rows_queue[: len(rows)]
+        self._in_flight = 0
         self.metrics.written += len(rows)
         self.metrics.flushes += 1
         self.metrics.last_error = None
@@ -454,7 +464,18 @@ class ClickRecorder:
             self._rollup.merge(batch_rollup)
         return last - first + 1
 
-    async def _write_failed(self, exc: sqlite3.Error, waiting: int) -> None:
+    async def _maybe_reload_geo(self) -> None:
+        """Pick up a replaced GeoIP file (geoipupdate, cron) without a restart."""
+        now = time.monotonic()
+        if now < self._next_geo_check:
+            return
+        self._next_geo_check = now + GEO_CHECK_INTERVAL_S
+        loop = asyncio.get_running_loop()
+        # On the enrichment thread: the reader and its cache are confined to it.
+        if await loop.run_in_executor(self._executor, self.geo.maybe_reload):
+            log.info("GeoIP database reloaded: %s", self.geo.status().get("build_date"))
+
+    async def _write_failed(self, exc: Exception, waiting: int) -> None:
         """Count a failed write, log it (not every time), back off; nothing is dropped."""
         self.metrics.write_failures += 1
         self._failures_in_row += 1
@@ -465,10 +486,13 @@ class ClickRecorder:
         await asyncio.sleep(0 if self._closing else RETRY_BACKOFF_S[step])
 
     async def _salt_for(self, day: int) -> bytes:
-        if day != self._salt_day:
-            self._salt = await self.db.run(store.salt_for_day, day, lambda: os.urandom(32))
-            self._salt_day = day
-        return self._salt
+        """The salt of a UTC day; a new day creates its salt and deletes older ones."""
+        salt = self._salts.get(day)
+        if salt is None:
+            salt = await self.db.run(store.salt_for_day, day, lambda: os.urandom(32))
+            self._salts = {d: s for d, s in self._salts.items() if d >= day}
+            self._salts[day] = salt
+        return salt
 
     async def _catch_up_rollups(self) -> None:
         """Re-aggregate clicks written after the rollup watermark (a crash or kill -9)."""

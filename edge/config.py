@@ -56,6 +56,11 @@ class Config:
     shutdown_timeout_s: float = _setting(
         10.0, "On SIGTERM/SIGINT, wait this long for in-flight requests before closing."
     )
+    db_busy_timeout_s: float = _setting(
+        5.0,
+        "How long the server's SQLite writes wait for a lock held by another process before "
+        "failing; failed click writes are kept and retried.",
+    )
     link_poll_interval_s: float = _setting(
         0.25, "How often the server checks SQLite for link changes made by other processes."
     )

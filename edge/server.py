@@ -29,7 +29,7 @@ import logging
 import socket
 import time
 from email.utils import formatdate
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, cast
 
 from edge.config import Config
 from edge.http import STATUS_REASONS, BadRequest, Request, parse_head, read_body
@@ -297,8 +297,9 @@ class EdgeProtocol(asyncio.Protocol):
     # --- connection lifecycle -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports are not asyncio.Transport subclasses, only alike.
+        self.transport = cast(asyncio.Transport, transport)
+        transport = self.transport
         server = self.server
         metrics = server.metrics
         metrics.connections_total += 1

@@ -1,0 +1,421 @@
+# geo/bots: is a click from a human? If not, what kind of agent made it?
+#
+# Rules of this module:
+# - Pure: str in, str | None out. No I/O, no asyncio, nothing of ours above geo/.
+# - A human is never labelled a bot because of a guess. Every pattern names an agent
+#   that identifies itself (a product token such as "Googlebot/2.1", "curl/8.4",
+#   "UptimeRobot/2.0") or a self-description only automated agents use (a "+http://..."
+#   robots page, the words bot/crawler/spider). Tokens that real browsers and in-app
+#   browsers also carry are anchored or excluded: see the notes next to okhttp,
+#   WhatsApp, Pinterest, LinkedIn, LINE, Snapchat, Sogou and the generic words.
+#   tests/test_bots.py measures the false-positive rate over every mainstream browser
+#   case in uap-core's test_ua.yaml and holds it at zero.
+# - Order decides the kind: prefetch, head, then the user agent's kinds in the order of
+#   _KINDS (the most specific first: a link unfurler that also says "bot" is a
+#   "preview"), then ua-parser's "Spider" device family as a last "crawler" signal.
+# - Fast: per kind, one precompiled regex for tokens that must start the string (tried
+#   at position 0 only) and one for tokens anywhere. Both run on the lowercased string:
+#   in CPython's re, lowercasing once and matching lowercase literals is ~12x faster
+#   than re.IGNORECASE over a big alternation, and every "anywhere" alternative starts
+#   with a literal character so re can skip ahead with its first-character set. The
+#   result sits behind a bounded lru_cache keyed on the exact string (real traffic
+#   repeats a few thousand strings). lru_cache is thread-safe: any thread may call.
+#
+# What "kind" means (the clicks table stores it; stats exclude bots by default):
+#   prefetch    the browser fetched the link speculatively (Sec-Purpose/Purpose: prefetch
+#               header); the caller decides and passes is_prefetch. A human may follow.
+#   head        a HEAD request: link checkers and unfurlers probe with HEAD; browsers
+#               never navigate with it.
+#   preview     link unfurlers of chat and social apps (Slack, Discord, WhatsApp, ...).
+#   monitor     uptime and synthetic monitoring.
+#   scanner     mail-security link scanners that name themselves, vulnerability and
+#               internet-wide scanners. (Most mail scanners, Microsoft Safe Links
+#               included, send a plain browser string: only their network and timing
+#               give them away, which is not this module's business.)
+#   automation  HTTP libraries, command-line tools, headless browsers, API clients and
+#               Office's link probes; also an empty User-Agent: every browser sends
+#               one, so an empty or missing header is a script, a health check or a
+#               privacy proxy, not a person clicking a link.
+#   crawler     search engines, SEO and AI crawlers, archivers, and any agent that calls
+#               itself a bot, crawler or spider.
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:  # only for the annotation: geo.useragent imports this module
+    from geo.useragent import UAInfo
+
+BOT_KINDS: Final = ("crawler", "preview", "prefetch", "monitor", "scanner", "head", "automation")
+
+# Distinct user agents a busy link sees in a day are in the low thousands; 20k entries of
+# (str -> short str) cost a few MB and keep the hit rate near 100%.
+UA_KIND_CACHE_SIZE: Final = 20_000
+
+# Longer strings are not browsers (the longest in uap-core's browser cases is ~500 chars);
+# only this many characters are searched, which bounds the regex time of a hostile header.
+MAX_UA_CHARS: Final = 1_024
+
+# Each kind: (tokens that start the string, tokens anywhere). All lowercase regex source.
+
+# Link unfurlers: they fetch a link to draw its card when someone pastes it.
+_PREVIEW = (
+    (
+        # WhatsApp has no in-app browser; its preview fetcher says "WhatsApp/2.23.20.0 A"
+        # (and Signal sends the same to get the same previews).
+        r"whatsapp/",
+        # "Pinterest/0.2 (+http://www.pinterest.com/bot.html)"; the app's in-app browser
+        # says "[Pinterest/Android]" or "Pinterest for iOS" and stays human.
+        r"pinterest/0\.",
+        # Fediverse servers drawing link cards ("Pleroma 2.5.2; https://...").
+        r"(?:pleroma|akkoma) \d",
+        r"misskey/",
+    ),
+    (
+        r"slackbot",  # "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)"
+        r"slack-imgproxy",
+        r"twitterbot",
+        r"facebookexternalhit",
+        r"facebookcatalog",
+        r"facebot",
+        r"discordbot",
+        r"telegrambot",
+        r"linkedinbot",  # not "LinkedInApp", the in-app browser
+        r"skypeuripreview",
+        r"skype-url-preview",
+        r"microsoftpreview/",
+        r"pinterestbot",
+        r"redditbot",
+        r"iframely",
+        r"embedly",
+        r"vkshare",
+        # "http.rb/5.1.1 (Mastodon/4.1.2; +https://mastodon.social/)"; Mastodon's apps
+        # open links in the system browser.
+        r"\(mastodon/[^;)]*; \+https?://",
+        r"bluesky cardyb",
+        r"google-pagerenderer",
+        r"google web preview",
+        r"bingpreview/",
+        # Snapchat's unfurler; the in-app browser ("Snapchat/12.x") stays human.
+        r"snap url preview service",
+        # LINE's unfurler; the in-app browser (" Line/13.x") stays human.
+        r"line-poker",
+        r"xing-contenttabreceiver",
+        r"synapse \(bot;",  # Matrix homeservers
+        r"zulipurlpreview",
+        r"mattermost-bot",
+        r"discourse (?:forum )?onebox",
+        r"yahoo link preview",
+        r"quora link preview",
+        r"bitlybot",
+    ),
+)
+
+_MONITOR = (
+    (
+        r"check_http/",  # Nagios plugins
+        r"kube-probe/",
+    ),
+    (
+        r"uptimerobot/",
+        r"pingdom",  # "Pingdom.com_bot_version_1.4_(http://www.pingdom.com/)"
+        r"statuscake",
+        r"better ?uptime",  # "Better Uptime Bot", "Better Stack Better Uptime Bot"
+        r"site24x7",
+        r"datadog(?:/| agent/|/synthetics)",
+        r"newrelicpinger",
+        r"hetrixtools",
+        r"uptime-kuma/",
+        r"checkly",
+        r"freshping",
+        r"updown\.io",
+        r"ohdear\.app",
+        r"uptimebot",
+        r"uptimeobserver",
+        r"monitis",
+        r"catchpoint",
+        r"gomezagent",
+        r"ruxit synthetic",
+        r"yottaamonitor",
+        r"zabbix",
+        r"googlestackdrivermonitoring",
+        r"amazon-route53-health-check",
+        r"elb-healthchecker/",
+        r"blackbox exporter/",
+        r"cloudflare-(?:healthchecks|traffic-manager)",
+        r"pulsetic",
+        r"nodeping",
+        r"sematext synthetics",
+        r"chrome-lighthouse",
+        r"webpagetest\.org",
+        r"gtmetrix",
+        r"rackspace monitoring",
+    ),
+)
+
+_SCANNER = (
+    (
+        r"sqlmap/",
+        r"masscan/",
+        r"whatweb/",
+        r"tlsprober/",
+        r"jaeger_security",
+    ),
+    (
+        # Mail-security link scanners that say who they are.
+        r"barracuda",
+        r"proofpoint",
+        r"mimecast",
+        r"ironport",
+        r"ciscosecureemail",
+        r"cisco secure email",
+        r"trendmicro",
+        r"trend micro",
+        r"forcepoint",
+        r"websense",
+        r"fortimail",
+        r"fortiguard",
+        r"google-safety",  # Google's malware check of links in Gmail and Chat
+        # Vulnerability and internet-wide scanners.
+        r"nessus",
+        r"nuclei",
+        r"nikto",
+        r"zgrab",
+        r"censysinspect",
+        r"expanse, a palo alto networks company",
+        r"internetmeasurement",
+        r"wpscan",
+        r"acunetix",
+        r"netsparker",
+        r"qualys",
+        r"openvas",
+        r"nmap scripting engine",
+        r"l9explore",
+        r"l9tcpid",
+        r"dirbuster",
+        r"gobuster",
+        r"fuzz faster u fool",
+        r"w3af\.",
+        r"arachni",
+        r"projectdiscovery",  # "httpx - Open-source project (github.com/projectdiscovery/…)"
+        r"modatscanner",
+        r"webvulncrawl",
+    ),
+)
+
+_AUTOMATION = (
+    (
+        r"curl/",
+        r"wget",  # "Wget/1.21.4", "wget2/2.1.0"
+        r"python/[\d.]+ ",  # "Python/3.11 aiohttp/3.9.1"
+        r"go-resty",
+        # okhttp is Android's common HTTP library, but a person tapping a link gets a
+        # browser or web view, which sends a browser string; a bare "okhttp/4.12.0" is
+        # an app or script fetching the URL itself. Anchored: browsers never match.
+        r"okhttp/",
+        r"java/",
+        r"apache-httpclient",
+        r"apache-httpasyncclient",
+        r"jakarta commons-httpclient",
+        r"unirest-java",
+        r"reactornetty",
+        r"vert\.x-webclient",
+        r"akka-http",
+        r"lwp::simple",
+        r"node$",  # Node's built-in fetch (undici) sends exactly "node"
+        r"undici",
+        r"axios/",
+        r"got(?:/| \()",  # "got (https://github.com/sindresorhus/got)"
+        r"node-superagent",
+        r"postmanruntime/",
+        r"insomnia/",
+        r"httpie/",
+        r"dart/",
+        r"deno/",
+        r"bun/",
+        r"ruby(?:$|/)",
+        r"faraday",
+        r"rest-client/",
+        r"typhoeus",
+        r"guzzlehttp/",
+        r"symfony httpclient",
+        r"reqwest/",
+        r"ureq/",
+        r"lua-resty-http",
+        r"aria2/",
+        r"lftp/",
+        r"asynchronous winhttp",
+        r"winhttp",
+        r"microsoft-cryptoapi/",
+        r"aws-sdk-",
+        r"aws-cli/",
+        r"boto",
+        r"rclone/",
+        r"minio-go",
+        r"powershell/",
+        r"fasthttp",
+        r"colly",
+        r"scalaj-http",
+        r"jersey/",
+        r"apache-cxf",
+        r"microsoft data access internet publishing provider",
+    ),
+    (
+        r"libcurl",
+        r"pycurl",
+        r"python-requests",
+        r"python-urllib",
+        r"aiohttp/",
+        r"python-httpx",
+        r"go-http-client",
+        r"google-http-java-client",
+        r"libwww-perl",
+        r"headlesschrome",
+        r"phantomjs",
+        r"puppeteer",
+        r"playwright",
+        r"selenium",
+        r"electron-fetch",
+        r"node-fetch",
+        r"windowspowershell",
+        r"httrack",
+        # Microsoft Office checks a link before it opens the browser (and Outlook fetches
+        # links for previews): "Microsoft Office Existence Discovery", "Microsoft Office
+        # Protocol Discovery", "Mozilla/4.0 (compatible; ms-office; MSOffice 16)". The
+        # person's browser request follows, so counting this one would count them twice.
+        r"microsoft office (?:existence|protocol) discovery",
+        r"ms-office",
+    ),
+)
+
+_CRAWLER = (
+    (),
+    (
+        r"googlebot",
+        r"adsbot-google",
+        r"mediapartners-google",
+        r"apis-google",
+        r"feedfetcher-google",
+        r"google-inspectiontool",
+        r"googleother",
+        r"google-extended",
+        r"storebot-google",
+        r"bingbot",
+        r"msnbot",
+        r"adidxbot",
+        r"yandex(?:bot|images|metrika|accessibilitybot|mobilebot|direct|[a-z]*bot)",
+        r"baiduspider",
+        r"duckduckbot",
+        r"duckassistbot",
+        r"applebot",
+        r"ahrefs(?:bot|siteaudit)",
+        r"semrushbot",
+        r"mj12bot",
+        r"dotbot",
+        r"petalbot",
+        r"aspiegelbot",
+        r"gptbot",
+        r"chatgpt-user",
+        r"oai-searchbot",
+        r"claudebot",
+        r"claude-web",
+        r"anthropic-ai",
+        r"ccbot",
+        r"perplexitybot",
+        r"perplexity-user",
+        r"bytespider",
+        r"amazonbot",
+        r"meta-externalagent",
+        r"cohere-ai",
+        r"diffbot",
+        r"seznambot",
+        r"exabot",
+        r"yeti/",
+        r"qwantify",
+        r"qwantbot",
+        r"mojeekbot",
+        r"blexbot",
+        r"dataforseobot",
+        r"serpstatbot",
+        r"barkrowler",
+        r"screaming frog",
+        r"sitebulb",
+        r"ia_archiver",
+        r"archive\.org_bot",
+        r"heritrix",
+        r"nutch",
+        r"scrapy",
+        r"slurp",
+        r"teoma",
+        # Generic self-descriptions. "bot" must end a word and not be the end of a name
+        # phones carry ("CUBOT" is an Android brand: "Android 9; CUBOT P30"). Sogou's
+        # spiders ("Sogou web spider/4.0") are caught by "spider"; a bare "sogou" is no
+        # pattern because Sogou's browsers say "SogouMobileBrowser" and "SogouMSE".
+        r"bot\b(?<!cubot)",
+        r"crawl",
+        r"spider(?!man|-man)",  # "Spider-Man" games and apps
+        r"scraper",
+        r"indexer\b",
+        r"archiver\b",
+        # A URL introduced by "+" (the robots convention: "+http://www.google.com/bot.html").
+        r"\+https?://",
+    ),
+)
+
+# The kinds a user-agent string can name, most specific first.
+_KINDS: Final = (
+    ("preview", _PREVIEW),
+    ("monitor", _MONITOR),
+    ("scanner", _SCANNER),
+    ("automation", _AUTOMATION),
+    ("crawler", _CRAWLER),
+)
+
+
+def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(patterns)) if patterns else None
+
+
+_KIND_PATTERNS: Final = tuple(
+    (kind, _compile(start), _compile(anywhere)) for kind, (start, anywhere) in _KINDS
+)
+
+
+@lru_cache(maxsize=UA_KIND_CACHE_SIZE)
+def ua_kind(ua: str) -> str | None:
+    """The bot kind a user-agent string names, or None.
+
+    Looks at the string only (no request headers, no ua-parser result). An empty or
+    blank string is "automation" (see the module comment).
+    """
+    text = ua[:MAX_UA_CHARS].strip().lower()
+    if not text:
+        return "automation"
+    for kind, start, anywhere in _KIND_PATTERNS:
+        if start is not None and start.match(text) is not None:
+            return kind
+        if anywhere is not None and anywhere.search(text) is not None:
+            return kind
+    return None
+
+
+def classify(ua: str, ua_info: UAInfo | None, *, is_head: bool, is_prefetch: bool) -> str | None:
+    """The bot kind of one click, or None for a human.
+
+    is_prefetch: the request carried Sec-Purpose/Purpose: prefetch (caller's decision).
+    is_head: the request method was HEAD.
+    ua_info: the parsed user agent when the caller has it; its device_type "bot" (which
+    geo.useragent sets for ua-parser's "Spider" device family) makes a crawler of an
+    agent this module's own patterns do not name.
+    """
+    if is_prefetch:
+        return "prefetch"
+    if is_head:
+        return "head"
+    kind = ua_kind(ua)
+    if kind is not None:
+        return kind
+    if ua_info is not None and ua_info.device_type == "bot":
+        return "crawler"
+    return None

@@ -1,0 +1,168 @@
+"""geo/useragent.py with real user-agent strings and uap-core's test cases."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from geo.useragent import EMPTY_UA, MAX_UA_CHARS, UAInfo, UserAgentParser
+from tests.geo_fixtures import HUMAN_UAS, UAP_DIR, UAP_MISSING_REASON, load_uap_cases
+
+needs_uap = pytest.mark.skipif(not UAP_DIR.is_dir(), reason=UAP_MISSING_REASON)
+HAS_RUST = importlib.util.find_spec("ua_parser_rs") is not None
+
+BOT_UAS = (
+    "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
+    "Mozilla/5.0 (Linux; Android 6.0.1; Nexus 5X Build/MMB29P) AppleWebKit/537.36 (KHTML, like"
+    " Gecko) Chrome/126.0.6478.126 Mobile Safari/537.36 (compatible; Googlebot/2.1;"
+    " +http://www.google.com/bot.html)",
+    "curl/8.4.0",
+    "Slackbot-LinkExpanding 1.0 (+https://api.slack.com/robots)",
+    "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " HeadlessChrome/126.0.6478.126 Safari/537.36",
+    "Xenu Link Sleuth/1.3.8",  # named only by ua-parser's Spider rules
+)
+
+ALL_CASES = [(kind, ua) for kind, uas in HUMAN_UAS.items() for ua in uas] + [
+    ("bot", ua) for ua in BOT_UAS
+]
+
+
+@pytest.fixture(scope="module")
+def parser() -> UserAgentParser:
+    return UserAgentParser()
+
+
+@pytest.mark.parametrize(("device_type", "ua"), ALL_CASES)
+def test_device_type_of_real_user_agents(
+    parser: UserAgentParser, device_type: str, ua: str
+) -> None:
+    assert parser.parse(ua).device_type == device_type
+
+
+def test_fields_of_a_desktop_chrome(parser: UserAgentParser) -> None:
+    assert parser.parse(HUMAN_UAS["desktop"][0]) == UAInfo(
+        browser="Chrome",
+        browser_major="126",
+        os="Windows",
+        os_major="10",
+        device_brand=None,
+        device_model=None,
+        device_type="desktop",
+    )
+
+
+def test_fields_of_an_iphone_safari(parser: UserAgentParser) -> None:
+    assert parser.parse(HUMAN_UAS["mobile"][0]) == UAInfo(
+        "Mobile Safari", "17", "iOS", "17", "Apple", "iPhone", "mobile"
+    )
+
+
+@pytest.mark.parametrize("ua", ["", " ", "\t"])
+def test_empty_user_agent_is_other_with_nothing_known(parser: UserAgentParser, ua: str) -> None:
+    assert parser.parse(ua) == EMPTY_UA == UAInfo(None, None, None, None, None, None, "other")
+
+
+def test_unknown_string_gives_nones_not_other(parser: UserAgentParser) -> None:
+    info = parser.parse("zzqx")
+    assert (info.browser, info.os, info.device_brand, info.device_model) == (None,) * 4
+    assert info.device_type == "other"
+
+
+@pytest.mark.skipif(not HAS_RUST, reason="ua-parser-rs (ua-parser[regex]) is not installed")
+def test_rust_resolver_is_chosen_when_installed(parser: UserAgentParser) -> None:
+    assert parser.backend == "regex"
+
+
+def test_pure_python_resolver_gives_the_same_answers(parser: UserAgentParser) -> None:
+    basic = UserAgentParser(resolver="basic")
+    assert basic.backend == "basic"
+    for _, ua in ALL_CASES:
+        assert basic.parse(ua) == parser.parse(ua), ua
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("re2") is not None, reason="google-re2 is installed here"
+)
+def test_forcing_a_missing_resolver_fails_loudly() -> None:
+    with pytest.raises(ImportError):
+        UserAgentParser(resolver="re2")
+
+
+def test_cache_counts_hits_and_evicts_the_least_recently_used() -> None:
+    parser = UserAgentParser(cache_size=2)
+    chrome, safari, firefox = HUMAN_UAS["desktop"][:3]
+    parser.parse(chrome)
+    parser.parse(safari)
+    parser.parse(chrome)  # chrome is now the most recently used
+    parser.parse(firefox)  # evicts safari
+    assert parser.cache_info() == {
+        "entries": 2,
+        "max_entries": 2,
+        "hits": 1,
+        "misses": 3,
+        "errors": 0,
+    }
+    parser.parse(chrome)
+    assert parser.cache_info()["hits"] == 2
+    parser.parse(safari)
+    assert parser.cache_info()["misses"] == 4
+
+
+def test_very_long_string_is_parsed_on_its_head(parser: UserAgentParser) -> None:
+    ua = HUMAN_UAS["desktop"][0] + " " + "x" * (4 * MAX_UA_CHARS)
+    assert parser.parse(ua).browser == "Chrome"
+
+
+@given(st.text(max_size=300))
+def test_parse_of_any_text_never_raises(parser: UserAgentParser, ua: str) -> None:
+    info = parser.parse(ua)
+    assert info.device_type in ("desktop", "mobile", "tablet", "bot", "other")
+
+
+# -- agreement with uap-core's own expectations (the wiring of fields) -----------------------
+
+
+def _expected(value: str | None) -> str | None:
+    return None if value in (None, "Other") else value
+
+
+@needs_uap
+def test_browser_family_and_major_match_uap_core(parser: UserAgentParser) -> None:
+    cases = load_uap_cases("test_ua")
+    wrong = [
+        (c["user_agent_string"], c["family"], info.browser)
+        for c in cases
+        if (info := parser.parse(c["user_agent_string"])).browser != _expected(c["family"])
+        or (info.browser is not None and info.browser_major != c["major"])
+    ]
+    assert wrong == []
+
+
+@needs_uap
+def test_os_family_matches_uap_core(parser: UserAgentParser) -> None:
+    cases = load_uap_cases("test_os")
+    wrong = [
+        (c["user_agent_string"], c["family"], info.os)
+        for c in cases
+        if (info := parser.parse(c["user_agent_string"])).os != _expected(c["family"])
+        or (info.os is not None and info.os_major != c["major"])
+    ]
+    assert wrong == []
+
+
+@needs_uap
+def test_device_brand_model_match_uap_core_and_spiders_are_bots(parser: UserAgentParser) -> None:
+    cases = load_uap_cases("test_device")
+    wrong: list[tuple[str, object, UAInfo]] = []
+    for c in cases:
+        info = parser.parse(c["user_agent_string"])
+        expected = (None, None) if c["family"] == "Other" else (c["brand"], c["model"])
+        if (info.device_brand, info.device_model) != expected:
+            wrong.append((c["user_agent_string"], expected, info))
+        if c["family"] == "Spider" and info.device_type != "bot":
+            wrong.append((c["user_agent_string"], "Spider", info))
+    assert wrong == []
