@@ -373,6 +373,84 @@ def cmd_domain_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- geo -----------------------------------------------------------------------------------
+
+DEFAULT_GEOIP_FILE = "dbip-city-lite.mmdb"
+
+
+def _geoip_path(args: argparse.Namespace) -> str | None:
+    return args.geoip or os.environ.get(cfg.env_name("geoip_path")) or None
+
+
+def cmd_geo_info(args: argparse.Namespace) -> int:
+    from geo.geoip import GeoDatabaseError, attribution_for, database_info
+
+    path = args.path or _geoip_path(args)
+    if not path:
+        raise CLIError("give the database path (or --geoip / LINKEDGE_GEOIP_PATH)")
+    try:
+        info = database_info(path)
+    except GeoDatabaseError as exc:
+        raise CLIError(str(exc)) from None
+    attribution = attribution_for(str(info.get("database_type")))
+    if attribution:
+        info["attribution"] = attribution
+    if args.json:
+        _print_json(info)
+    else:
+        for key, value in info.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def cmd_geo_lookup(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from geo.geoip import GeoDatabase
+
+    try:
+        ipaddress.ip_address(args.ip)
+    except ValueError:
+        raise CLIError(f"{args.ip!r} is not an IPv4 or IPv6 address") from None
+    path = _geoip_path(args)
+    asn_path = args.geoip_asn or os.environ.get(cfg.env_name("geoip_asn_path")) or None
+    if not path and not asn_path:
+        raise CLIError("no GeoIP database: pass --geoip PATH or run `linkedge geo update`")
+    db = GeoDatabase(path, asn_path)
+    status = db.status()
+    if not status.get("enabled"):
+        raise CLIError(f"GeoIP database unusable: {status.get('error')}")
+    result = db.lookup(args.ip)._asdict()
+    db.close()
+    if args.json:
+        _print_json({"ip": args.ip, **result})
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value if value is not None else '-'}")
+    return 0
+
+
+def cmd_geo_update(args: argparse.Namespace) -> int:
+    from geo.update import ATTRIBUTION, GeoUpdateError, default_url, download_database, redact
+
+    key = args.maxmind_licence_key or os.environ.get("LINKEDGE_MAXMIND_LICENCE_KEY")
+    url = args.url or default_url(dt.date.today(), key)
+    dest = args.dest or _geoip_path(args) or DEFAULT_GEOIP_FILE
+    print(f"downloading {redact(url)} -> {dest}", file=sys.stderr)
+    try:
+        info = download_database(url, dest, timeout_s=args.timeout)
+    except GeoUpdateError as exc:
+        raise CLIError(f"GeoIP update failed: {exc}") from None
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"installed {dest}: {info.get('database_type')} built {info.get('build_date')}")
+        if "dbip" in str(info.get("database_type", "")).lower():
+            print(ATTRIBUTION)
+        print(f"serve with: linkedge serve --geoip {dest}  (a running server reloads it)")
+    return 0
+
+
 # --- parser --------------------------------------------------------------------------------
 
 
@@ -545,13 +623,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("host")
     _db_option(p)
 
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
+    geo = _cmd(
+        sub,
+        "geo",
+        lambda a: 0,
+        "GeoIP database: info, lookup, update",
+        "linkedge geo update --dest /var/lib/linkedge/dbip-city-lite.mmdb",
+    )
+    gsub = geo.add_subparsers(dest="geo_command", metavar="ACTION", required=True)
+    p = _cmd(
+        gsub,
+        "info",
+        cmd_geo_info,
+        "type, build date and size of a .mmdb",
+        "linkedge geo info /var/lib/linkedge/dbip-city-lite.mmdb",
+    )
+    p.add_argument("path", nargs="?", help="the .mmdb (default: --geoip / LINKEDGE_GEOIP_PATH)")
+    p.add_argument("--geoip", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true")
+    p = _cmd(
+        gsub,
+        "lookup",
+        cmd_geo_lookup,
+        "what a click from this IP would be recorded as",
+        "linkedge geo lookup 81.2.69.142 --geoip GeoLite2-City.mmdb",
+    )
+    p.add_argument("ip")
+    p.add_argument("--geoip", help="City or Country .mmdb (env LINKEDGE_GEOIP_PATH)")
+    p.add_argument("--geoip-asn", help="ASN .mmdb (env LINKEDGE_GEOIP_ASN_PATH)")
+    p.add_argument("--json", action="store_true")
+    p = _cmd(
+        gsub,
+        "update",
+        cmd_geo_update,
+        "download DB-IP Lite City (free, CC BY 4.0) or, with a licence key, GeoLite2-City",
+        "linkedge geo update --dest /var/lib/linkedge/dbip-city-lite.mmdb",
+    )
+    p.add_argument("--dest", help=f"where to install (default --geoip or ./{DEFAULT_GEOIP_FILE})")
+    p.add_argument("--geoip", help=argparse.SUPPRESS)
+    p.add_argument("--url", help="download from this URL instead (.mmdb, .mmdb.gz or .tar.gz)")
+    p.add_argument(
+        "--maxmind-licence-key",
+        help="MaxMind licence key for GeoLite2-City (env LINKEDGE_MAXMIND_LICENCE_KEY)",
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
+    p.add_argument("--json", action="store_true")
     return parser
-
-
-# Other modules add their command groups here (geo, stats, token), keeping this file small.
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def _setup_logging(level: str) -> None:
