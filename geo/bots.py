@@ -413,7 +413,7 @@ def classify(ua: str, ua_info: UAInfo | None, *, is_head: bool, is_prefetch: boo
         return "prefetch"
     if is_head:
         return "head"
-    kind = ua_kind(ua)
+    kind = ua_kind(ua or "")  # a missing header may arrive as None
     if kind is not None:
         return kind
     if ua_info is not None and ua_info.device_type == "bot":

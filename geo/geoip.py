@@ -237,23 +237,18 @@ class _Source:
         """Open the file when it appeared or changed; True when a new reader is in use."""
         signature = _signature(self.path)
         if signature is None:
-            if self.reader is None:
-                self.error = f"file not found: {self.path}"
-            elif self.error is None:
-                self.error = (
-                    f"file not found: {self.path} (still serving the database loaded before)"
-                )
+            self.error = f"file not found: {self.path}{self._serving_note()}"
             return False
-        if signature == self.loaded_signature or signature == self.tried:
+        if signature == self.loaded_signature:
+            self.error = None
+            return False
+        if signature == self.tried:  # failed before: keep that error, do not retry
             return False
         self.tried = signature
         try:
             reader = _open(self.path)
         except GeoDatabaseError as exc:
-            if self.reader is not None:
-                self.error = f"{exc} (still serving the database loaded before)"
-            else:
-                self.error = str(exc)
+            self.error = f"{exc}{self._serving_note()}"
             logger.warning("%s database not loaded: %s", self.label, self.error)
             return False
         old, self.reader = self.reader, reader
@@ -279,6 +274,9 @@ class _Source:
                 self.mode,
             )
         return True
+
+    def _serving_note(self) -> str:
+        return " (still serving the database loaded before)" if self.reader is not None else ""
 
     def get(self, address: str | ipaddress.IPv4Address | ipaddress.IPv6Address) -> object:
         """The raw record for a validated address; raises what the reader raises."""
@@ -333,17 +331,21 @@ class GeoDatabase:
     def lookup(self, ip: str) -> GeoResult:
         """Country/region/city/ASN of ip; EMPTY_GEO when unknown or invalid. Never raises."""
         self.lookups += 1
-        cache = self._cache
-        result = cache.get(ip)
-        if result is not None:
-            cache.move_to_end(ip)
-            self.cache_hits += 1
+        try:
+            cache = self._cache
+            result = cache.get(ip)
+            if result is not None:
+                cache.move_to_end(ip)
+                self.cache_hits += 1
+                return result
+            result = self._lookup_uncached(ip)
+            cache[ip] = result
+            if len(cache) > self._cache_size:
+                cache.popitem(last=False)
             return result
-        result = self._lookup_uncached(ip)
-        cache[ip] = result
-        if len(cache) > self._cache_size:
-            cache.popitem(last=False)
-        return result
+        except Exception as exc:  # e.g. a caller passing None: never raise into the flusher
+            self._lookup_failed(f"lookup of {ip!r} failed: {exc!r}")
+            return EMPTY_GEO
 
     def _lookup_uncached(self, ip: str) -> GeoResult:
         if self._main is None and self._asn is None:

@@ -169,9 +169,9 @@ def test_prefetch_comes_first_then_head_then_the_user_agent(parser: UserAgentPar
     assert classify(googlebot, None, is_head=True, is_prefetch=False) == "head"
 
 
-@pytest.mark.parametrize("ua", ["", "   "])
-def test_empty_user_agent_is_automation(ua: str) -> None:
-    assert classify(ua, None, is_head=False, is_prefetch=False) == "automation"
+@pytest.mark.parametrize("ua", ["", "   ", None])
+def test_empty_or_missing_user_agent_is_automation(ua: str | None) -> None:
+    assert classify(ua, None, is_head=False, is_prefetch=False) == "automation"  # type: ignore[arg-type]
 
 
 def test_an_unfurler_that_also_says_bot_is_a_preview_not_a_crawler() -> None:

@@ -284,16 +284,27 @@ def test_corrupt_replacement_keeps_the_previous_reader_serving(tmp_path: Path) -
     db.close()
 
 
-def test_deleted_file_keeps_serving_and_says_so(tmp_path: Path) -> None:
+def test_removed_file_keeps_serving_and_says_so_until_it_is_back(tmp_path: Path) -> None:
     dest = tmp_path / "geo.mmdb"
     expected = build_city_mmdb(dest)
     db = GeoDatabase(str(dest))
-    dest.unlink()
+    os.rename(dest, tmp_path / "elsewhere.mmdb")
     assert db.maybe_reload() is False
     assert db.lookup("203.0.113.10") == expected["203.0.113.10"]
-    error = db.status()["error"]
-    assert isinstance(error, str) and error.startswith(f"file not found: {dest}")
+    assert db.status()["error"] == (
+        f"file not found: {dest} (still serving the database loaded before)"
+    )
+    os.rename(tmp_path / "elsewhere.mmdb", dest)  # the same file: nothing to reload
+    assert db.maybe_reload() is False
+    assert db.status()["error"] is None
     db.close()
+
+
+def test_lookup_of_a_non_string_is_counted_not_raised(city_db: GeoDatabase) -> None:
+    errors = city_db.status()["errors"]
+    assert city_db.lookup(None) == EMPTY_GEO  # type: ignore[arg-type]
+    assert city_db.lookup(["203.0.113.10"]) == EMPTY_GEO  # type: ignore[arg-type]
+    assert city_db.status()["errors"] == errors + 2  # type: ignore[operator]
 
 
 def test_asn_file_appearing_later_is_picked_up(

@@ -66,6 +66,11 @@ def test_empty_user_agent_is_other_with_nothing_known(parser: UserAgentParser, u
     assert parser.parse(ua) == EMPTY_UA == UAInfo(None, None, None, None, None, None, "other")
 
 
+def test_missing_user_agent_is_other(parser: UserAgentParser) -> None:
+    assert parser.parse(None) == EMPTY_UA  # type: ignore[arg-type]
+    assert parser.cache_info()["errors"] == 0
+
+
 def test_unknown_string_gives_nones_not_other(parser: UserAgentParser) -> None:
     info = parser.parse("zzqx")
     assert (info.browser, info.os, info.device_brand, info.device_model) == (None,) * 4
