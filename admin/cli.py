@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from admin import admin_cli
 from edge import config as cfg
 from edge import store
 from edge.errors import LinkedgeError
@@ -668,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--json", action="store_true")
+    admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats
     return parser
 
 

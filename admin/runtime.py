@@ -28,6 +28,8 @@ from geo.geoip import GeoDatabase
 
 log = logging.getLogger("linkedge")
 
+GIL_SWITCH_INTERVAL_S = 0.0005  # seconds
+
 
 class Runtime:
     """Everything a running server holds; the admin API reads its parts."""
@@ -132,6 +134,10 @@ def run(config: Config, on_ready: Callable[[Runtime], None] | None = None) -> in
     from edge.server import install_event_loop_policy
 
     kind = install_event_loop_policy()
+    # The click pipeline's threads (enrichment, SQLite) share the GIL with the event loop;
+    # CPython hands it over every 5 ms by default, which shows up as 5-20 ms tail latency
+    # on redirects while a batch is enriched. A shorter interval keeps the loop responsive.
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     log.info("event loop: %s", kind)
     try:
         return asyncio.run(serve(config, on_ready))

@@ -46,9 +46,10 @@ class Ring:
         self.last = bucket
 
     def add(self, bucket: int, clicks: int, humans: int) -> None:
-        self._advance(bucket)
-        if bucket <= self.last - self.size:
-            return  # older than the ring holds
+        if bucket != self.last:
+            self._advance(bucket)
+            if bucket <= self.last - self.size:
+                return  # older than the ring holds
         i = bucket % self.size
         self.clicks[i] += clicks
         self.humans[i] += humans
@@ -95,6 +96,7 @@ class LiveCounters:
     def add(self, counts: Iterable[tuple[int, int, int, int]]) -> None:
         """Add (link_id, unix second, clicks, humans) aggregates."""
         links = self.links
+        overall: dict[int, list[int]] = {}
         for link_id, second, clicks, humans in counts:
             c = links.get(link_id)
             if c is None:
@@ -103,6 +105,14 @@ class LiveCounters:
             c.minutes.add(second // 60, clicks, humans)
             c.total += clicks
             c.humans += humans
+            sums = overall.get(second)
+            if sums is None:
+                overall[second] = [clicks, humans]
+            else:
+                sums[0] += clicks
+                sums[1] += humans
+        for second in sorted(overall):
+            clicks, humans = overall[second]
             self.overall.add(second, clicks, humans)
             self.total += clicks
             self.humans += humans
