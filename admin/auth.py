@@ -1,0 +1,168 @@
+"""Bearer tokens for the admin API.
+
+Rules of this module:
+- Only a token's SHA-256 is stored (edge/store.py `api_tokens`); the secret is shown once,
+  when it is created. A presented token is hashed and compared with every active hash by
+  `hmac.compare_digest`, without stopping at a match, so timing says nothing about which
+  hash matched or how much of it did.
+- Active hashes are cached in memory and re-read at most every TOKEN_REFRESH_S, and at once
+  after the API changes tokens: a token revoked with the CLI stops working within
+  TOKEN_REFRESH_S, one revoked through the API at once.
+- `last_used_at` is written at most once per TOUCH_INTERVAL_S per token, off the request.
+- Bootstrap (server start): LINKEDGE_ADMIN_TOKEN, when set, is stored (its hash) if it is
+  not already (one too short to be safe is ignored with an error in the log); then, if no
+  active token exists, one named "admin" is created and printed once on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import sqlite3
+import time
+from typing import Final
+
+from edge import store
+from edge.db import Database
+from edge.errors import InvalidField, LinkedgeError
+
+log = logging.getLogger("linkedge.admin")
+
+TOKEN_REFRESH_S: Final = 2.0
+TOUCH_INTERVAL_S: Final = 60.0
+# A token supplied through the environment must be at least this long: secrets.token_urlsafe
+# (what `linkedge token create` uses) gives 43 characters; 24 random characters resist
+# guessing for good even against an attacker with our hash.
+MIN_SUPPLIED_TOKEN_LENGTH: Final = 24
+ENV_TOKEN: Final = "LINKEDGE_ADMIN_TOKEN"
+TOKEN_PRINT_PREFIX: Final = "linkedge admin token (shown once): "
+
+
+class Unauthorized(LinkedgeError):
+    status = 401
+    code = "unauthorized"
+
+
+def store_supplied_token(conn: sqlite3.Connection, name: str, secret: str) -> bool:
+    """Store the hash of a token chosen by the operator; False when it is already stored.
+
+    Stop-gap until edge/store.py has `add_token(conn, name, secret)` (requested): this is
+    the one write statement outside store.py.
+    """
+    digest = store.token_hash(secret)
+    with store.Transaction(conn):
+        if conn.execute("SELECT 1 FROM api_tokens WHERE token_hash = ?", (digest,)).fetchone():
+            return False
+        conn.execute(
+            "INSERT INTO api_tokens (name, token_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
+            (name, digest, secret[:7], store.now_ms()),
+        )
+    return True
+
+
+def check_supplied_token(secret: str) -> None:
+    if len(secret) < MIN_SUPPLIED_TOKEN_LENGTH or not secret.isascii() or not secret.isprintable():
+        raise InvalidField(
+            f"{ENV_TOKEN} must be at least {MIN_SUPPLIED_TOKEN_LENGTH} printable ASCII "
+            "characters (e.g. the output of `openssl rand -hex 24`)",
+            ENV_TOKEN,
+        )
+    if any(c.isspace() for c in secret):
+        raise InvalidField(f"{ENV_TOKEN} must not contain spaces", ENV_TOKEN)
+
+
+def bootstrap(conn: sqlite3.Connection, supplied: str | None) -> str | None:
+    """Store a supplied token; create the first token if none is active.
+
+    Returns the secret of a newly created token (to print once), else None.
+    """
+    if supplied:
+        try:
+            check_supplied_token(supplied)
+        except InvalidField as exc:
+            # Refusing to start would be better, but a failure this late in the runtime's
+            # start leaves its threads running (reported); the token is ignored, loudly.
+            log.error("ignoring %s: %s", ENV_TOKEN, exc.message)
+        else:
+            if store_supplied_token(conn, "env", supplied):
+                log.info("stored the token from %s", ENV_TOKEN)
+    if store.active_token_hashes(conn):
+        return None
+    _record, secret = store.create_token(conn, "admin")
+    return secret
+
+
+class TokenCache:
+    """The active token hashes, kept fresh; `authenticate()` checks one request."""
+
+    def __init__(self, reader: Database, writer: Database) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.hashes: list[tuple[int, bytes]] = []
+        self.loaded_at = 0.0  # monotonic time of the last refresh
+        self._touched: dict[int, float] = {}
+        self._touching: set[asyncio.Task[None]] = set()
+        self._refreshing: asyncio.Future[None] | None = None
+
+    async def refresh(self) -> None:
+        self.hashes = await self.reader.run(store.active_token_hashes)
+        self.loaded_at = time.monotonic()
+
+    async def _maybe_refresh(self) -> None:
+        if time.monotonic() - self.loaded_at < TOKEN_REFRESH_S:
+            return
+        # One refresh at a time; concurrent requests wait for it.
+        if self._refreshing is not None:
+            await asyncio.shield(self._refreshing)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._refreshing = fut
+        try:
+            await self.refresh()
+            fut.set_result(None)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it, nobody logs it twice
+            raise
+        finally:
+            self._refreshing = None
+
+    async def authenticate(self, header: bytes | None) -> int:
+        """The token id of an `Authorization: Bearer ...` header, or raise Unauthorized."""
+        if header is None:
+            raise Unauthorized("an API token is required: send `Authorization: Bearer <token>`")
+        scheme, _, value = header.partition(b" ")
+        token = value.strip()
+        if scheme.lower() != b"bearer" or not token:
+            raise Unauthorized("the Authorization header must be `Bearer <token>`")
+        await self._maybe_refresh()
+        digest = hashlib.sha256(token).digest()
+        found = 0
+        for token_id, stored in self.hashes:
+            if hmac.compare_digest(digest, stored):
+                found = token_id
+        if not found:
+            raise Unauthorized("invalid or revoked API token")
+        self._touch(found)
+        return found
+
+    def _touch(self, token_id: int) -> None:
+        now = time.monotonic()
+        if now - self._touched.get(token_id, -TOUCH_INTERVAL_S) < TOUCH_INTERVAL_S:
+            return
+        self._touched[token_id] = now
+        task = asyncio.get_running_loop().create_task(self._write_touch(token_id))
+        self._touching.add(task)
+        task.add_done_callback(self._touching.discard)
+
+    async def _write_touch(self, token_id: int) -> None:
+        try:
+            await self.writer.run(store.touch_token, token_id)
+        except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: closed while stopping
+            log.debug("could not record the use of token %d: %s", token_id, exc)
+
+    async def close(self) -> None:
+        if self._touching:
+            await asyncio.gather(*self._touching, return_exceptions=True)
