@@ -169,6 +169,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     conn.close()
 
+    exe = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith("linkedge") else "linkedge"
+
     def ready(rt: Runtime) -> None:
         assert rt.edge is not None
         port = rt.edge.port
@@ -176,7 +178,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             "\nlinkedge is running with a demo link. Try:\n"
             f"  curl -i http://127.0.0.1:{port}/demo\n"
             f"  curl -i 'http://127.0.0.1:{port}/demo?utm_source=readme'\n"
-            f"  linkedge link add https://example.org/launch --slug launch --db {config.db_path}\n"
+            f"  {exe} link add https://example.org/launch --slug launch --db {config.db_path}\n"
             "Press Ctrl-C to stop (every click is written before exit).\n",
             flush=True,
         )
