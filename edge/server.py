@@ -15,9 +15,9 @@ Rules:
 - Shutdown: stop accepting, let each connection finish the request it is receiving, close
   idle ones at once, wait up to shutdown_timeout_s, then abort what is left.
 
-Request bodies: GET/HEAD with a body are read and discarded per their framing (up to
-max_edge_body_bytes, else 413 and close) so a keep-alive connection stays in sync.
-Other methods get 405 (and the connection closes when they carried a body).
+Request bodies are not expected on the edge: a body (Content-Length or chunked) is read
+and discarded per its framing, up to max_edge_body_bytes (else 413 and close), so a
+keep-alive connection stays in sync. Methods other than GET and HEAD get 405.
 """
 
 from __future__ import annotations
@@ -436,9 +436,6 @@ class EdgeProtocol(asyncio.Protocol):
         is_head = method == _HEAD
         if not is_head and method != _GET:
             metrics.count(405)
-            if req.content_length or req.chunked:
-                self.closing = True
-                tail = server.date_tail_close
             return METHOD_NOT_ALLOWED_HEAD + tail + METHOD_NOT_ALLOWED_BODY
         domain = self.table.domain_for(req.host)
         path = req.path

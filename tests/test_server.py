@@ -364,3 +364,14 @@ def test_llhttp_conformance_vectors(served: ServerProcess) -> None:
     )
     summary = result.stdout.strip().splitlines()[-1]
     assert " 0 failed" in summary, result.stdout[-3000:]
+
+
+def test_post_with_body_gets_405_and_connection_stays_in_sync(served: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", served.edge_port)) as sock:
+        sock.sendall(
+            b"POST /launch HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nabcd"
+            b"GET /perm HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        answers = read_responses(sock, 2)
+    assert [a.split(b" ", 2)[1] for a in answers] == [b"405", b"301"]
+    assert b"Connection: close" not in answers[0]
