@@ -228,7 +228,8 @@ def parse_head(buf: bytes | bytearray, start: int = 0) -> tuple[Request, int] | 
         start += 2
     end = buf.find(b"\r\n\r\n", start)
     if end < 0:
-        _check_incomplete(buf, start)
+        if start < len(buf):
+            _check_incomplete(buf, start)
         return None
     if end - start > MAX_HEAD_BYTES:
         _check_incomplete(buf, start)
