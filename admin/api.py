@@ -41,7 +41,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any, Final, cast
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import unquote
 
 import orjson
 
@@ -388,7 +388,6 @@ class AdminServer:
         self.stop_event = asyncio.Event()
         self.public = False  # listening beyond loopback (--admin-public)
         # metrics
-        self.requests = 0
         self.by_status: dict[int, int] = {}
         self.connections_total = 0
         self.flush_histogram = Histogram(FLUSH_BUCKETS_S)
@@ -483,7 +482,6 @@ class AdminServer:
 
     async def dispatch(self, req: Request, body: bytes) -> Response | Stream:
         """The answer to one request; never raises."""
-        self.requests += 1
         try:
             result = await self._dispatch(req, body)
         except Exception as exc:
@@ -493,29 +491,27 @@ class AdminServer:
         return result
 
     async def _dispatch(self, req: Request, body: bytes) -> Response | Stream:
-        try:
-            path = unquote(req.path.decode("ascii"), errors="strict")
-        except UnicodeDecodeError:
-            raise InvalidField("the path is not valid UTF-8") from None
-        if len(path) > 1 and path.endswith("/"):
-            path = path[:-1]
-        segments = path.split("/")[1:]
+        raw_path = req.path.decode("ascii")  # the parser admits ASCII only
+        if len(raw_path) > 1 and raw_path.endswith("/"):
+            raw_path = raw_path[:-1]
+        # Split, then decode each segment: an encoded "/" (%2F) stays inside its segment.
+        segments = [_unquote(part, "path") for part in raw_path.split("/")[1:]]
         method = req.method.decode("ascii")
         if segments[:1] == ["api"] or (segments == ["metrics"] and self.public):
             await self.tokens.authenticate(req.header(b"authorization"))
         route, params = self.router.match(method, segments)
         query: dict[str, str] = {}
-        try:
-            pairs = parse_qsl(req.query.decode("ascii"), keep_blank_values=True, errors="strict")
-        except (UnicodeDecodeError, ValueError):
-            raise InvalidField("the query string is not valid UTF-8") from None
-        for name, value in pairs:
+        for pair in req.query.decode("ascii").split("&"):
+            if not pair:
+                continue
+            raw_name, _, raw_value = pair.partition("=")
+            name = _unquote(raw_name, "query")
             if name not in route.query:
                 accepted = ", ".join(sorted(route.query)) or "none"
                 raise InvalidField(f"unknown query parameter {name!r} (accepted: {accepted})", name)
             if name in query:
                 raise InvalidField(f"query parameter {name!r} given twice", name)
-            query[name] = value
+            query[name] = _unquote(raw_value, name)
         return await route.handler(Call(req, params, query, body))
 
     def _add_routes(self) -> None:
@@ -712,9 +708,13 @@ class AdminServer:
             call.q("from"), call.q("to"), call.q("interval"), call.q("tz"), call.now
         )
 
-    def _velocity(self, link_ids: list[int] | None, window_s: int) -> dict[str, Any]:
-        record = stats.live_velocity(self.runtime.live, link_ids, window_s, int(time.time()))
-        record["warming_up"] = time.time() - self.runtime.started_at < 2 * window_s
+    def _velocity(
+        self, link_ids: list[int] | None, window_s: int, now_s: int | None = None
+    ) -> dict[str, Any]:
+        now = int(time.time()) if now_s is None else now_s
+        record = stats.live_velocity(self.runtime.live, link_ids, window_s, now)
+        # The counters start empty: until two windows have passed, "previous" is not real.
+        record["warming_up"] = now - self.runtime.started_at < 2 * window_s
         return record
 
     async def _checkpoints(self, link: dict[str, Any]) -> dict[str, Any] | None:
@@ -832,9 +832,7 @@ class AdminServer:
                 )
             entry["windows"] = windows
             entry["rate_per_min"] = windows["60s"]["clicks"]
-            entry["velocity"] = stats.live_velocity(
-                live, [link_id], stats.DEFAULT_VELOCITY_WINDOW_S, now_s
-            )
+            entry["velocity"] = self._velocity([link_id], stats.DEFAULT_VELOCITY_WINDOW_S, now_s)
             links.append(entry)
         overall_windows = stats.live_windows(live, None, now_s)
         snapshot = {
@@ -843,9 +841,7 @@ class AdminServer:
                 "windows": overall_windows,
                 "rate_per_min": overall_windows["60s"]["clicks"],
                 "rate_per_s": round(live.window(None, 10, now_s)[0] / 10, 2),
-                "velocity": stats.live_velocity(
-                    live, None, stats.DEFAULT_VELOCITY_WINDOW_S, now_s
-                ),
+                "velocity": self._velocity(None, stats.DEFAULT_VELOCITY_WINDOW_S, now_s),
                 "since_start": {"clicks": live.total, "humans": live.humans},
             },
             "links": links,
@@ -1188,6 +1184,15 @@ class AdminServer:
 def _label(value: object) -> str:
     text = "" if value is None else str(value)
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _unquote(text: str, what: str) -> str:
+    """Percent-decode a path segment or query value. A "+" stays a plus sign (not a
+    space, as in HTML forms), so ISO 8601 offsets like +01:00 work unencoded."""
+    try:
+        return unquote(text, errors="strict")
+    except UnicodeDecodeError:
+        raise InvalidField(f"the {what} is not valid UTF-8 once percent-decoded", what) from None
 
 
 def _is_loopback(host: str) -> bool:

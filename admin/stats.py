@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import datetime as dt
+import itertools
 import math
 import re
 import sqlite3
@@ -39,7 +40,7 @@ import orjson
 
 from edge import store
 from edge.errors import InvalidField
-from edge.live import SECONDS_KEPT, LiveCounters
+from edge.live import LiveCounters
 
 UTC: Final = dt.UTC
 
@@ -398,11 +399,33 @@ def get_token(conn: sqlite3.Connection, token_id: int) -> dict[str, Any] | None:
 
 
 # --- stats of a selection of links ----------------------------------------------------------
+#
+# How a stats answer is computed: every query walks the selected links and aggregates per
+# link (GROUP BY l.id follows the scan, so SQLite never sorts), and Python folds the
+# per-link rows into the answer's groups (one group, None, for a link or a selection;
+# campaigns, tags, ... for group_by). Clicks written after the rollup watermark (the
+# "tail") are folded in the same way, so answers are exact and current.
 
+# The group key of each group_by, as SQL over `links l` (and `json_each(l.tags) t`).
+GROUP_KEY_SQL: Final = {
+    "campaign": "coalesce(l.campaign, '')",
+    "utm_source": "coalesce(l.utm_source, '')",
+    "utm_medium": "coalesce(l.utm_medium, '')",
+    "utm_campaign": "coalesce(l.utm_campaign, '')",
+    "tag": "t.value",
+    "domain": "(SELECT host FROM domains WHERE id = l.domain_id)",
+    "link": "l.id",
+}
 # Click columns of the breakdown dimensions, in edge/clicks.py's DIMENSIONS order.
 _TAIL_DIMS: Final = (*DIMENSION_NAMES, BOT_KIND_DIM)
+# Positions in a tail row: link, ts, visitor, the dimensions, the stored visitor's human.
+_T_LINK, _T_TS, _T_VISITOR, _T_DIMS = 0, 1, 2, 3
+_T_BOT = _T_DIMS + len(_TAIL_DIMS) - 1
+_T_STORED = _T_DIMS + len(_TAIL_DIMS)
+
 MinuteRow = tuple[Any, int, int, int]  # group key, minute, clicks, humans
 Breakdown = dict[str, dict[str, list[int]]]  # dim -> value -> [clicks, humans]
+GroupsOf = dict[int, list[Any]]  # link id -> its group keys
 
 
 @contextlib.contextmanager
@@ -420,145 +443,232 @@ def _snapshot(conn: sqlite3.Connection) -> Iterator[int]:
             conn.execute("COMMIT")
 
 
-def _from_links(rollup: str, alias: str, range_clause: str, group_key: str | None) -> str:
-    """`FROM links l [, json_each(l.tags) t] CROSS JOIN <rollup> <alias> ON ...`."""
-    tags = ", json_each(l.tags) t" if group_key == "tag" else ""
-    return (
-        f"FROM links l{tags} CROSS JOIN {rollup} {alias} "
-        f"ON {alias}.link_id = l.id AND {range_clause}"
-    )
+def _tuples(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> sqlite3.Cursor:
+    """A cursor yielding plain tuples (sqlite3.Row costs more on big answers)."""
+    cur = conn.cursor()
+    cur.row_factory = None
+    return cur.execute(sql, params)
 
 
-def _key_sql(group_key: str | None) -> str:
-    return "NULL" if group_key is None else GROUP_KEY_SQL[group_key]
+def _from_links(rollup: str, alias: str, range_clause: str) -> str:
+    """`FROM links l CROSS JOIN <rollup> <alias> ON ...`: links first, then a seek into the
+    rollup's primary key per link (SQLite never reorders a CROSS JOIN)."""
+    return f"FROM links l CROSS JOIN {rollup} {alias} ON {alias}.link_id = l.id AND {range_clause}"
 
 
-def _keys_clause(group_key: str | None, keys: Sequence[Any] | None) -> tuple[str, list[Any]]:
-    if group_key is None or keys is None:
+def _ids_clause(link_ids: Sequence[int] | None) -> tuple[str, list[Any]]:
+    if link_ids is None:
         return "", []
-    return f" AND {GROUP_KEY_SQL[group_key]} IN (SELECT value FROM json_each(?))", [
-        orjson.dumps(list(keys)).decode()
-    ]
+    return " AND l.id IN (SELECT value FROM json_each(?))", [orjson.dumps(list(link_ids)).decode()]
 
 
-class Tail:
-    """Clicks written after the rollup watermark, aggregated like the rollups.
-
-    The flusher adds clicks to the rollups about once a second (longer under heavy load,
-    and only with the next batch), so without these the newest clicks would be missing.
-    The scan is by rowid (`clicks.id > watermark`, the table's own key, NOT INDEXED keeps
-    SQLite from preferring the ts index), so it costs the un-rolled clicks and no more.
-    """
+class _Selection:
+    """The links of a stats answer and their groups, read in one snapshot."""
 
     def __init__(
         self,
         conn: sqlite3.Connection,
-        watermark: int,
-        where: str,
-        params: list[Any],
+        flt: LinkFilter,
         rng: TimeRange,
-        group_key: str | None,
-        keys: Sequence[Any] | None = None,
+        group_by: str | None,
+        watermark: int,
     ) -> None:
-        tags = ", json_each(l.tags) t" if group_key == "tag" else ""
-        extra, extra_params = _keys_clause(group_key, keys)
-        d_first, d_last = rng.days
+        self.conn = conn
+        self.rng = rng
+        self.where, self.params = flt.where()
+        self.groups_of: GroupsOf = {}
+        key_sql = "NULL" if group_by is None else GROUP_KEY_SQL[group_by]
+        tags = ", json_each(l.tags) t" if group_by == "tag" else ""
+        for link_id, key in _tuples(
+            conn, f"SELECT l.id, {key_sql} FROM links l{tags} WHERE {self.where}", self.params
+        ):
+            self.groups_of.setdefault(link_id, []).append(key)
+        self.tail = self._tail(watermark)
+
+    def _tail(self, watermark: int) -> list[tuple[Any, ...]]:
+        """Clicks of the selection written after the watermark (at most the range's days).
+
+        The flusher adds clicks to the rollups about once a second (longer under heavy
+        load, and only with the next batch), so without these the newest clicks would be
+        missing. The scan is by rowid (`clicks.id > watermark`; NOT INDEXED keeps SQLite
+        from preferring the ts index), so it costs the clicks not rolled up and no more.
+        """
+        d_first, d_last = self.rng.days
         dims = ", ".join(f"coalesce(c.{d}, '')" for d in _TAIL_DIMS)
-        self.rows = conn.execute(
-            f"SELECT {_key_sql(group_key)}, c.id, c.ts, c.visitor_id, {dims}, v.human "
-            f"FROM clicks c NOT INDEXED CROSS JOIN links l ON l.id = c.link_id{tags} "
+        return _tuples(
+            self.conn,
+            f"SELECT c.link_id, c.ts, c.visitor_id, {dims}, v.human "
+            "FROM clicks c NOT INDEXED CROSS JOIN links l ON l.id = c.link_id "
             "LEFT JOIN link_day_visitor v ON v.link_id = c.link_id "
             "AND v.day = c.ts / 86400000 AND v.visitor_id = c.visitor_id "
-            f"WHERE c.id > ? AND c.ts >= ? AND c.ts < ? AND {where}{extra}",
-            (watermark, d_first * 86400000, (d_last + 1) * 86400000, *params, *extra_params),
+            f"WHERE c.id > ? AND c.ts >= ? AND c.ts < ? AND {self.where}",
+            (watermark, d_first * 86400000, (d_last + 1) * 86400000, *self.params),
         ).fetchall()
-        self.rng = rng
 
-    def minute_rows(self) -> list[MinuteRow]:
+    def link_totals(self) -> dict[int, list[int]]:
+        """Per link: [clicks, humans] in the range's minutes."""
         m_first, m_last = self.rng.minutes
-        out: list[MinuteRow] = []
-        bot = 4 + len(_TAIL_DIMS) - 1
-        for row in self.rows:
-            minute = row[2] // 60000
-            if m_first <= minute <= m_last:
-                out.append((row[0], minute, 1, 0 if row[bot] else 1))
+        out: dict[int, list[int]] = {}
+        for link_id, clicks, humans in _tuples(
+            self.conn,
+            f"SELECT l.id, sum(m.clicks), sum(m.humans) "
+            f"{_from_links('link_minute', 'm', 'm.minute BETWEEN ? AND ?')} "
+            f"WHERE {self.where} GROUP BY l.id",
+            (m_first, m_last, *self.params),
+        ):
+            out[link_id] = [clicks, humans]
+        for row in self.tail:
+            if m_first <= row[_T_TS] // 60000 <= m_last:
+                entry = out.setdefault(row[_T_LINK], [0, 0])
+                entry[0] += 1
+                entry[1] += 0 if row[_T_BOT] else 1
         return out
 
-    def add_breakdowns(self, into: dict[Any, Breakdown], only: Sequence[str] = _TAIL_DIMS) -> None:
+    def fold(self, per_link: dict[int, list[int]], keys: set[Any]) -> dict[Any, list[int]]:
+        out: dict[Any, list[int]] = {}
+        for link_id, (clicks, humans) in per_link.items():
+            for key in self.groups_of.get(link_id, ()):
+                if key in keys:
+                    entry = out.setdefault(key, [0, 0])
+                    entry[0] += clicks
+                    entry[1] += humans
+        return out
+
+    def members(self, keys: set[Any]) -> list[int] | None:
+        """The links in these groups (None: every selected link is)."""
+        ids = [i for i, ks in self.groups_of.items() if any(k in keys for k in ks)]
+        return None if len(ids) == len(self.groups_of) else ids
+
+    def series(self, keys: set[Any], ids: list[int] | None) -> dict[Any, list[dict[str, Any]]]:
+        """A zero-filled series per group. For hour and day series the minutes are summed
+        per quarter hour (QUARTER_MINUTES) in SQL, which is all the bucketing needs."""
+        rng = self.rng
+        minute_sql = (
+            "m.minute"
+            if rng.interval == "minute"
+            else (f"(m.minute / {QUARTER_MINUTES}) * {QUARTER_MINUTES}")
+        )
+        extra, extra_params = _ids_clause(ids)
+        m_first, m_last = rng.minutes
+        rows: list[MinuteRow] = []
+        for link_id, minute, clicks, humans in _tuples(
+            self.conn,
+            f"SELECT l.id, {minute_sql} AS mm, sum(m.clicks), sum(m.humans) "
+            f"{_from_links('link_minute', 'm', 'm.minute BETWEEN ? AND ?')} "
+            f"WHERE {self.where}{extra} GROUP BY l.id, mm",
+            (m_first, m_last, *self.params, *extra_params),
+        ):
+            for key in self.groups_of.get(link_id, ()):
+                if key in keys:
+                    rows.append((key, minute, clicks, humans))
+        for row in self.tail:
+            minute = row[_T_TS] // 60000
+            if m_first <= minute <= m_last:
+                for key in self.groups_of.get(row[_T_LINK], ()):
+                    if key in keys:
+                        rows.append((key, minute, 1, 0 if row[_T_BOT] else 1))
+        return _series(rng, rows)
+
+    def breakdowns(
+        self, keys: set[Any], ids: list[int] | None, dims: Sequence[str] = _TAIL_DIMS
+    ) -> dict[Any, Breakdown]:
+        """Per group, per dimension, per value: [clicks, humans] over the range's UTC hours."""
         h_first, h_last = self.rng.hours
-        bot = 4 + len(_TAIL_DIMS) - 1
-        columns = [(dim, 4 + _TAIL_DIMS.index(dim)) for dim in only]
-        for row in self.rows:
-            if not h_first <= row[2] // 3600000 <= h_last:
+        extra, extra_params = _ids_clause(ids)
+        dim_clause = ""
+        if tuple(dims) != _TAIL_DIMS:
+            dim_clause = f" AND d.dim IN ({', '.join('?' for _ in dims)})"
+            extra_params = [*dims, *extra_params]
+        out: dict[Any, Breakdown] = {}
+        for link_id, dim, value, clicks, humans in _tuples(
+            self.conn,
+            f"SELECT l.id, d.dim, d.value, sum(d.clicks), sum(d.humans) "
+            f"{_from_links('link_hour_dim', 'd', 'd.hour BETWEEN ? AND ?')} "
+            f"WHERE {self.where}{dim_clause}{extra} GROUP BY l.id, d.dim, d.value",
+            (h_first, h_last, *self.params, *extra_params),
+        ):
+            for key in self.groups_of.get(link_id, ()):
+                if key in keys:
+                    entry = out.setdefault(key, {}).setdefault(dim, {}).setdefault(value, [0, 0])
+                    entry[0] += clicks
+                    entry[1] += humans
+        columns = [(dim, _T_DIMS + _TAIL_DIMS.index(dim)) for dim in dims]
+        for row in self.tail:
+            if not h_first <= row[_T_TS] // 3600000 <= h_last:
                 continue
-            human = 0 if row[bot] else 1
-            per_dim = into.setdefault(row[0], {})
-            for dim, col in columns:
-                entry = per_dim.setdefault(dim, {}).setdefault(row[col], [0, 0])
-                entry[0] += 1
-                entry[1] += human
+            human = 0 if row[_T_BOT] else 1
+            for key in self.groups_of.get(row[_T_LINK], ()):
+                if key not in keys:
+                    continue
+                per_dim = out.setdefault(key, {})
+                for dim, col in columns:
+                    entry = per_dim.setdefault(dim, {}).setdefault(row[col], [0, 0])
+                    entry[0] += 1
+                    entry[1] += human
+        return out
 
-    def add_uniques(self, into: dict[Any, list[int]]) -> None:
-        """Visitors first seen (that day, on that link) after the watermark. In a group, a
-        visitor already counted through another of the group's links within the lag is
-        counted again: a bounded, seconds-wide overcount, gone once the rollup is written."""
+    def uniques(self, keys: set[Any], ids: list[int] | None) -> dict[Any, list[int]]:
+        """Per group: [unique visitors, visitors with a human click], each UTC day's distinct
+        visitors summed over the range's days. A group of one link counts its visitor rows
+        in SQL; a group of several dedupes visitors seen on more than one of its links."""
         d_first, d_last = self.rng.days
-        bot = 4 + len(_TAIL_DIMS) - 1
-        seen: dict[tuple[Any, int, bytes], list[Any]] = {}
-        for row in self.rows:
-            visitor = row[3]
-            day = row[2] // 86400000
-            if visitor is None or not d_first <= day <= d_last:
-                continue
-            key = (row[0], day, bytes(visitor))
-            human = 0 if row[bot] else 1
-            entry = seen.get(key)
-            if entry is None:
-                seen[key] = [row[-1], human]
-            else:
-                entry[1] = max(entry[1], human)
-        for (group, _day, _visitor), (stored_human, human) in seen.items():
-            counts = into.setdefault(group, [0, 0])
-            if stored_human is None:
-                counts[0] += 1
-                counts[1] += human
-            elif human and not stored_human:
-                counts[1] += 1
-
-    def click_totals(self) -> tuple[int, int]:
-        """Clicks and humans in the minute range, each click once (tags repeat a click)."""
-        m_first, m_last = self.rng.minutes
-        bot = 4 + len(_TAIL_DIMS) - 1
-        ids: dict[int, int] = {}
-        for row in self.rows:
-            if m_first <= row[2] // 60000 <= m_last:
-                ids[row[1]] = 0 if row[bot] else 1
-        return len(ids), sum(ids.values())
-
-
-def _minute_rows(
-    conn: sqlite3.Connection,
-    where: str,
-    params: list[Any],
-    rng: TimeRange,
-    group_key: str | None,
-    keys: Sequence[Any] | None = None,
-) -> list[MinuteRow]:
-    """(group, minute, clicks, humans) from link_minute; for hour and day series summed per
-    quarter hour (QUARTER_MINUTES) in SQL, which is all the bucketing needs."""
-    if rng.interval == "minute":
-        minute_sql = "m.minute"
-    else:
-        minute_sql = f"(m.minute / {QUARTER_MINUTES}) * {QUARTER_MINUTES}"
-    extra, extra_params = _keys_clause(group_key, keys)
-    m_first, m_last = rng.minutes
-    rows = conn.execute(
-        f"SELECT {_key_sql(group_key)} AS k, {minute_sql} AS mm, sum(m.clicks), sum(m.humans) "
-        f"{_from_links('link_minute', 'm', 'm.minute BETWEEN ? AND ?', group_key)} "
-        f"WHERE {where}{extra} GROUP BY k, mm",
-        (m_first, m_last, *params, *extra_params),
-    ).fetchall()
-    return [(r[0], int(r[1]), int(r[2]), int(r[3])) for r in rows]
+        extra, extra_params = _ids_clause(ids)
+        members: dict[Any, int] = {}
+        for ks in self.groups_of.values():
+            for k in ks:
+                if k in keys:
+                    members[k] = members.get(k, 0) + 1
+        single = all(n == 1 for n in members.values())
+        source = _from_links("link_day_visitor", "v", "v.day BETWEEN ? AND ?")
+        out: dict[Any, list[int]] = {}
+        if single:  # one link per group: its rows are already distinct
+            for link_id, count, humans in _tuples(
+                self.conn,
+                f"SELECT l.id, count(*), sum(v.human) {source} "
+                f"WHERE {self.where}{extra} GROUP BY l.id",
+                (d_first, d_last, *self.params, *extra_params),
+            ):
+                for key in self.groups_of.get(link_id, ()):
+                    if key in keys:
+                        out[key] = [count, humans or 0]
+            tail_seen: dict[tuple[Any, int, bytes], list[Any]] = {}
+            for row in self.tail:
+                day = row[_T_TS] // 86400000
+                if row[_T_VISITOR] is None or not d_first <= day <= d_last:
+                    continue
+                for key in self.groups_of.get(row[_T_LINK], ()):
+                    if key in keys:
+                        tkey = (key, day, bytes(row[_T_VISITOR]))
+                        human = 0 if row[_T_BOT] else 1
+                        seen = tail_seen.setdefault(tkey, [row[_T_STORED], 0])
+                        seen[1] = max(seen[1], human)
+            for (key, _day, _visitor), (stored, human) in tail_seen.items():
+                counts = out.setdefault(key, [0, 0])
+                if stored is None:  # a visitor the rollup does not have yet
+                    counts[0] += 1
+                    counts[1] += human
+                elif human and not stored:
+                    counts[1] += 1
+            return out
+        visitors: dict[Any, dict[tuple[int, bytes], int]] = {}
+        rows: Iterable[tuple[Any, ...]] = _tuples(
+            self.conn,
+            f"SELECT l.id, v.day, v.visitor_id, v.human {source} WHERE {self.where}{extra}",
+            (d_first, d_last, *self.params, *extra_params),
+        )
+        tail_rows = [
+            (r[_T_LINK], r[_T_TS] // 86400000, r[_T_VISITOR], 0 if r[_T_BOT] else 1)
+            for r in self.tail
+            if r[_T_VISITOR] is not None and d_first <= r[_T_TS] // 86400000 <= d_last
+        ]
+        for link_id, day, visitor, human in itertools.chain(rows, tail_rows):
+            for key in self.groups_of.get(link_id, ()):
+                if key in keys:
+                    per_key = visitors.setdefault(key, {})
+                    vkey = (day, visitor)
+                    if per_key.get(vkey, -1) < human:
+                        per_key[vkey] = human
+        return {key: [len(v), sum(v.values())] for key, v in visitors.items()}
 
 
 def _series(rng: TimeRange, rows: Iterable[MinuteRow]) -> dict[Any, list[dict[str, Any]]]:
@@ -590,57 +700,6 @@ def _zero_series(rng: TimeRange) -> list[dict[str, Any]]:
     return [{"t": iso_local(t, rng.tz), "clicks": 0, "humans": 0} for t in starts]
 
 
-def _breakdowns(
-    conn: sqlite3.Connection,
-    where: str,
-    params: list[Any],
-    rng: TimeRange,
-    group_key: str | None,
-    dims: Sequence[str] | None = None,
-    keys: Sequence[Any] | None = None,
-) -> dict[Any, Breakdown]:
-    """Per group, per dimension, per value: [clicks, humans] over the range's UTC hours."""
-    h_first, h_last = rng.hours
-    dim_clause = ""
-    dim_params: list[Any] = []
-    if dims is not None:
-        dim_clause = f" AND d.dim IN ({', '.join('?' for _ in dims)})"
-        dim_params = list(dims)
-    extra, extra_params = _keys_clause(group_key, keys)
-    rows = conn.execute(
-        f"SELECT {_key_sql(group_key)} AS k, d.dim, d.value, sum(d.clicks), sum(d.humans) "
-        f"{_from_links('link_hour_dim', 'd', 'd.hour BETWEEN ? AND ?', group_key)} "
-        f"WHERE {where}{dim_clause}{extra} GROUP BY k, d.dim, d.value",
-        (h_first, h_last, *params, *dim_params, *extra_params),
-    ).fetchall()
-    out: dict[Any, Breakdown] = {}
-    for key, dim, value, clicks, humans in rows:
-        out.setdefault(key, {}).setdefault(dim, {})[value] = [int(clicks), int(humans)]
-    return out
-
-
-def _uniques(
-    conn: sqlite3.Connection,
-    where: str,
-    params: list[Any],
-    rng: TimeRange,
-    group_key: str | None,
-    keys: Sequence[Any] | None = None,
-) -> dict[Any, list[int]]:
-    """Per group: [unique visitors, visitors with a human click], summed over UTC days
-    (within a day a visitor of several of the group's links counts once)."""
-    d_first, d_last = rng.days
-    extra, extra_params = _keys_clause(group_key, keys)
-    rows = conn.execute(
-        f"SELECT k, count(*), sum(h) FROM (SELECT {_key_sql(group_key)} AS k, v.day, "
-        "v.visitor_id, max(v.human) AS h "
-        f"{_from_links('link_day_visitor', 'v', 'v.day BETWEEN ? AND ?', group_key)} "
-        f"WHERE {where}{extra} GROUP BY k, v.day, v.visitor_id) GROUP BY k",
-        (d_first, d_last, *params, *extra_params),
-    ).fetchall()
-    return {r[0]: [int(r[1]), int(r[2] or 0)] for r in rows}
-
-
 def _bot_kinds(breakdown: Breakdown) -> dict[str, int]:
     kinds = {value: ch[0] for value, ch in breakdown.get(BOT_KIND_DIM, {}).items() if value}
     return dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -650,19 +709,16 @@ def selection_stats(
     conn: sqlite3.Connection, flt: LinkFilter, rng: TimeRange, top: int = DEFAULT_TOP
 ) -> dict[str, Any]:
     """Totals, uniques, bot kinds, a zero-filled series and top breakdowns of the links
-    `flt` selects (one link for a link's stats), over `rng`: the rollups plus the clicks
-    written since they were last brought up to date."""
-    where, params = flt.where()
+    `flt` selects (one link for a link's stats), over `rng`."""
+    everything = {None}
     with _snapshot(conn) as watermark:
-        minute_rows = _minute_rows(conn, where, params, rng, None)
-        breakdowns = _breakdowns(conn, where, params, rng, None)
-        uniques = _uniques(conn, where, params, rng, None)
-        tail = Tail(conn, watermark, where, params, rng, None)
-    minute_rows += tail.minute_rows()
-    tail.add_breakdowns(breakdowns)
-    tail.add_uniques(uniques)
-    clicks = sum(r[2] for r in minute_rows)
-    humans = sum(r[3] for r in minute_rows)
+        sel = _Selection(conn, flt, rng, None, watermark)
+        series = sel.series(everything, None)
+        breakdowns = sel.breakdowns(everything, None)
+        uniques = sel.uniques(everything, None)
+    points = series.get(None) or _zero_series(rng)
+    clicks = sum(p["clicks"] for p in points)
+    humans = sum(p["humans"] for p in points)
     breakdown = breakdowns.get(None, {})
     unique, human_unique = uniques.get(None, [0, 0])
     top_lists: dict[str, list[dict[str, Any]]] = {}
@@ -683,21 +739,9 @@ def selection_stats(
             "human_uniques": human_unique,
         },
         "bots_by_kind": _bot_kinds(breakdown),
-        "series": _series(rng, minute_rows).get(None) or _zero_series(rng),
+        "series": points,
         "top": top_lists,
     }
-
-
-# The group key of each group_by, as SQL over `links l` (and `json_each(l.tags) t`).
-GROUP_KEY_SQL: Final = {
-    "campaign": "coalesce(l.campaign, '')",
-    "utm_source": "coalesce(l.utm_source, '')",
-    "utm_medium": "coalesce(l.utm_medium, '')",
-    "utm_campaign": "coalesce(l.utm_campaign, '')",
-    "tag": "t.value",
-    "domain": "(SELECT host FROM domains WHERE id = l.domain_id)",
-    "link": "l.id",
-}
 
 
 def group_stats(
@@ -711,48 +755,25 @@ def group_stats(
     totals, bot kinds, uniques and zero-filled series; plus the selection's totals."""
     if group_by not in GROUP_KEY_SQL:
         raise InvalidField(f"group_by must be one of {', '.join(GROUP_BY)}", "group_by")
-    where, params = flt.where()
-    key_sql = GROUP_KEY_SQL[group_by]
-    tags = ", json_each(l.tags) t" if group_by == "tag" else ""
-    m_first, m_last = rng.minutes
     with _snapshot(conn) as watermark:
-        totals: dict[Any, list[int]] = {}
-        for key, clicks, humans in conn.execute(
-            f"SELECT {key_sql} AS k, sum(m.clicks), sum(m.humans) "
-            f"{_from_links('link_minute', 'm', 'm.minute BETWEEN ? AND ?', group_by)} "
-            f"WHERE {where} GROUP BY k",
-            (m_first, m_last, *params),
-        ):
-            totals[key] = [int(clicks), int(humans)]
-        tail = Tail(conn, watermark, where, params, rng, group_by)
-        for key, _minute, clicks, humans in tail.minute_rows():
-            entry = totals.setdefault(key, [0, 0])
-            entry[0] += clicks
-            entry[1] += humans
-        keys = sorted(totals, key=lambda k: (-totals[k][0], str(k)))[:limit]
-        sizes = dict(
-            conn.execute(
-                f"SELECT {key_sql} AS k, count(*) FROM links l{tags} WHERE {where} GROUP BY k",
-                params,
-            ).fetchall()
+        sel = _Selection(conn, flt, rng, group_by, watermark)
+        per_link = sel.link_totals()
+        all_keys = {k for ks in sel.groups_of.values() for k in ks}
+        totals = sel.fold(per_link, all_keys)
+        ranked = sorted(
+            (k for k, (c, _h) in totals.items() if c), key=lambda k: (-totals[k][0], str(k))
         )
-        minute_rows = _minute_rows(conn, where, params, rng, group_by, keys)
-        breakdowns = _breakdowns(conn, where, params, rng, group_by, (BOT_KIND_DIM,), keys)
-        uniques = _uniques(conn, where, params, rng, group_by, keys)
-        all_clicks, all_humans = conn.execute(
-            f"SELECT coalesce(sum(m.clicks), 0), coalesce(sum(m.humans), 0) "
-            f"{_from_links('link_minute', 'm', 'm.minute BETWEEN ? AND ?', None)} "
-            f"WHERE {where}",
-            (m_first, m_last, *params),
-        ).fetchone()
-        plain_tail = Tail(conn, watermark, where, params, rng, None) if tags else tail
+        keys = ranked[:limit]
+        wanted = set(keys)
+        ids = sel.members(wanted)
+        series = sel.series(wanted, ids)
+        breakdowns = sel.breakdowns(wanted, ids, (BOT_KIND_DIM,))
+        uniques = sel.uniques(wanted, ids)
         names = link_names(conn, keys) if group_by == "link" else {}
-    wanted = set(keys)
-    minute_rows += [r for r in tail.minute_rows() if r[0] in wanted]
-    tail.add_breakdowns(breakdowns, (BOT_KIND_DIM,))
-    tail.add_uniques(uniques)
-    series = _series(rng, minute_rows)
-    tail_clicks, tail_humans = plain_tail.click_totals()
+    sizes: dict[Any, int] = {}
+    for ks in sel.groups_of.values():
+        for k in ks:
+            sizes[k] = sizes.get(k, 0) + 1
     groups = []
     for key in keys:
         clicks, humans = totals[key]
@@ -763,7 +784,7 @@ def group_stats(
             group["short_url"] = short_url(*names[key])
         group.update(
             {
-                "links": int(sizes.get(key, 0)),
+                "links": sizes.get(key, 0),
                 "clicks": clicks,
                 "humans": humans,
                 "bots": clicks - humans,
@@ -774,8 +795,8 @@ def group_stats(
             }
         )
         groups.append(group)
-    clicks = int(all_clicks) + tail_clicks
-    humans = int(all_humans) + tail_humans
+    clicks = sum(c for c, _h in per_link.values())
+    humans = sum(h for _c, h in per_link.values())
     return {
         "group_by": group_by,
         "groups": groups,
@@ -915,38 +936,55 @@ def velocity_of(current: int, previous: int, window_s: int) -> dict[str, Any]:
     }
 
 
+def link_window(live: LiveCounters, link_id: int, start_s: int, end_s: int) -> tuple[int, int]:
+    """(clicks, humans) of one link in seconds start_s..end_s inclusive.
+
+    Seconds the per-second ring still holds (its last SECONDS_KEPT) are exact. Older ones
+    come from the per-minute ring: whole minutes as they are; the minute the per-second
+    ring starts in, less the part of it that ring holds; a minute cut by `start_s` in
+    proportion to the seconds taken (the only estimate, at most one minute's clicks).
+    """
+    counters = live.links.get(link_id)
+    if counters is None or end_s < start_s:
+        return 0, 0
+    seconds, minutes = counters.seconds, counters.minutes
+    exact_from = seconds.last - seconds.size + 1
+    clicks = humans = 0.0
+    if end_s >= exact_from:
+        c, h = seconds.total(max(start_s, exact_from), end_s)
+        clicks, humans = float(c), float(h)
+    if start_s < exact_from:
+        old_end = min(end_s, exact_from - 1)
+        for minute in range(start_s // 60, old_end // 60 + 1):
+            c, h = minutes.total(minute, minute)
+            if not c:
+                continue
+            first, last = minute * 60, minute * 60 + 59
+            if last >= exact_from:  # partly held by the per-second ring: take that part out
+                held_c, held_h = seconds.total(exact_from, last)
+                c, h = c - held_c, h - held_h
+                last = exact_from - 1
+            share = (min(old_end, last) - max(start_s, first) + 1) / (last - first + 1)
+            clicks += c * share
+            humans += h * share
+    return round(clicks), round(humans)
+
+
 def live_velocity(
     live: LiveCounters, link_ids: Iterable[int] | None, window_s: int, now_s: int
 ) -> dict[str, Any]:
     """Velocity of one link, a set of links (summed) or everything (None), from the live
-    counters.
-
-    Overall, and per link while two windows fit in the per-second ring (SECONDS_KEPT):
-    seconds now-W+1..now vs now-2W+1..now-W, exact. Per link beyond that (the default
-    15 minutes): the last W/60 complete minutes vs the W/60 before, from the per-minute
-    ring, so the windows are exact and equal but up to a minute behind.
-    """
+    counters: seconds now-W+1..now vs now-2W+1..now-W (link_window() says how exact)."""
+    current_start, previous_start = now_s - window_s + 1, now_s - 2 * window_s + 1
     if link_ids is None:
-        current = live.window_between(None, now_s - window_s + 1, now_s)[0]
-        previous = live.window_between(None, now_s - 2 * window_s + 1, now_s - window_s)[0]
+        current = live.window_between(None, current_start, now_s)[0]
+        previous = live.window_between(None, previous_start, current_start - 1)[0]
         return velocity_of(current, previous, window_s)
     current = previous = 0
-    if 2 * window_s <= SECONDS_KEPT:
-        for link_id in link_ids:
-            current += live.window_between(link_id, now_s - window_s + 1, now_s)[0]
-            previous += live.window_between(
-                link_id, now_s - 2 * window_s + 1, now_s - window_s
-            )[0]
-        return velocity_of(current, previous, window_s)
-    minutes = window_s // 60
-    last = now_s // 60 - 1  # the last complete minute
     for link_id in link_ids:
-        counters = live.links.get(link_id)
-        if counters is None:
-            continue
-        current += counters.minutes.total(last - minutes + 1, last)[0]
-        previous += counters.minutes.total(last - 2 * minutes + 1, last - minutes)[0]
-    return velocity_of(current, previous, minutes * 60)
+        current += link_window(live, link_id, current_start, now_s)[0]
+        previous += link_window(live, link_id, previous_start, current_start - 1)[0]
+    return velocity_of(current, previous, window_s)
 
 
 def rollup_velocity(
@@ -1001,7 +1039,10 @@ def _window_record(clicks: int, humans: int) -> dict[str, int]:
 def live_windows(live: LiveCounters, link_id: int | None, now_s: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, seconds in LIVE_WINDOWS:
-        out[name] = _window_record(*live.window(link_id, seconds, now_s))
+        if link_id is None:
+            out[name] = _window_record(*live.window(None, seconds, now_s))
+        else:
+            out[name] = _window_record(*link_window(live, link_id, now_s - seconds + 1, now_s))
     return out
 
 

@@ -1,0 +1,220 @@
+"""docs/api.md cannot rot: every ```sh example in it is run, in order, with real curl
+against a fresh `linkedge serve`, and must answer the status of the ```http block under it
+(and, where that block shows a JSON object, exactly its top-level fields). Every route the
+server has must be documented, and every documented route must exist."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO, ServerProcess
+from tests.test_api import TOKEN
+
+DOC = REPO / "docs" / "api.md"
+_BLOCK = re.compile(r"^```(\w*)\n(.*?)^```$", re.M | re.S)
+_MARKER = re.compile(r"\n?@@STATUS (\d{3})@@\n")
+# Every curl in an example runs through this: the status is appended after each transfer
+# (placed after the example's own options, so it wins over an example's own -w), and a
+# time limit is set (before them, so an example's own --max-time wins).
+CURL_WRAPPER = "curl() { command curl --max-time 10 \"$@\" -w '\\n@@STATUS %{http_code}@@\\n'; }\n"
+
+
+@dataclass
+class Example:
+    line: int
+    command: str
+    response: str
+
+    @property
+    def status(self) -> int:
+        first = self.response.splitlines()[0]
+        match = re.fullmatch(r"HTTP/1\.1 (\d{3}) .+", first)
+        assert match, f"docs/api.md:{self.line}: the response must start with a status line"
+        return int(match.group(1))
+
+    @property
+    def documented_json(self) -> Any:
+        _head, _, body = self.response.partition("\n\n")
+        try:
+            return json.loads(body) if body.strip() else None
+        except ValueError:
+            return None
+
+
+def examples(text: str) -> list[Example]:
+    """The ```sh blocks of a document, each with the ```http block that follows it."""
+    found: list[Example] = []
+    blocks = list(_BLOCK.finditer(text))
+    for i, block in enumerate(blocks):
+        if block.group(1) != "sh":
+            continue
+        line = text.count("\n", 0, block.start()) + 1
+        following = blocks[i + 1] if i + 1 < len(blocks) else None
+        assert following is not None and following.group(1) == "http", (
+            f"docs/api.md:{line}: an example must be followed by its ```http response"
+        )
+        found.append(Example(line, block.group(2), following.group(2).strip()))
+    return found
+
+
+def run_example(example: Example, env: dict[str, str]) -> tuple[int, str]:
+    """Run an example with bash; return the last transfer's status and its output."""
+    result = subprocess.run(
+        ["bash", "-c", CURL_WRAPPER + example.command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    statuses = _MARKER.findall(result.stdout)
+    assert statuses, f"docs/api.md:{example.line}: no HTTP answer ({result.stderr.strip()})"
+    last = list(_MARKER.finditer(result.stdout))[-1]
+    previous = list(_MARKER.finditer(result.stdout, 0, last.start()))
+    start = previous[-1].end() if previous else 0
+    return int(statuses[-1]), result.stdout[start : last.start()]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(
+        tmp_path_factory.mktemp("docs") / "linkedge.db", env={"LINKEDGE_ADMIN_TOKEN": TOKEN}
+    )
+    yield proc
+    if proc.proc.poll() is None:
+        proc.stop()
+
+
+def example_env(server: ServerProcess) -> dict[str, str]:
+    return {
+        **os.environ,
+        "ADMIN": f"http://127.0.0.1:{server.admin_port}",
+        "EDGE": f"http://127.0.0.1:{server.edge_port}",
+        "TOKEN": TOKEN,
+    }
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the examples need curl")
+def test_every_curl_example_answers_as_documented(server: ServerProcess) -> None:
+    found = examples(DOC.read_text())
+    assert len(found) >= 30
+    env = example_env(server)
+    for example in found:
+        status, output = run_example(example, env)
+        assert status == example.status, (
+            f"docs/api.md:{example.line}: documented {example.status}, got {status}: {output}"
+        )
+        documented = example.documented_json
+        if isinstance(documented, dict):
+            actual = json.loads(output)
+            assert sorted(actual) == sorted(documented), (
+                f"docs/api.md:{example.line}: documented fields {sorted(documented)}, "
+                f"returned {sorted(actual)}"
+            )
+
+
+def test_every_route_is_documented_and_every_documented_route_exists() -> None:
+    from admin.api import AdminServer
+    from admin.runtime import Runtime
+    from edge.config import Config
+
+    admin = AdminServer(Runtime(Config()))
+    routes = {f"{r.method} /{'/'.join(r.pattern)}" for r in admin.router.routes}
+    text = DOC.read_text()
+    undocumented = sorted(r for r in routes if f"`{r}`" not in text)
+    assert not undocumented, f"routes missing from docs/api.md: {undocumented}"
+    documented = set(re.findall(r"`((?:GET|POST|PUT|PATCH|DELETE) /[^`?\s]*)`", text))
+    assert documented <= routes, f"documented but not served: {sorted(documented - routes)}"
+
+
+def test_every_documented_status_has_an_example() -> None:
+    statuses = {e.status for e in examples(DOC.read_text())}
+    assert statuses >= {200, 201, 204, 302, 400, 401, 404, 405, 409, 415, 422}
+
+
+# --- regenerating the responses ----------------------------------------------------------
+# `python -m tests.test_api_docs` runs every example against a fresh server and rewrites
+# the ```http blocks of docs/api.md from the answers (header lines already in a block, like
+# a Content-Type, are kept). Review the diff: times and ids are from that run.
+
+RESPONSE_WIDTH = 92  # a JSON object or list shorter than this is shown on one line
+
+
+def compact_json(value: Any, indent: int = 0) -> str:
+    flat = json.dumps(value, ensure_ascii=False)
+    if len(flat) + indent <= RESPONSE_WIDTH or not isinstance(value, dict | list) or not value:
+        return flat
+    pad = " " * (indent + 2)
+    if isinstance(value, dict):
+        items = [f"{pad}{json.dumps(k)}: {compact_json(v, indent + 2)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + " " * indent + "}"
+    items = [pad + compact_json(v, indent + 2) for v in value]
+    return "[\n" + ",\n".join(items) + "\n" + " " * indent + "]"
+
+
+def render_response(example: Example, status: int, output: str) -> str:
+    from edge.http import STATUS_REASONS
+
+    head = [f"HTTP/1.1 {status} {STATUS_REASONS.get(status, '')}"]
+    kept = [line for line in example.response.split("\n\n", 1)[0].splitlines()[1:] if ":" in line]
+    text = output.strip()
+    body = ""
+    if text.startswith("HTTP/1.1"):  # curl -i: show its headers (not the Date)
+        head += [
+            h for h in text.replace("\r", "").split("\n")[1:] if h and not h.startswith("Date")
+        ]
+    else:
+        head += kept
+        if text.startswith(("{", "[")):
+            body = compact_json(json.loads(text))
+        elif text.startswith("retry"):  # an event stream: its first event, shortened
+            lines = text.split("\n")[:4]
+            body = "\n".join(x if len(x) < 120 else x[:110] + "…" for x in lines) + "\n\n…"
+        elif text.startswith("#"):  # Prometheus text: its first lines
+            body = "\n".join(text.split("\n")[:24]) + "\n…"
+    return "\n".join(head) + ("\n\n" + body if body else "")
+
+
+def regenerate(db: Path) -> None:
+    import time
+
+    text = DOC.read_text()
+    server = ServerProcess(db, env={"LINKEDGE_ADMIN_TOKEN": TOKEN})
+    rendered: dict[int, str] = {}
+    try:
+        env = example_env(server)
+        for example in examples(text):
+            if any(word in example.command for word in ("/stats", "/velocity", "/live")):
+                time.sleep(1.2)  # let the clicks just made reach the rollups and counters
+            status, output = run_example(example, env)
+            rendered[example.line] = render_response(example, status, output)
+    finally:
+        server.stop()
+    pieces: list[str] = []
+    pos = 0
+    blocks = list(_BLOCK.finditer(text))
+    for i, block in enumerate(blocks):
+        if block.group(1) == "sh":
+            line = text.count("\n", 0, block.start()) + 1
+            following = blocks[i + 1]
+            pieces.append(text[pos : following.start()])
+            pieces.append("```http\n" + rendered[line] + "\n```")
+            pos = following.end()
+    pieces.append(text[pos:])
+    DOC.write_text("".join(pieces).replace(str(db), "/var/lib/linkedge/links.db"))
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        regenerate(Path(tmp) / "linkedge.db")

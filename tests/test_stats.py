@@ -1,0 +1,494 @@
+"""admin/stats.py on real SQLite files: times and zones, series buckets, rollups plus the
+not-yet-rolled-up tail, group-by, pagination, checkpoints, and velocity labels computed
+from constructed click histories in edge/live.py's counters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from admin import stats
+from edge import store
+from edge.clicks import Rollup
+from edge.errors import InvalidField
+from edge.live import LiveCounters
+
+UTC = dt.UTC
+PARIS = ZoneInfo("Europe/Paris")
+NOW = 1_717_243_200  # 2024-06-01T12:00:00Z, a fixed "now" for relative times
+
+
+def ts(text: str) -> int:
+    """ISO 8601 (with offset) -> Unix seconds."""
+    return int(dt.datetime.fromisoformat(text).timestamp())
+
+
+# --- times ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("now", NOW),
+        ("-15m", NOW - 900),
+        ("-24h", NOW - 86400),
+        ("-7d", NOW - 7 * 86400),
+        ("+2h", NOW + 7200),
+        ("-30s", NOW - 30),
+        ("2024-06-01T10:00:00Z", NOW - 7200),
+        ("2024-06-01T12:00:00+02:00", NOW - 7200),
+        ("1717243200000", NOW),
+    ],
+)
+def test_parse_instant_accepts_iso_relative_and_unix_ms(text: str, expected: int) -> None:
+    assert stats.parse_instant(text, "from", NOW) == expected
+
+
+def test_parse_instant_reads_a_time_without_offset_in_the_requested_zone() -> None:
+    assert stats.parse_instant("2024-06-01T14:00", "from", NOW, PARIS) == NOW
+    assert stats.parse_instant("2024-06-01", "from", NOW, PARIS) == ts("2024-06-01T00:00+02:00")
+    assert stats.parse_instant("2024-06-01T12:00", "from", NOW) == NOW  # UTC by default
+
+
+@pytest.mark.parametrize("text", ["yesterday", "-15x", "15m", "2024-13-01", ""])
+def test_parse_instant_refuses_garbage_naming_the_field(text: str) -> None:
+    with pytest.raises(InvalidField) as err:
+        stats.parse_instant(text, "to", NOW)
+    assert err.value.field == "to"
+
+
+def test_time_range_defaults_to_the_last_24_hours_by_the_hour() -> None:
+    rng = stats.time_range(None, None, None, None, NOW)
+    assert (rng.from_s, rng.to_s, rng.interval, rng.tz_name) == (NOW - 86400, NOW, "hour", "UTC")
+    assert stats.time_range("-1h", None, None, None, NOW).interval == "minute"
+    assert stats.time_range("-30d", None, None, None, NOW).interval == "day"
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("-1h", "-2h", None, None), "from"),
+        (("-1h", None, "week", None), "interval"),
+        (("-1h", None, None, "Mars/Olympus"), "tz"),
+        (("-30d", None, "minute", None), "interval"),  # 43,200 points: too many
+    ],
+)
+def test_time_range_errors_name_the_field(args: tuple[Any, ...], field: str) -> None:
+    with pytest.raises(InvalidField) as err:
+        stats.time_range(*args, NOW)
+    assert err.value.field == field
+
+
+def test_day_buckets_follow_local_midnight_across_a_dst_change() -> None:
+    # Europe/Paris springs forward on 2024-03-31: that day has 23 hours.
+    starts = stats.bucket_starts(
+        ts("2024-03-30T00:00+01:00"), ts("2024-04-02T00:00+02:00"), "day", PARIS
+    )
+    labels = [stats.iso_local(t, PARIS) for t in starts]
+    assert labels == [
+        "2024-03-30T00:00:00+01:00",
+        "2024-03-31T00:00:00+01:00",
+        "2024-04-01T00:00:00+02:00",
+    ]
+    assert starts[2] - starts[1] == 23 * 3600
+
+
+def test_hour_buckets_skip_and_repeat_local_hours_at_dst_changes() -> None:
+    spring = stats.bucket_starts(
+        ts("2024-03-31T00:00+01:00"), ts("2024-03-31T05:00+02:00"), "hour", PARIS
+    )
+    assert [stats.iso_local(t, PARIS)[11:] for t in spring] == [
+        "00:00:00+01:00",
+        "01:00:00+01:00",
+        "03:00:00+02:00",  # 02:00 does not exist that night
+        "04:00:00+02:00",
+    ]
+    autumn = stats.bucket_starts(
+        ts("2024-10-27T01:00+02:00"), ts("2024-10-27T04:00+01:00"), "hour", PARIS
+    )
+    assert [stats.iso_local(t, PARIS)[11:] for t in autumn] == [
+        "01:00:00+02:00",
+        "02:00:00+02:00",
+        "02:00:00+01:00",  # 02:00 happens twice
+        "03:00:00+01:00",
+    ]
+    assert all(b - a == 3600 for a, b in zip(autumn, autumn[1:], strict=False))
+
+
+def test_hour_buckets_in_half_and_quarter_hour_zones() -> None:
+    start = ts("2024-06-01T00:00:00Z")
+    kolkata = stats.bucket_starts(start, start + 3 * 3600, "hour", ZoneInfo("Asia/Kolkata"))
+    assert [t % 3600 for t in kolkata] == [1800] * 4  # local hours start at :30 UTC
+    nepal = stats.bucket_starts(start, start + 3600, "hour", ZoneInfo("Asia/Kathmandu"))
+    assert [t % 3600 for t in nepal] == [900, 900]  # and at :15 UTC in Nepal (+5:45)
+
+
+# --- a database with rollups and a tail ---------------------------------------------------
+
+_COLUMN = {name: i for i, name in enumerate(store.CLICK_COLUMNS)}
+
+
+def click(at: int, link_id: int, visitor: bytes | None = b"v1", **fields: Any) -> tuple[Any, ...]:
+    """A click row in store.CLICK_COLUMNS order (a human Chrome click unless told)."""
+    row: list[Any] = [None] * len(store.CLICK_COLUMNS)
+    values = {
+        "ts": at * 1000,
+        "link_id": link_id,
+        "visitor_id": visitor,
+        "method": "GET",
+        "device_type": "desktop",
+        "browser": "Chrome",
+        "source": "direct",
+        "dnt": 0,
+        **fields,
+    }
+    for name, value in values.items():
+        row[_COLUMN[name]] = value
+    return tuple(row)
+
+
+def write_clicks(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    with store.Transaction(conn):
+        store.insert_clicks(conn, rows)
+
+
+def roll_up(conn: sqlite3.Connection) -> None:
+    """What the flusher does once a second: aggregate clicks past the watermark (with the
+    pipeline's own Rollup) and write them with the new watermark."""
+    watermark = store.rollup_watermark(conn)
+    cols = ", ".join(store.CLICK_COLUMNS)
+    rows = conn.execute(f"SELECT id, {cols} FROM clicks WHERE id > ?", (watermark,)).fetchall()
+    if not rows:
+        return
+    rollup = Rollup()
+    rollup.add_rows([tuple(r)[1:] for r in rows], rows[-1][0])
+    with store.Transaction(conn):
+        store.write_rollups(
+            conn, rollup.minute_rows(), rollup.dim_rows(), rollup.visitor_rows(), rows[-1][0]
+        )
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    c = store.open_db(str(tmp_path / "stats.db"))
+    yield c
+    c.close()
+
+
+def link(conn: sqlite3.Connection, slug: str, **fields: Any) -> int:
+    return int(store.create_link(conn, {"url": "https://example.com/", **fields}, slug=slug)["id"])
+
+
+def one_link_stats(
+    conn: sqlite3.Connection, link_id: int, frm: str, to: str, interval: str, tz: str = "UTC"
+) -> dict[str, Any]:
+    rng = stats.time_range(frm, to, interval, tz, NOW)
+    return stats.selection_stats(conn, stats.LinkFilter(link_id=link_id), rng)
+
+
+def test_link_stats_count_rollups_and_the_tail_exactly_once(conn: sqlite3.Connection) -> None:
+    a = link(conn, "a")
+    base = ts("2024-06-01T10:00:00Z")
+    write_clicks(
+        conn,
+        [
+            click(base + 5, a, b"v1", country="DE", referrer_host="t.co", source="twitter"),
+            click(base + 65, a, b"v2", country="DE"),
+            click(base + 70, a, b"bot", bot_kind="crawler", device_type="bot", browser=None),
+        ],
+    )
+    roll_up(conn)
+    # Written after the last rollup: only the tail knows these two.
+    write_clicks(conn, [click(base + 3600, a, b"v1", country="FR"), click(base + 3601, a, None)])
+    before = one_link_stats(conn, a, "2024-06-01T09:00:00Z", "2024-06-01T12:00:00Z", "hour")
+    roll_up(conn)
+    after = one_link_stats(conn, a, "2024-06-01T09:00:00Z", "2024-06-01T12:00:00Z", "hour")
+    assert before == after
+    assert after["totals"] == {
+        "clicks": 5,
+        "humans": 4,
+        "bots": 1,
+        "uniques": 3,  # v1, v2, bot; the DNT click has no visitor id
+        "human_uniques": 2,
+    }
+    assert after["bots_by_kind"] == {"crawler": 1}
+    assert [(p["t"], p["clicks"], p["humans"]) for p in after["series"]] == [
+        ("2024-06-01T09:00:00+00:00", 0, 0),
+        ("2024-06-01T10:00:00+00:00", 3, 2),
+        ("2024-06-01T11:00:00+00:00", 2, 2),
+    ]
+    assert after["top"]["countries"] == [
+        {"value": "DE", "clicks": 2, "humans": 2},
+        {"value": None, "clicks": 2, "humans": 1},  # unknown after known on a tie
+        {"value": "FR", "clicks": 1, "humans": 1},
+    ]
+    assert after["top"]["referrer_hosts"][0] == {"value": None, "clicks": 4, "humans": 3}
+    assert {"value": "t.co", "clicks": 1, "humans": 1} in after["top"]["referrer_hosts"]
+
+
+def test_uniques_are_summed_over_utc_days(conn: sqlite3.Connection) -> None:
+    a = link(conn, "a")
+    day1 = ts("2024-05-30T23:00:00Z")
+    day2 = ts("2024-05-31T01:00:00Z")
+    write_clicks(conn, [click(day1, a, b"v1"), click(day1 + 60, a, b"v1"), click(day2, a, b"v1")])
+    roll_up(conn)
+    result = one_link_stats(conn, a, "2024-05-30T00:00Z", "2024-06-01T00:00Z", "day")
+    # The same person on two UTC days is two daily uniques (the salt rotates daily).
+    assert result["totals"]["uniques"] == 2
+    one_day = one_link_stats(conn, a, "2024-05-30T00:00Z", "2024-05-31T00:00Z", "hour")
+    assert one_day["totals"]["uniques"] == 1
+    assert one_day["totals"]["clicks"] == 2
+
+
+def test_series_is_zero_filled_in_the_requested_zone(conn: sqlite3.Connection) -> None:
+    a = link(conn, "a")
+    # 22:30 UTC on the 30th is 23:30 in Paris (still the 30th); 01:30 UTC on the 31st is
+    # 03:30 CEST, the 31st, after the DST change.
+    write_clicks(
+        conn,
+        [click(ts("2024-03-30T22:30:00Z"), a), click(ts("2024-03-31T01:30:00Z"), a, b"v2")],
+    )
+    roll_up(conn)
+    result = one_link_stats(conn, a, "2024-03-29", "2024-04-01", "day", "Europe/Paris")
+    assert [(p["t"], p["clicks"]) for p in result["series"]] == [
+        ("2024-03-29T00:00:00+01:00", 0),
+        ("2024-03-30T00:00:00+01:00", 1),
+        ("2024-03-31T00:00:00+01:00", 1),
+    ]
+    utc = one_link_stats(conn, a, "2024-03-29", "2024-04-01", "day", "UTC")
+    assert [p["clicks"] for p in utc["series"]] == [0, 1, 1]
+    hours = one_link_stats(conn, a, "2024-03-31T00:00", "2024-03-31T04:00", "hour", "Europe/Paris")
+    assert [(p["t"][11:], p["clicks"]) for p in hours["series"]] == [
+        ("00:00:00+01:00", 0),
+        ("01:00:00+01:00", 0),
+        ("03:00:00+02:00", 1),
+    ]
+
+
+def test_minute_series_counts_partial_edge_minutes(conn: sqlite3.Connection) -> None:
+    a = link(conn, "a")
+    base = ts("2024-06-01T11:50:00Z")
+    write_clicks(conn, [click(base + 10, a), click(base + 130, a), click(base + 135, a)])
+    roll_up(conn)
+    result = one_link_stats(conn, a, "2024-06-01T11:50:30Z", "2024-06-01T11:53:00Z", "minute")
+    assert [p["clicks"] for p in result["series"]] == [1, 0, 2]
+    assert result["totals"]["clicks"] == 3
+
+
+def test_group_by_campaign_tag_and_link(conn: sqlite3.Connection) -> None:
+    a = link(conn, "a", campaign="spring", tags=["news", "x"], utm_source="newsletter")
+    b = link(conn, "b", campaign="spring", tags=["x"])
+    c = link(conn, "c", campaign="autumn")
+    link(conn, "d", campaign="spring")  # no clicks: counted in "links", not in clicks
+    base = ts("2024-06-01T11:00:00Z")
+    write_clicks(
+        conn,
+        [
+            click(base, a, b"v1"),
+            click(base + 1, b, b"v1"),  # the same visitor on two links of one campaign
+            click(base + 2, b, b"v2", bot_kind="crawler"),
+            click(base + 3, c, b"v3"),
+        ],
+    )
+    roll_up(conn)
+    write_clicks(conn, [click(base + 4, c, b"v4"), click(base + 5, c, b"v5")])  # tail
+    rng = stats.time_range("-2h", None, "hour", None, NOW)
+    by_campaign = stats.group_stats(conn, stats.LinkFilter(), "campaign", rng)
+    groups = {g["key"]: g for g in by_campaign["groups"]}
+    assert [g["key"] for g in by_campaign["groups"]] == ["autumn", "spring"]
+    assert groups["spring"]["links"] == 3
+    assert (groups["spring"]["clicks"], groups["spring"]["humans"]) == (3, 2)
+    assert groups["spring"]["uniques"] == 2  # v1 once (same UTC day, same domain) and v2
+    assert groups["spring"]["bots_by_kind"] == {"crawler": 1}
+    assert groups["autumn"]["clicks"] == 3
+    assert groups["autumn"]["uniques"] == 3
+    assert sum(p["clicks"] for p in groups["spring"]["series"]) == 3
+    assert by_campaign["totals"] == {"clicks": 6, "humans": 5, "bots": 1}
+
+    by_tag = stats.group_stats(conn, stats.LinkFilter(), "tag", rng)
+    assert {g["key"]: g["clicks"] for g in by_tag["groups"]} == {"x": 3, "news": 1}
+    assert by_tag["totals"]["clicks"] == 6  # a click of a link with two tags counts once
+
+    by_link = stats.group_stats(conn, stats.LinkFilter(campaign="spring"), "link", rng, limit=1)
+    assert [(g["key"], g["slug"], g["clicks"]) for g in by_link["groups"]] == [(b, "b", 2)]
+    assert by_link["groups"][0]["short_url"] == "https://localhost/b"
+
+    by_source = stats.group_stats(conn, stats.LinkFilter(), "utm_source", rng)
+    assert {g["key"]: g["clicks"] for g in by_source["groups"]} == {"": 5, "newsletter": 1}
+
+
+def test_list_links_pages_newest_first_with_filters(conn: sqlite3.Connection) -> None:
+    ids = [link(conn, f"p{i}", campaign="page", tags=["t"] if i % 2 else []) for i in range(7)]
+    link(conn, "other", title="Spring_Sale 100%")
+    seen: list[int] = []
+    before = None
+    pages = 0
+    while True:
+        page, before = stats.list_links(conn, stats.LinkFilter(campaign="page"), 3, before)
+        seen += [item["id"] for item in page]
+        pages += 1
+        if before is None:
+            break
+    assert pages == 3
+    assert seen == sorted(ids, reverse=True)
+    tagged, _ = stats.list_links(conn, stats.LinkFilter(tag="T"), 50, None)
+    assert [item["slug"] for item in tagged] == ["p5", "p3", "p1"]
+    # q is a substring search; LIKE wildcards in it are literal characters.
+    found, _ = stats.list_links(conn, stats.LinkFilter(q="sale 100%"), 50, None)
+    assert [item["slug"] for item in found] == ["other"]
+    assert stats.list_links(conn, stats.LinkFilter(q="_"), 50, None)[0][0]["slug"] == "other"
+
+
+def test_launch_checkpoints_count_from_the_first_click(conn: sqlite3.Connection) -> None:
+    created = store.now_ms() // 1000 - 7200
+    a = link(conn, "a")
+    conn.execute("UPDATE links SET created_at = ? WHERE id = ?", (created * 1000, a))
+    first = created + 600
+    write_clicks(
+        conn,
+        [
+            click(first, a, b"v1"),
+            click(first + 14 * 60, a, b"v2"),
+            click(first + 20 * 60, a, b"v1"),
+            click(first + 59 * 60, a, b"v3", bot_kind="crawler"),
+            click(first + 61 * 60, a, b"v4"),
+        ],
+    )
+    now_ms = (created + 3 * 3600) * 1000
+    tail_only = stats.launch_checkpoints(conn, a, created * 1000, now_ms)
+    roll_up(conn)
+    result = stats.launch_checkpoints(conn, a, created * 1000, now_ms)
+    assert tail_only == result
+    assert result is not None
+    assert result["first_click_at"] == stats.iso_ms(first * 1000)
+    marks = {c["minutes"]: (c["clicks"], c["humans"], c["uniques"]) for c in result["checkpoints"]}
+    assert marks == {15: (2, 2, 2), 30: (3, 3, 2), 60: (4, 3, 3)}
+    assert all(c["complete"] for c in result["checkpoints"])
+    # A day after creation, the launch is over.
+    assert stats.launch_checkpoints(conn, a, created * 1000, (created + 86400) * 1000) is None
+
+
+# --- velocity ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("current", "previous", "label"),
+    [
+        (0, 0, "stalled"),
+        (0, 50, "stalled"),
+        (4, 100, "stalled"),  # under 10% of the previous window
+        (100, 100, "steady"),
+        (110, 90, "steady"),  # +22%: within noise and under +25%
+        (200, 100, "accelerating"),
+        (20, 0, "accelerating"),
+        (3, 0, "steady"),  # too few clicks to call a trend (z = 1.7)
+        (50, 100, "flattening"),
+        (12, 20, "steady"),  # -40% but 32 clicks in all: noise (z = -1.4)
+        (1000, 900, "steady"),  # significant (z = 2.3) but only +11%
+    ],
+)
+def test_velocity_labels(current: int, previous: int, label: str) -> None:
+    assert stats.velocity_label(current, previous) == label
+
+
+def feed(live: LiveCounters, link_id: int, start: int, seconds: int, per_minute: float) -> None:
+    """Clicks spread evenly at `per_minute` over `seconds` seconds from `start`."""
+    carry = 0.0
+    counts = []
+    for s in range(start, start + seconds):
+        carry += per_minute / 60
+        n = int(carry)
+        carry -= n
+        if n:
+            counts.append((link_id, s, n, n))
+    live.add(counts)
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "label"),
+    [
+        (30, 30, "steady"),
+        (10, 40, "accelerating"),
+        (40, 15, "flattening"),
+        (40, 0, "stalled"),
+        (0, 12, "accelerating"),
+    ],
+)
+def test_velocity_from_constructed_live_histories(before: float, after: float, label: str) -> None:
+    live = LiveCounters()
+    now = NOW
+    feed(live, 7, now - 2399, 1500, before)  # the previous 15 minutes (and 10 before them)
+    feed(live, 7, now - 899, 900, after)  # the last 15 minutes
+    feed(live, 8, now - 1799, 1800, 5)  # another link, steady, in the overall numbers
+    velocity = stats.live_velocity(live, [7], 900, now)
+    assert velocity["label"] == label
+    assert velocity["current"] == pytest.approx(after * 15, abs=1)
+    assert velocity["previous"] == pytest.approx(before * 15, abs=1)
+    assert velocity["rate_per_min"] == pytest.approx(after, abs=0.1)
+    assert velocity["slope_per_min2"] == pytest.approx((after - before) / 15, abs=0.01)
+    both = stats.live_velocity(live, None, 900, now)
+    assert both["current"] == pytest.approx((after + 5) * 15, abs=2)
+
+
+def test_rollup_velocity_matches_the_live_label(conn: sqlite3.Connection) -> None:
+    a = link(conn, "a")
+    now = store.now_ms() // 1000
+    last_minute_end = now - now % 60
+    rows = [click(last_minute_end - 1800 + i * 60, a) for i in range(15)]  # 1/min before
+    rows += [click(last_minute_end - 900 + i * 20, a) for i in range(45)]  # 3/min lately
+    write_clicks(conn, rows[:30])
+    roll_up(conn)
+    write_clicks(conn, rows[30:])  # the rest only in the tail
+    velocity = stats.rollup_velocity(conn, a, 900, now)
+    assert (velocity["current"], velocity["previous"]) == (45, 15)
+    assert velocity["label"] == "accelerating"
+
+
+def test_parse_window_limits() -> None:
+    assert stats.parse_window(None) == 900
+    assert stats.parse_window("5m") == 300
+    assert stats.parse_window("120") == 120
+    for bad in ("2h", "31m", "10s", "soon"):
+        with pytest.raises(InvalidField):
+            stats.parse_window(bad)
+
+
+def test_live_top_links_ranks_by_the_last_minute() -> None:
+    live = LiveCounters()
+    feed(live, 1, NOW - 600, 540, 60)  # busy earlier, quiet in the last minute
+    feed(live, 2, NOW - 59, 60, 10)
+    feed(live, 3, NOW - 59, 60, 30)
+    assert stats.live_top_links(live, NOW, 2) == [3, 2]
+    assert stats.live_top_links(live, NOW, 10) == [3, 2, 1]
+    windows = stats.live_windows(live, 3, NOW)
+    assert windows["60s"] == {"clicks": 30, "humans": 30, "bots": 0}
+
+
+def test_link_window_is_exact_across_the_two_rings() -> None:
+    live = LiveCounters()
+    # One click every second for the last 50 minutes: any window counts its own length.
+    live.add([(9, s, 1, 1) for s in range(NOW - 2999, NOW + 1)])
+    for start, end in [
+        (NOW - 59, NOW),
+        (NOW - 899, NOW),  # exactly the per-second ring
+        (NOW - 1799, NOW - 900),  # the per-minute ring, its first minute split
+        (NOW - 1234, NOW - 77),  # both rings, neither edge on a minute
+        (NOW - 2399, NOW),
+    ]:
+        assert stats.link_window(live, 9, start, end) == (end - start + 1,) * 2
+    assert stats.link_window(live, 404, NOW - 60, NOW) == (0, 0)
+
+
+def test_velocity_sees_clicks_of_the_current_minute() -> None:
+    live = LiveCounters()
+    now = NOW + 30  # half a minute into a minute
+    live.add([(5, s, 2, 2) for s in range(now - 29, now + 1)])
+    velocity = stats.live_velocity(live, [5], 900, now)
+    assert (velocity["current"], velocity["previous"], velocity["label"]) == (60, 0, "accelerating")
+    assert stats.live_windows(live, 5, now)["60m"] == {"clicks": 60, "humans": 60, "bots": 0}
