@@ -45,23 +45,6 @@ class Unauthorized(LinkedgeError):
     code = "unauthorized"
 
 
-def store_supplied_token(conn: sqlite3.Connection, name: str, secret: str) -> bool:
-    """Store the hash of a token chosen by the operator; False when it is already stored.
-
-    Stop-gap until edge/store.py has `add_token(conn, name, secret)` (requested): this is
-    the one write statement outside store.py.
-    """
-    digest = store.token_hash(secret)
-    with store.Transaction(conn):
-        if conn.execute("SELECT 1 FROM api_tokens WHERE token_hash = ?", (digest,)).fetchone():
-            return False
-        conn.execute(
-            "INSERT INTO api_tokens (name, token_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
-            (name, digest, secret[:7], store.now_ms()),
-        )
-    return True
-
-
 def check_supplied_token(secret: str) -> None:
     if len(secret) < MIN_SUPPLIED_TOKEN_LENGTH or not secret.isascii() or not secret.isprintable():
         raise InvalidField(
@@ -86,7 +69,7 @@ def bootstrap(conn: sqlite3.Connection, supplied: str | None) -> str | None:
             # start leaves its threads running (reported); the token is ignored, loudly.
             log.error("ignoring %s: %s", ENV_TOKEN, exc.message)
         else:
-            if store_supplied_token(conn, "env", supplied):
+            if store.add_token(conn, "env", supplied) is not None:
                 log.info("stored the token from %s", ENV_TOKEN)
     if store.active_token_hashes(conn):
         return None

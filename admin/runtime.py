@@ -52,6 +52,14 @@ class Runtime:
         self.unwritten_at_exit = 0
 
     async def start(self) -> None:
+        """Start everything; if any part fails, stop what started (threads included)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         conn = store.open_db(self.config.db_path)
         conn.close()
         await self.writer.open()

@@ -936,45 +936,12 @@ def velocity_of(current: int, previous: int, window_s: int) -> dict[str, Any]:
     }
 
 
-def link_window(live: LiveCounters, link_id: int, start_s: int, end_s: int) -> tuple[int, int]:
-    """(clicks, humans) of one link in seconds start_s..end_s inclusive.
-
-    Seconds the per-second ring still holds (its last SECONDS_KEPT) are exact. Older ones
-    come from the per-minute ring: whole minutes as they are; the minute the per-second
-    ring starts in, less the part of it that ring holds; a minute cut by `start_s` in
-    proportion to the seconds taken (the only estimate, at most one minute's clicks).
-    """
-    counters = live.links.get(link_id)
-    if counters is None or end_s < start_s:
-        return 0, 0
-    seconds, minutes = counters.seconds, counters.minutes
-    exact_from = seconds.last - seconds.size + 1
-    clicks = humans = 0.0
-    if end_s >= exact_from:
-        c, h = seconds.total(max(start_s, exact_from), end_s)
-        clicks, humans = float(c), float(h)
-    if start_s < exact_from:
-        old_end = min(end_s, exact_from - 1)
-        for minute in range(start_s // 60, old_end // 60 + 1):
-            c, h = minutes.total(minute, minute)
-            if not c:
-                continue
-            first, last = minute * 60, minute * 60 + 59
-            if last >= exact_from:  # partly held by the per-second ring: take that part out
-                held_c, held_h = seconds.total(exact_from, last)
-                c, h = c - held_c, h - held_h
-                last = exact_from - 1
-            share = (min(old_end, last) - max(start_s, first) + 1) / (last - first + 1)
-            clicks += c * share
-            humans += h * share
-    return round(clicks), round(humans)
-
-
 def live_velocity(
     live: LiveCounters, link_ids: Iterable[int] | None, window_s: int, now_s: int
 ) -> dict[str, Any]:
     """Velocity of one link, a set of links (summed) or everything (None), from the live
-    counters: seconds now-W+1..now vs now-2W+1..now-W (link_window() says how exact)."""
+    counters: seconds now-W+1..now vs now-2W+1..now-W (LiveCounters.window_between says
+    how exact)."""
     current_start, previous_start = now_s - window_s + 1, now_s - 2 * window_s + 1
     if link_ids is None:
         current = live.window_between(None, current_start, now_s)[0]
@@ -982,8 +949,8 @@ def live_velocity(
         return velocity_of(current, previous, window_s)
     current = previous = 0
     for link_id in link_ids:
-        current += link_window(live, link_id, current_start, now_s)[0]
-        previous += link_window(live, link_id, previous_start, current_start - 1)[0]
+        current += live.window_between(link_id, current_start, now_s)[0]
+        previous += live.window_between(link_id, previous_start, current_start - 1)[0]
     return velocity_of(current, previous, window_s)
 
 
@@ -1042,7 +1009,7 @@ def live_windows(live: LiveCounters, link_id: int | None, now_s: int) -> dict[st
         if link_id is None:
             out[name] = _window_record(*live.window(None, seconds, now_s))
         else:
-            out[name] = _window_record(*link_window(live, link_id, now_s - seconds + 1, now_s))
+            out[name] = _window_record(*live.window(link_id, seconds, now_s))
     return out
 
 

@@ -477,6 +477,7 @@ class ClickRecorder:
             self.live.add(live)
             self._rows_queue.extend(rows)
         if not self._rows_queue:
+            await self._write_idle_rollup()
             return 0
         rows, self._rows_queue = self._rows_queue, []
         self._in_flight = len(rows)
@@ -513,6 +514,23 @@ class ClickRecorder:
             self._rollup = Rollup()
             self._last_rollup = started
         return len(rows)
+
+    async def _write_idle_rollup(self) -> None:
+        """No clicks waiting: still write the aggregates of the last ones, so the rollup
+        tables (and everything reading them, like `linkedge stats`) do not wait for the
+        next click."""
+        if not self._rollup.clicks:
+            return
+        started = time.monotonic()
+        if not self._closing and started - self._last_rollup < ROLLUP_INTERVAL_S:
+            return
+        try:
+            await self.db.run(_write_batch, [], self._rollup, True)
+        except Exception as exc:
+            await self._write_failed(exc, 0)
+            return
+        self._rollup = Rollup()
+        self._last_rollup = started
 
     async def _maybe_reload_geo(self) -> None:
         """Pick up a replaced GeoIP file (geoipupdate, cron) without a restart."""

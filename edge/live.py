@@ -119,33 +119,45 @@ class LiveCounters:
 
     def window(self, link_id: int | None, seconds: int, now_s: int) -> tuple[int, int]:
         """(clicks, humans) in the last `seconds` seconds up to and including now_s."""
-        if link_id is None:
-            return self.overall.total(now_s - seconds + 1, now_s)
-        c = self.links.get(link_id)
-        if c is None:
-            return 0, 0
-        if seconds <= SECONDS_KEPT:
-            return c.seconds.total(now_s - seconds + 1, now_s)
-        # Older than the per-second ring: whole minutes before it, exact seconds within it.
-        first_s = now_s - seconds + 1
-        exact_from = now_s - SECONDS_KEPT + 1
-        clicks, humans = c.seconds.total(exact_from, now_s)
-        m_clicks, m_humans = c.minutes.total(first_s // 60, exact_from // 60 - 1)
-        return clicks + m_clicks, humans + m_humans
+        return self.window_between(link_id, now_s - seconds + 1, now_s)
 
     def window_between(self, link_id: int | None, start_s: int, end_s: int) -> tuple[int, int]:
-        """(clicks, humans) in seconds start_s..end_s inclusive."""
+        """(clicks, humans) in seconds start_s..end_s inclusive.
+
+        Overall counts and a link's last SECONDS_KEPT seconds are exact. A link's older
+        seconds come from its per-minute ring: whole minutes as they are; the minute the
+        per-second ring starts in, less the part of it that ring holds; a minute cut by
+        `start_s` in proportion to the seconds taken (the only estimate: at most one
+        minute's clicks, and only for windows reaching back past SECONDS_KEPT).
+        """
+        if end_s < start_s:
+            return 0, 0
         if link_id is None:
             return self.overall.total(start_s, end_s)
-        c = self.links.get(link_id)
-        if c is None:
+        counters = self.links.get(link_id)
+        if counters is None:
             return 0, 0
-        exact_from = c.seconds.last - SECONDS_KEPT + 1
-        if start_s >= exact_from:
-            return c.seconds.total(start_s, end_s)
-        clicks, humans = c.seconds.total(max(start_s, exact_from), end_s)
-        m_clicks, m_humans = c.minutes.total(start_s // 60, min(end_s, exact_from - 1) // 60)
-        return clicks + m_clicks, humans + m_humans
+        seconds, minutes = counters.seconds, counters.minutes
+        exact_from = seconds.last - seconds.size + 1
+        clicks = humans = 0.0
+        if end_s >= exact_from:
+            c, h = seconds.total(max(start_s, exact_from), end_s)
+            clicks, humans = float(c), float(h)
+        if start_s < exact_from:
+            old_end = min(end_s, exact_from - 1)
+            for minute in range(start_s // 60, old_end // 60 + 1):
+                c, h = minutes.total(minute, minute)
+                if not c:
+                    continue
+                first, last = minute * 60, minute * 60 + 59
+                if last >= exact_from:  # partly held by the per-second ring: take that out
+                    held_c, held_h = seconds.total(exact_from, last)
+                    c, h = c - held_c, h - held_h
+                    last = exact_from - 1
+                share = (min(old_end, last) - max(start_s, first) + 1) / (last - first + 1)
+                clicks += c * share
+                humans += h * share
+        return round(clicks), round(humans)
 
     def series(self, link_id: int | None, seconds: int, now_s: int) -> list[tuple[int, int, int]]:
         """Per-second (second, clicks, humans) for the last `seconds` seconds."""

@@ -810,6 +810,20 @@ def create_token(conn: sqlite3.Connection, name: str) -> tuple[dict[str, Any], s
     return token_dict(row), secret
 
 
+def add_token(conn: sqlite3.Connection, name: str, secret: str) -> dict[str, Any] | None:
+    """Store a token chosen by the operator (its hash only); None when it is already stored."""
+    digest = token_hash(secret)
+    with Transaction(conn):
+        if conn.execute("SELECT 1 FROM api_tokens WHERE token_hash = ?", (digest,)).fetchone():
+            return None
+        cur = conn.execute(
+            "INSERT INTO api_tokens (name, token_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
+            (_text(name, "name") or "token", digest, secret[:7], now_ms()),
+        )
+        row = conn.execute("SELECT * FROM api_tokens WHERE id = ?", (cur.lastrowid,)).fetchone()
+    return token_dict(row)
+
+
 def token_dict(row: sqlite3.Row) -> dict[str, Any]:
     return {
         "id": row["id"],

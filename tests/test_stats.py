@@ -481,8 +481,8 @@ def test_link_window_is_exact_across_the_two_rings() -> None:
         (NOW - 1234, NOW - 77),  # both rings, neither edge on a minute
         (NOW - 2399, NOW),
     ]:
-        assert stats.link_window(live, 9, start, end) == (end - start + 1,) * 2
-    assert stats.link_window(live, 404, NOW - 60, NOW) == (0, 0)
+        assert live.window_between(9, start, end) == (end - start + 1,) * 2
+    assert live.window_between(404, NOW - 60, NOW) == (0, 0)
 
 
 def test_velocity_sees_clicks_of_the_current_minute() -> None:
