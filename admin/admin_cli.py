@@ -125,6 +125,13 @@ def cmd_utm_clear(args: argparse.Namespace) -> int:
     return cmd_utm_allow(args)
 
 
+def cmd_utm_case(args: argparse.Namespace) -> int:
+    conn = _open(args)
+    mode = store.set_utm_case(conn, args.mode) if args.mode else store.utm_case(conn)
+    print(f"UTM values are stored {'lowercased' if mode == 'lower' else 'as given'} ({mode})")
+    return 0
+
+
 def cmd_utm_list(args: argparse.Namespace) -> int:
     conn = _open(args)
     allowed = store.utm_allowed(conn)
@@ -253,7 +260,7 @@ def add_commands(sub: Any, cmd: CommandAdder, db_option: Callable[[Any], None]) 
         sub,
         "utm",
         lambda a: 0,
-        "UTM naming conventions: allow-lists per field",
+        "UTM naming conventions: allow-lists per field, letter case",
         "linkedge utm allow source newsletter,twitter",
     )
     usub = utm.add_subparsers(dest="utm_command", metavar="ACTION", required=True)
@@ -277,6 +284,15 @@ def add_commands(sub: Any, cmd: CommandAdder, db_option: Callable[[Any], None]) 
     )
     p.add_argument("field")
     p.add_argument("--json", action="store_true")
+    db_option(p)
+    p = cmd(
+        usub,
+        "case",
+        cmd_utm_case,
+        "store new UTM values lowercased (default) or as given; no MODE shows the setting",
+        "linkedge utm case keep",
+    )
+    p.add_argument("mode", nargs="?", choices=store.UTM_CASES)
     db_option(p)
     p = cmd(usub, "list", cmd_utm_list, "show the allow-lists", "linkedge utm list")
     p.add_argument("--json", action="store_true")

@@ -440,7 +440,7 @@ def _text(value: Any, field: str, *, lower: bool = False) -> str | None:
     return text or None
 
 
-def _validate_link_value(name: str, value: Any) -> Any:
+def _validate_link_value(name: str, value: Any, utm_lower: bool = True) -> Any:
     """One link field, validated and normalised to its stored form."""
     if name == "url":
         return normalize_destination(value, "url")
@@ -455,7 +455,7 @@ def _validate_link_value(name: str, value: Any) -> Any:
     if name in ("title", "notes", "campaign"):
         return _text(value, name)
     if name in UTM_FIELDS:
-        return _text(value, name, lower=True)
+        return _text(value, name, lower=utm_lower)
     if name == "tags":
         if value is None:
             return "[]"
@@ -532,7 +532,8 @@ def create_link(
     slug_length: int = 7,
 ) -> dict[str, Any]:
     """Insert one link; the caller's transaction is used when one is open."""
-    values = {name: _validate_link_value(name, fields.get(name)) for name in LINK_COLUMNS}
+    lower = utm_case(conn) == "lower"
+    values = {name: _validate_link_value(name, fields.get(name), lower) for name in LINK_COLUMNS}
     check_utm_allowed(conn, values)
     if slug is not None:
         slug = validate_slug(slug)
@@ -602,7 +603,8 @@ def find_link(conn: sqlite3.Connection, slug: str, domain: str | None = None) ->
 
 
 def update_link(conn: sqlite3.Connection, link_id: int, changes: dict[str, Any]) -> dict[str, Any]:
-    sets = {name: _validate_link_value(name, value) for name, value in changes.items()}
+    lower = utm_case(conn) == "lower"
+    sets = {name: _validate_link_value(name, value, lower) for name, value in changes.items()}
     check_utm_allowed(conn, sets)
     if "url" in sets and sets["url"] is None:
         raise InvalidField("url cannot be empty", "url")
@@ -767,13 +769,32 @@ def set_utm_allowed(conn: sqlite3.Connection, field: str, values: Sequence[str])
         raise InvalidField(
             f"unknown UTM field {field!r}: one of source, medium, campaign, content, term", "field"
         )
-    cleaned = sorted({v.strip().lower() for v in values if v.strip()})
+    lower = utm_case(conn) == "lower"
+    cleaned = sorted({v.strip().lower() if lower else v.strip() for v in values if v.strip()})
     with Transaction(conn):
         conn.execute("DELETE FROM utm_allow WHERE field = ?", (name,))
         conn.executemany(
             "INSERT INTO utm_allow (field, value) VALUES (?, ?)", [(name, v) for v in cleaned]
         )
     return cleaned
+
+
+UTM_CASES: Final = ("lower", "keep")
+
+
+def utm_case(conn: sqlite3.Connection) -> str:
+    """'lower' (the default: UTM values are lowercased so dashboards group them) or 'keep'."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'utm_case'").fetchone()
+    return "lower" if row is None else str(row[0])
+
+
+def set_utm_case(conn: sqlite3.Connection, mode: str) -> str:
+    """Choose how new UTM values are stored; existing links keep their values."""
+    if mode not in UTM_CASES:
+        raise InvalidField("UTM case must be 'lower' or 'keep'", "case")
+    with Transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('utm_case', ?)", (mode,))
+    return mode
 
 
 def check_utm_allowed(conn: sqlite3.Connection, values: dict[str, Any]) -> None:

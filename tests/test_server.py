@@ -7,6 +7,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -375,3 +376,35 @@ def test_post_with_body_gets_405_and_connection_stays_in_sync(served: ServerProc
         answers = read_responses(sock, 2)
     assert [a.split(b" ", 2)[1] for a in answers] == [b"405", b"301"]
     assert b"Connection: close" not in answers[0]
+
+
+def test_port_in_use_exits_with_a_clear_error(db_path: Path) -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    try:
+        for flag in ("--edge", "--admin"):
+            other = "--admin" if flag == "--edge" else "--edge"
+            result = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "admin.cli",
+                    "serve",
+                    "--db",
+                    str(db_path),
+                    flag,
+                    f"127.0.0.1:{port}",
+                    other,
+                    "127.0.0.1:0",
+                ],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert result.returncode == 2
+            assert "cannot start" in result.stderr and "address already in use" in result.stderr
+    finally:
+        blocker.close()

@@ -162,3 +162,19 @@ def test_slug_from_path() -> None:
     assert slug_from_path(b"/abc/") == b"abc"
     assert slug_from_path(b"/%61bc") == b"abc"
     assert slug_from_path(b"/") == b""
+
+
+def test_utm_case_lower_by_default_or_kept(conn: sqlite3.Connection) -> None:
+    assert store.utm_case(conn) == "lower"
+    assert (
+        store.create_link(conn, {"url": "https://e.com/", "utm_source": "NewsLetter"})["utm_source"]
+        == "newsletter"
+    )
+    store.set_utm_case(conn, "keep")
+    link = store.create_link(conn, {"url": "https://e.com/", "utm_source": " NewsLetter "})
+    assert link["utm_source"] == "NewsLetter"
+    store.set_utm_allowed(conn, "source", ["NewsLetter"])
+    with pytest.raises(InvalidField):
+        store.create_link(conn, {"url": "https://e.com/", "utm_source": "newsletter"})
+    with pytest.raises(InvalidField):
+        store.set_utm_case(conn, "upper")
