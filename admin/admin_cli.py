@@ -28,16 +28,16 @@ BAR_WIDTH: Final = 40  # characters of the longest bar in `linkedge stats` serie
 RELATIVE_ARG_RE: Final = re.compile(r"^-\d+([smhdw]|\.\d+)?$")  # -1h, -7d (and -5, -0.5)
 
 
-def _open(args: argparse.Namespace) -> sqlite3.Connection:
+def open_db(args: argparse.Namespace) -> sqlite3.Connection:
     path = args.db or os.environ.get("LINKEDGE_DB_PATH") or "linkedge.db"
     return store.open_db(path)
 
 
-def _print_json(data: Any) -> None:
+def print_json(data: Any) -> None:
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
-def _table(rows: list[list[str]], headers: list[str]) -> None:
+def print_table(rows: list[list[str]], headers: list[str]) -> None:
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
@@ -57,10 +57,10 @@ def _token_out(token: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     record, secret = store.create_token(conn, args.name)
     if args.json:
-        _print_json({"token": _token_out(record), "secret": secret})
+        print_json({"token": _token_out(record), "secret": secret})
     else:
         print(secret)
         print(
@@ -71,12 +71,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     tokens = [_token_out(t) for t in store.list_tokens(conn)]
     if args.json:
-        _print_json(tokens)
+        print_json(tokens)
         return 0
-    _table(
+    print_table(
         [
             [
                 str(t["id"]),
@@ -94,10 +94,10 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     record = store.revoke_token(conn, args.id)
     if args.json:
-        _print_json(_token_out(record))
+        print_json(_token_out(record))
     else:
         print(f"revoked token {record['id']} ({record['name']})")
     return 0
@@ -107,12 +107,12 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_utm_allow(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     values = [v for part in args.values for v in part.split(",")]
     cleaned = store.set_utm_allowed(conn, args.field, values)
     field = args.field if args.field.startswith("utm_") else "utm_" + args.field
     if args.json:
-        _print_json({"field": field, "values": cleaned})
+        print_json({"field": field, "values": cleaned})
     elif cleaned:
         print(f"{field} now accepts only: {', '.join(cleaned)}")
     else:
@@ -126,18 +126,18 @@ def cmd_utm_clear(args: argparse.Namespace) -> int:
 
 
 def cmd_utm_case(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     mode = store.set_utm_case(conn, args.mode) if args.mode else store.utm_case(conn)
     print(f"UTM values are stored {'lowercased' if mode == 'lower' else 'as given'} ({mode})")
     return 0
 
 
 def cmd_utm_list(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     allowed = store.utm_allowed(conn)
     lists = {name: allowed.get(name, []) for name in store.UTM_FIELDS}
     if args.json:
-        _print_json(lists)
+        print_json(lists)
         return 0
     for name, values in lists.items():
         print(f"{name}: {', '.join(values) if values else '(any value)'}")
@@ -157,15 +157,7 @@ def link_report(conn: sqlite3.Connection, args: argparse.Namespace) -> dict[str,
     window = stats.parse_window(args.window)
     velocity = stats.rollup_velocity(conn, link["id"], window, int(now))
     return {
-        "link": {
-            "id": link["id"],
-            "domain": link["domain"],
-            "slug": link["slug"],
-            "short_url": stats.short_url(link["domain"], link["slug"]),
-            "url": link["url"],
-            "campaign": link["campaign"],
-            "created_at": stats.iso_ms(link["created_at"]),
-        },
+        "link": stats.link_head(link),
         **rng.describe(),
         **result,
         "velocity": velocity,
@@ -176,10 +168,10 @@ def link_report(conn: sqlite3.Connection, args: argparse.Namespace) -> dict[str,
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     report = link_report(conn, args)
     if args.json:
-        _print_json(report)
+        print_json(report)
         return 0
     link, totals, velocity = report["link"], report["totals"], report["velocity"]
     print(f"{link['short_url']} -> {link['url']}")
@@ -211,12 +203,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         for p in series:
             bar = "#" * (round(p["clicks"] / peak * BAR_WIDTH) if p["clicks"] else 0)
             rows.append([p["t"], str(p["clicks"]), str(p["humans"]), bar])
-        _table(rows, ["TIME", "CLICKS", "HUMANS", ""])
+        print_table(rows, ["TIME", "CLICKS", "HUMANS", ""])
     for name, entries in report["top"].items():
         if not entries:
             continue
         print()
-        _table(
+        print_table(
             [[e["value"] or "(none)", str(e["clicks"]), str(e["humans"])] for e in entries],
             [name.upper().replace("_", " "), "CLICKS", "HUMANS"],
         )

@@ -692,17 +692,6 @@ class AdminServer:
 
     # --- stats ---------------------------------------------------------------------------
 
-    def _link_head(self, link: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "id": link["id"],
-            "domain": link["domain"],
-            "slug": link["slug"],
-            "short_url": stats.short_url(link["domain"], link["slug"]),
-            "url": link["url"],
-            "campaign": link["campaign"],
-            "created_at": stats.iso_ms(link["created_at"]),
-        }
-
     def _range(self, call: Call) -> stats.TimeRange:
         return stats.time_range(
             call.q("from"), call.q("to"), call.q("interval"), call.q("tz"), call.now
@@ -737,7 +726,7 @@ class AdminServer:
         return json_response(
             200,
             {
-                "link": self._link_head(link),
+                "link": stats.link_head(link),
                 **rng.describe(),
                 **result,
                 "velocity": self._velocity([link["id"]], window),
@@ -749,13 +738,13 @@ class AdminServer:
         link = await self._read_link(self._link_ref(call))
         window = stats.parse_window(call.q("window"))
         return json_response(
-            200, {"link": self._link_head(link), "velocity": self._velocity([link["id"]], window)}
+            200, {"link": stats.link_head(link), "velocity": self._velocity([link["id"]], window)}
         )
 
     async def link_checkpoints(self, call: Call) -> Response:
         link = await self._read_link(self._link_ref(call))
         return json_response(
-            200, {"link": self._link_head(link), "launch": await self._checkpoints(link)}
+            200, {"link": stats.link_head(link), "launch": await self._checkpoints(link)}
         )
 
     def _live_ids(self, window_s: int) -> list[int]:

@@ -15,9 +15,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
-
 from admin import admin_cli
+from admin.admin_cli import open_db, print_json, print_table
 from edge import config as cfg
 from edge import store
 from edge.errors import LinkedgeError
@@ -66,19 +65,6 @@ def format_time(ms: int | None) -> str:
     if ms is None:
         return "-"
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _print_json(data: Any) -> None:
-    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> None:
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def short_url(link: dict[str, Any]) -> str:
@@ -189,11 +175,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # --- links ---------------------------------------------------------------------------------
 
 
-def _open(args: argparse.Namespace) -> Any:
-    path = args.db or os.environ.get("LINKEDGE_DB_PATH") or "linkedge.db"
-    return store.open_db(path)
-
-
 def _link_fields(args: argparse.Namespace) -> dict[str, Any]:
     fields: dict[str, Any] = {}
     if getattr(args, "url", None) is not None:
@@ -221,7 +202,7 @@ def _link_fields(args: argparse.Namespace) -> dict[str, Any]:
 
 def _show_link(link: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        _print_json({**link, "short_url": short_url(link)})
+        print_json({**link, "short_url": short_url(link)})
         return
     state = "archived" if link["archived_at"] else "disabled" if link["disabled"] else "active"
     print(f"{short_url(link)} -> {link['url']}")
@@ -233,14 +214,14 @@ def _show_link(link: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_link_add(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     link = store.create_link(conn, _link_fields(args), domain=args.domain, slug=args.slug)
     _show_link(link, args.json)
     return 0
 
 
 def cmd_link_list(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     where = []
     params: list[Any] = []
     if args.domain:
@@ -256,7 +237,7 @@ def cmd_link_list(args: argparse.Namespace) -> int:
     )
     links = [store.link_dict(r) for r in conn.execute(sql, params)]
     if args.json:
-        _print_json([{**link, "short_url": short_url(link)} for link in links])
+        print_json([{**link, "short_url": short_url(link)} for link in links])
         return 0
     rows = []
     for link in links:
@@ -270,7 +251,7 @@ def cmd_link_list(args: argparse.Namespace) -> int:
                 link["url"],
             ]
         )
-    _table(rows, ["ID", "SHORT", "STATUS", "STATE", "DESTINATION"])
+    print_table(rows, ["ID", "SHORT", "STATUS", "STATE", "DESTINATION"])
     return 0
 
 
@@ -279,13 +260,13 @@ def _find(conn: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_link_show(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     _show_link(_find(conn, args), args.json)
     return 0
 
 
 def cmd_link_set(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     link = _find(conn, args)
     changes = _link_fields(args)
     if not changes:
@@ -295,7 +276,7 @@ def cmd_link_set(args: argparse.Namespace) -> int:
 
 
 def cmd_link_state(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     link = _find(conn, args)
     if args.action == "disable":
         link = store.update_link(conn, link["id"], {"disabled": True})
@@ -317,7 +298,7 @@ def cmd_link_state(args: argparse.Namespace) -> int:
 
 
 def cmd_domain_add(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     d = store.add_domain(
         conn,
         args.host,
@@ -326,14 +307,14 @@ def cmd_domain_add(args: argparse.Namespace) -> int:
         fallback_url=args.fallback_url,
     )
     if args.json:
-        _print_json(d)
+        print_json(d)
     else:
         print(f"added {d['host']}{' (default)' if d['default'] else ''}")
     return 0
 
 
 def cmd_domain_set(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     changes: dict[str, Any] = {}
     if args.default:
         changes["default"] = True
@@ -344,17 +325,17 @@ def cmd_domain_set(args: argparse.Namespace) -> int:
     if not changes:
         raise CLIError("nothing to change: give --default, --root-url or --fallback-url")
     d = store.update_domain(conn, args.host, changes)
-    _print_json(d) if args.json else print(f"updated {d['host']}")
+    print_json(d) if args.json else print(f"updated {d['host']}")
     return 0
 
 
 def cmd_domain_list(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     domains = store.list_domains(conn)
     if args.json:
-        _print_json(domains)
+        print_json(domains)
         return 0
-    _table(
+    print_table(
         [
             [
                 d["host"],
@@ -370,7 +351,7 @@ def cmd_domain_list(args: argparse.Namespace) -> int:
 
 
 def cmd_domain_rm(args: argparse.Namespace) -> int:
-    conn = _open(args)
+    conn = open_db(args)
     store.remove_domain(conn, args.host)
     print(f"removed {args.host}")
     return 0
@@ -399,7 +380,7 @@ def cmd_geo_info(args: argparse.Namespace) -> int:
     if attribution:
         info["attribution"] = attribution
     if args.json:
-        _print_json(info)
+        print_json(info)
     else:
         for key, value in info.items():
             print(f"{key}: {value}")
@@ -426,7 +407,7 @@ def cmd_geo_lookup(args: argparse.Namespace) -> int:
     result = db.lookup(args.ip)._asdict()
     db.close()
     if args.json:
-        _print_json({"ip": args.ip, **result})
+        print_json({"ip": args.ip, **result})
     else:
         for key, value in result.items():
             print(f"{key}: {value if value is not None else '-'}")
@@ -445,7 +426,7 @@ def cmd_geo_update(args: argparse.Namespace) -> int:
     except GeoUpdateError as exc:
         raise CLIError(f"GeoIP update failed: {exc}") from None
     if args.json:
-        _print_json(info)
+        print_json(info)
     else:
         print(f"installed {dest}: {info.get('database_type')} built {info.get('build_date')}")
         if "dbip" in str(info.get("database_type", "")).lower():

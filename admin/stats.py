@@ -843,6 +843,19 @@ def short_url(domain: str, slug: str) -> str:
     return f"https://{domain}/{slug}"
 
 
+def link_head(link: dict[str, Any]) -> dict[str, Any]:
+    """The few fields of a link that head its stats, velocity and checkpoints."""
+    return {
+        "id": link["id"],
+        "domain": link["domain"],
+        "slug": link["slug"],
+        "short_url": short_url(link["domain"], link["slug"]),
+        "url": link["url"],
+        "campaign": link["campaign"],
+        "created_at": iso_ms(link["created_at"]),
+    }
+
+
 # --- launch checkpoints --------------------------------------------------------------------
 
 
