@@ -72,9 +72,8 @@ class Runtime:
             log.info("GeoIP: %s built %s", status.get("database_type"), status.get("build_date"))
         else:
             log.warning(
-                "GeoIP is off (%s): clicks are recorded without country/region/city. "
-                "Run `linkedge geo update` or pass --geoip PATH.",
-                status.get("error") or "no database configured",
+                "GeoIP is off (%s): clicks are recorded without country/region/city.",
+                status.get("error"),
             )
         if self.config.record_clicks:
             self.clicks = ClickRecorder(self.config, self.writer, self.table, self.geo, self.live)

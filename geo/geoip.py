@@ -47,6 +47,10 @@ DEFAULT_CACHE_SIZE: Final = 65_536
 # The language of the names we store (the databases carry en, de, es, fr, ja, ...).
 NAME_LANGUAGE: Final = "en"
 
+# Why geo fields are empty when no database was given: shown on /healthz and in the log.
+NOT_CONFIGURED: Final = (
+    "no GeoIP database configured: run `linkedge geo update` and pass --geoip PATH"
+)
 DBIP_ATTRIBUTION: Final = "IP geolocation by DB-IP (https://db-ip.com), licensed CC BY 4.0"
 
 # A dotted-quad IPv4 address as ipaddress accepts it (no leading zeros, each part <= 255).
@@ -428,6 +432,8 @@ class GeoDatabase:
             errors.append(f"asn database: {asn.error}")
         if self.last_lookup_error:
             errors.append(self.last_lookup_error)
+        if main is None and asn is None:
+            errors.append(NOT_CONFIGURED)
         database_type = meta.database_type if meta is not None else None
         return {
             "enabled": meta is not None,

@@ -193,12 +193,13 @@ def test_status_reports_the_loaded_database(
     assert status["mode"] == ("MODE_MMAP_EXT" if HAS_C_EXTENSION else "MODE_MMAP")
 
 
-def test_no_path_means_disabled_without_error() -> None:
+def test_no_path_means_disabled_and_says_how_to_get_one() -> None:
     db = GeoDatabase(None)
     assert db.lookup("203.0.113.10") == EMPTY_GEO
     assert db.maybe_reload() is False
     status = db.status()
-    assert (status["enabled"], status["error"], status["mode"]) == (False, None, None)
+    assert (status["enabled"], status["mode"]) == (False, None)
+    assert "linkedge geo update" in str(status["error"])
 
 
 def test_close_releases_the_files_and_lookups_answer_empty(
