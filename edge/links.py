@@ -18,9 +18,8 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
-from edge.http import response_head
-from edge.store import UTM_FIELDS
-from edge.urls import merge_query, split_url, with_params
+from edge.http import response_head, status_line
+from edge.urls import merge_query, split_url
 
 HOST_CACHE_SIZE: Final = 4096  # distinct raw Host values remembered (ports, case variants)
 
@@ -35,15 +34,24 @@ def cache_control(max_age_s: int) -> str:
     return "private, max-age=" + str(max_age_s) if max_age_s > 0 else "private, no-store"
 
 
+_NO_STORE_TAIL: Final = b"\r\nCache-Control: private, no-store\r\nContent-Length: 0\r\n"
+
+
 def redirect_head(status: int, location: str, max_age_s: int = 0) -> bytes:
-    return response_head(
-        status,
-        [
-            ("Location", location),
-            ("Cache-Control", cache_control(max_age_s)),
-            ("Content-Length", "0"),
-        ],
+    """Status line, Location, Cache-Control, Content-Length (no Date, no blank line).
+
+    Built by concatenation: a million of these are made when the links load."""
+    tail = (
+        _NO_STORE_TAIL
+        if max_age_s <= 0
+        else f"\r\nCache-Control: {cache_control(max_age_s)}\r\nContent-Length: 0\r\n".encode()
     )
+    return _REDIRECT_LINES[status] + location.encode("ascii") + tail
+
+
+_REDIRECT_LINES: Final = {
+    status: status_line(status) + b"Location: " for status in (301, 302, 303, 307, 308)
+}
 
 
 def body_head(status: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
@@ -69,60 +77,81 @@ ROBOTS_HEAD: Final = response_head(
 )
 
 
+# Link.flags bits: the per-link switches the hot path reads, packed into one int.
+FORWARD_QUERY: Final = 1
+REQUEST_WINS: Final = 2
+DISABLED: Final = 4
+
+
 class Link:
-    """A servable link. `head` is the prebuilt response head for a visit without a query."""
+    """A servable link, kept small (a million of them must fit a small VPS): its prebuilt
+    response head for a visit without a query, and what the rarer paths need. The
+    Location, the destination's query pairs and the slug as text are derived on demand."""
 
     __slots__ = (
         "id",
         "domain_id",
-        "slug",
-        "url",
+        "key",
         "status",
-        "location",
         "head",
-        "base",
-        "pairs",
-        "fragment",
-        "forward_query",
-        "request_wins",
-        "max_age_s",
-        "disabled",
+        "flags",
         "expires_at_s",
         "expired_head",
-        "servable",
     )
 
     def __init__(self, row: sqlite3.Row) -> None:
         self.id: int = row["id"]
         self.domain_id: int = row["domain_id"]
-        self.slug: str = row["slug"]
-        self.url: str = row["url"]
+        self.key: bytes = row["slug"].encode()  # the slug as the edge looks it up
         self.status: int = row["status"]
-        utm = [(f, row[f]) for f in UTM_FIELDS if row[f]]
-        # The link's own UTM tags replace same-named parameters of the destination: the
-        # operator set them on purpose for this placement.
-        self.location: str = with_params(self.url, utm) if utm else self.url
-        self.base, self.pairs, self.fragment = split_url(self.location)
-        self.forward_query: bool = bool(row["forward_query"])
-        self.request_wins: bool = row["query_precedence"] == "request"
-        self.max_age_s: int = row["cache_max_age_s"]
-        self.head: bytes = redirect_head(self.status, self.location, self.max_age_s)
-        self.disabled: bool = bool(row["disabled"])
+        # Written with the link (store.link_location): destination + the link's UTM tags.
+        location: str = row["location"]
+        max_age_s: int = row["cache_max_age_s"]
+        self.head: bytes = redirect_head(self.status, location, max_age_s)
+        self.flags: int = (
+            (FORWARD_QUERY if row["forward_query"] else 0)
+            | (REQUEST_WINS if row["query_precedence"] == "request" else 0)
+            | (DISABLED if row["disabled"] else 0)
+        )
         expires = row["expires_at"]
         self.expires_at_s: float | None = expires / 1000 if expires is not None else None
         expired_url = row["expired_url"]
         # None: an expired link answers 410 Gone.
         self.expired_head: bytes | None = redirect_head(302, expired_url) if expired_url else None
-        self.servable: bool = row["archived_at"] is None
+
+    @property
+    def slug(self) -> str:
+        return self.key.decode()
+
+    @property
+    def disabled(self) -> bool:
+        return bool(self.flags & DISABLED)
+
+    @property
+    def location(self) -> str:
+        """The Location of a visit without a query, read back from the prebuilt head."""
+        start = self.head.index(b"\r\nLocation: ") + 12
+        return self.head[start : self.head.index(b"\r\n", start)].decode("ascii")
+
+    @property
+    def max_age_s(self) -> int:
+        marker = b"max-age="
+        at = self.head.find(marker)
+        return 0 if at < 0 else int(self.head[at + 8 : self.head.index(b"\r\n", at)])
 
     def head_for_query(self, query: bytes) -> bytes:
         """The response head for a visit that carried `?query` on the short URL."""
-        if not self.forward_query:
+        if not self.flags & FORWARD_QUERY:
             return self.head
+        base, pairs, fragment = split_url(self.location)
         location = merge_query(
-            self.base, self.pairs, self.fragment, query.decode("ascii"), self.request_wins
+            base, pairs, fragment, query.decode("ascii"), bool(self.flags & REQUEST_WINS)
         )
         return redirect_head(self.status, location, self.max_age_s)
+
+
+def is_servable(row: sqlite3.Row) -> bool:
+    return row["archived_at"] is None
 
 
 class Domain:
@@ -202,10 +231,10 @@ class LinkTable:
             changed += self._remove(link_id)
         for row in links:
             self._remove(row["id"])
-            link = Link(row)
-            if link.servable:
+            if is_servable(row):
+                link = Link(row)
                 self._by_id[link.id] = link
-                self._slugs.setdefault(link.domain_id, {})[link.slug.encode()] = link
+                self._slugs.setdefault(link.domain_id, {})[link.key] = link
             changed += 1
         self.rev = rev
         return changed
@@ -215,8 +244,8 @@ class LinkTable:
         if old is None:
             return 0
         slugs = self._slugs.get(old.domain_id)
-        if slugs is not None and slugs.get(old.slug.encode()) is old:
-            del slugs[old.slug.encode()]
+        if slugs is not None and slugs.get(old.key) is old:
+            del slugs[old.key]
         return 1
 
     def _set_domains(self, rows: Iterable[sqlite3.Row]) -> None:

@@ -34,6 +34,7 @@ from typing import Any, Final, Protocol, cast
 from edge.config import Config
 from edge.http import STATUS_REASONS, BadRequest, Request, parse_head, read_body
 from edge.links import (
+    DISABLED,
     GONE_BODY,
     GONE_HEAD,
     NOT_FOUND_BODY,
@@ -457,7 +458,7 @@ class EdgeProtocol(asyncio.Protocol):
             metrics.count(404)
             return NOT_FOUND_HEAD + tail + (b"" if is_head else NOT_FOUND_BODY)
         now = time.time()
-        if link.disabled:
+        if link.flags & DISABLED:
             metrics.count(410)
             return GONE_HEAD + tail + (b"" if is_head else GONE_BODY)
         if link.expires_at_s is not None and now >= link.expires_at_s:

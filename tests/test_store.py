@@ -82,7 +82,7 @@ def test_every_change_bumps_the_revision_and_only_changed_rows_reload(
     assert rev2 > rev and [r["slug"] for r in links] == ["a"]
     assert table.apply(rev2, links, purged, domains) == 1
     link = table.resolve(b"localhost:8080", b"a")
-    assert link is not None and link.url == "https://example.com/a2"
+    assert link is not None and link.location == "https://example.com/a2"
     # archive: leaves the table; purge: frees the slug
     store.archive_link(conn, a["id"])
     rev3, links, purged, domains = store.changes_since(conn, rev2)
@@ -178,3 +178,31 @@ def test_utm_case_lower_by_default_or_kept(conn: sqlite3.Connection) -> None:
         store.create_link(conn, {"url": "https://e.com/", "utm_source": "newsletter"})
     with pytest.raises(InvalidField):
         store.set_utm_case(conn, "upper")
+
+
+def test_location_is_written_with_the_link_and_backfilled(tmp_path: Path) -> None:
+    path = str(tmp_path / "old.db")
+    conn = store.connect(path)
+    # a database from before migration 0004: links without a stored Location
+    conn.execute(
+        "CREATE TABLE schema_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+        "applied_at INTEGER NOT NULL)"
+    )
+    for number, name, apply in store.MIGRATIONS[:3]:
+        with store.Transaction(conn):
+            apply(conn)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (number, name))
+    with store.Transaction(conn):
+        conn.execute(
+            "INSERT INTO domains (host, is_default, created_at, rev) VALUES ('localhost', 1, 0, 1)"
+        )
+        conn.execute(
+            "INSERT INTO links (domain_id, slug, url, utm_source, created_at, "
+            "updated_at, rev) VALUES (1, 'a', 'https://e.com/?x=1', 'mail', 0, 0, 1)"
+        )
+    assert store.migrate(conn) == ["0004_add_link_location"]
+    row = conn.execute("SELECT location FROM links").fetchone()
+    assert row[0] == "https://e.com/?x=1&utm_source=mail"
+    link = store.update_link(conn, 1, {"utm_source": "social"})
+    loc = conn.execute("SELECT location FROM links WHERE id = ?", (link["id"],)).fetchone()[0]
+    assert loc == "https://e.com/?x=1&utm_source=social"
