@@ -330,6 +330,7 @@ class PipelineMetrics:
         "flush_durations",
         "last_error",
         "peak_queue",
+        "max_flush_lag_s",
         "last_write_at",
     )
 
@@ -343,6 +344,7 @@ class PipelineMetrics:
         self.flush_durations: list[float] = []  # recent flush durations, for the histogram
         self.last_error: str | None = None
         self.peak_queue = 0
+        self.max_flush_lag_s = 0.0  # age of the oldest click of a batch when it was written
         self.last_write_at = 0.0
 
 
@@ -500,6 +502,9 @@ class ClickRecorder:
             return 0
         self._in_flight = 0
         self.metrics.written += len(rows)
+        lag = time.time() - rows[0][_TS] / 1000  # rows are in time order
+        if lag > self.metrics.max_flush_lag_s:
+            self.metrics.max_flush_lag_s = lag
         self.metrics.flushes += 1
         self.metrics.last_error = None
         self._failures_in_row = 0

@@ -12,3 +12,5 @@
 #   pipeline  enrichment + SQLite write throughput of the click pipeline alone
 #   scale     RSS and load time for 100k / 1M links; stats latency on 1M / 10M clicks
 #   report    results JSON, the Markdown table, docs/benchmarks.md
+#   profile   py-spy profile of linkedge under the same load (by hand)
+#   wrk/      the Lua script wrk runs: the request stream and exact counts

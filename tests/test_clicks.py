@@ -112,7 +112,7 @@ def test_sigterm_under_load_loses_nothing(db_path: Path) -> None:
 
 def _summary(out: str) -> list[int]:
     """The numbers of the server's last line: served, captured, written, dropped, unwritten."""
-    line = [x for x in out.splitlines() if "linkedge stopped:" in x][-1]
+    line = [x for x in out.splitlines() if "linkedge stopped:" in x][-1].split(";")[0]
     return [int(w) for w in line.replace(",", " ").split() if w.isdigit()]
 
 
