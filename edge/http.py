@@ -92,9 +92,6 @@ HOST_CHARS: Final = (string.ascii_letters + string.digits + "-._~!$&'()*+,;=:[]%
 HEX_DIGITS: Final = b"0123456789abcdefABCDEF"
 _DIGITS: Final = b"0123456789"
 
-_GET: Final = b"GET"
-_HEAD: Final = b"HEAD"
-
 
 class Request:
     """One parsed request head. Names are lowercased bytes; values are bytes, trimmed."""
@@ -512,7 +509,3 @@ def response_head(status: int, headers: list[tuple[str, str]]) -> bytes:
     for name, value in headers:
         out.append(f"{name}: {value}\r\n".encode("ascii"))
     return b"".join(out)
-
-
-def is_get_or_head(method: bytes) -> bool:
-    return method in (_GET, _HEAD)

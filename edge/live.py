@@ -166,13 +166,6 @@ class LiveCounters:
             return [(s, 0, 0) for s in range(now_s - seconds + 1, now_s + 1)]
         return ring.series(now_s - seconds + 1, now_s)
 
-    def minute_series(self, link_id: int, minutes: int, now_s: int) -> list[tuple[int, int, int]]:
-        c = self.links.get(link_id)
-        now_m = now_s // 60
-        if c is None:
-            return [(m, 0, 0) for m in range(now_m - minutes + 1, now_m + 1)]
-        return c.minutes.series(now_m - minutes + 1, now_m)
-
     def _link_ring(self, link_id: int) -> Ring | None:
         c = self.links.get(link_id)
         return None if c is None else c.seconds
