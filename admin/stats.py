@@ -5,14 +5,16 @@ Rules of this module:
   `sqlite3.Connection` and are synchronous: the API runs them on its own stats connection
   (an aiosqlite thread, so a slow query never delays link sync or click writes), the CLI
   calls them directly on the SQLite file, with or without a running server.
-- Per-link numbers come from the rollups the click flusher maintains, never from a scan of
+- Numbers come from the rollups the click flusher maintains, never from a scan of
   `clicks` by link (that table has an index on `ts` only, on purpose: see DESIGN.md):
-    link_minute      (link_id, minute)            clicks, humans     -> totals, series
-    link_hour_dim    (link_id, hour, dim, value)  clicks, humans     -> breakdowns, bot kinds
-    link_day_visitor (link_id, UTC day, visitor)  human              -> unique visitors
-  Every query walks `links` first and seeks into a rollup's primary key per link
+    link_minute / link_hour / link_day  (link_id, t)         clicks, humans -> totals, series
+    link_dim_hour      (link_id, dim, hour, value)    clicks, humans -> breakdowns, bot kinds
+    link_day_visitors  (link_id, UTC day, chunk)      packed visitor ids -> unique visitors
+    group_minute / group_hour / group_day_visitors    the same per (group_by, key)
+  Link queries walk `links` first and seek into a rollup's primary key per link
   (`links l CROSS JOIN rollup r ON r.link_id = l.id AND <range>`: SQLite never reorders a
-  CROSS JOIN), so a campaign of 50 links reads those links' rows and nothing else.
+  CROSS JOIN), so a campaign of 50 links reads those links' rows and nothing else. A
+  group-by over all links reads the group rollups instead (see _Selection).
 - Resolution follows the rollups and is part of the contract (docs/api.md): clicks and the
   series are exact to the minute, breakdowns cover the whole UTC hours that overlap the
   range, unique visitors the whole UTC days. The visitor id's salt rotates every UTC day,
@@ -24,6 +26,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import array
 import bisect
 import contextlib
 import datetime as dt
@@ -68,12 +71,8 @@ INTERVAL_S: Final = {"minute": 60, "hour": 3600, "day": 86400}
 # hours up to 8 days, days beyond.
 AUTO_MINUTE_MAX_S: Final = 3 * 3600
 AUTO_HOUR_MAX_S: Final = 8 * 86400
-# Every real UTC offset (and every DST shift) is a multiple of 15 minutes (Nepal +5:45,
-# Chatham +12:45), so a quarter hour of UTC lies inside one local hour and one local day:
-# hour and day series are summed per quarter hour in SQL and bucketed in Python.
-QUARTER_MINUTES: Final = 15
 
-# Breakdown dimensions of link_hour_dim (edge/clicks.py DIMENSIONS) and their API names.
+# Breakdown dimensions of link_dim_hour (edge/clicks.py DIMENSIONS) and their API names.
 DIMENSION_NAMES: Final = {
     "referrer_host": "referrer_hosts",
     "source": "sources",
@@ -400,11 +399,17 @@ def get_token(conn: sqlite3.Connection, token_id: int) -> dict[str, Any] | None:
 
 # --- stats of a selection of links ----------------------------------------------------------
 #
-# How a stats answer is computed: every query walks the selected links and aggregates per
-# link (GROUP BY l.id follows the scan, so SQLite never sorts), and Python folds the
-# per-link rows into the answer's groups (one group, None, for a link or a selection;
-# campaigns, tags, ... for group_by). Clicks written after the rollup watermark (the
-# "tail") are folded in the same way, so answers are exact and current.
+# How a stats answer is computed. Two sources answer the same questions:
+# - the link rollups: every query walks the selected links and seeks into a rollup's key
+#   per link; Python folds the per-link rows into the answer's groups (one group, None, for
+#   a link or a selection; campaigns, tags, ... for group_by). Right for a link, a campaign,
+#   any filtered selection.
+# - the group rollups (group_minute/hour/day, group_day_visitors): a group-by over all
+#   links by campaign, UTM field, tag or domain reads a few rows per group, not per link.
+# A range is covered by the coarsest rows that fit inside it and inside each bucket of its
+# series: whole UTC days from the day table, whole hours from the hour table, the minutes
+# at the edges (_cover). Clicks written after the rollup watermark (the "tail") are folded
+# in the same way, so answers are exact and current.
 
 # The group key of each group_by, as SQL over `links l` (and `json_each(l.tags) t`).
 GROUP_KEY_SQL: Final = {
@@ -418,14 +423,72 @@ GROUP_KEY_SQL: Final = {
 }
 # Click columns of the breakdown dimensions, in edge/clicks.py's DIMENSIONS order.
 _TAIL_DIMS: Final = (*DIMENSION_NAMES, BOT_KIND_DIM)
-# Positions in a tail row: link, ts, visitor, the dimensions, the stored visitor's human.
+# Positions in a tail row: link, ts, visitor, the dimensions.
 _T_LINK, _T_TS, _T_VISITOR, _T_DIMS = 0, 1, 2, 3
 _T_BOT = _T_DIMS + len(_TAIL_DIMS) - 1
-_T_STORED = _T_DIMS + len(_TAIL_DIMS)
 
-MinuteRow = tuple[Any, int, int, int]  # group key, minute, clicks, humans
+# (table, time column, minutes per unit), coarsest first.
+_LINK_LEVELS: Final = (
+    ("link_day", "day", 1440),
+    ("link_hour", "hour", 60),
+    ("link_minute", "minute", 1),
+)
+_GROUP_LEVELS: Final = (
+    ("group_day", "day", 1440),
+    ("group_hour", "hour", 60),
+    ("group_minute", "minute", 1),
+)
+_MAX_RANGES_PER_QUERY: Final = 16
+
 Breakdown = dict[str, dict[str, list[int]]]  # dim -> value -> [clicks, humans]
 GroupsOf = dict[int, list[Any]]  # link id -> its group keys
+Pieces = list[list[tuple[int, int]]]  # per level: inclusive ranges of that level's unit
+
+
+def _cover(lo: int, hi: int, sizes: Sequence[int], level: int, out: Pieces) -> None:
+    """Minutes [lo, hi) as whole units of sizes[level:], coarsest first."""
+    if lo >= hi:
+        return
+    size = sizes[level]
+    if size == 1:
+        out[level].append((lo, hi - 1))
+        return
+    a, b = -(-lo // size), hi // size
+    if a < b:
+        out[level].append((a, b - 1))
+        _cover(lo, a * size, sizes, level + 1, out)
+        _cover(b * size, hi, sizes, level + 1, out)
+    else:
+        _cover(lo, hi, sizes, level + 1, out)
+
+
+def _pieces(rng: TimeRange, starts: Sequence[int], sizes: Sequence[int]) -> Pieces:
+    """The range's minutes as unit ranges per level; no piece crosses a series bucket."""
+    m_first, m_last = rng.minutes
+    cuts = [m_first, *(s // 60 for s in starts[1:] if m_first < s // 60 <= m_last), m_last + 1]
+    out: Pieces = [[] for _ in sizes]
+    for lo, hi in itertools.pairwise(cuts):
+        _cover(lo, hi, sizes, 0, out)
+    merged: Pieces = []
+    for ranges in out:
+        level: list[tuple[int, int]] = []
+        for lo, hi in sorted(ranges):
+            if level and lo <= level[-1][1] + 1:
+                level[-1] = (level[-1][0], max(hi, level[-1][1]))
+            else:
+                level.append((lo, hi))
+        merged.append(level)
+    return merged
+
+
+def _range_sql(column: str, ranges: Sequence[tuple[int, int]]) -> tuple[str, list[int]]:
+    sql = " OR ".join(f"{column} BETWEEN ? AND ?" for _ in ranges)
+    return f"({sql})", [v for r in ranges for v in r]
+
+
+def _batches(ranges: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
+    for i in range(0, len(ranges), _MAX_RANGES_PER_QUERY):
+        yield ranges[i : i + _MAX_RANGES_PER_QUERY]
 
 
 @contextlib.contextmanager
@@ -462,6 +525,31 @@ def _ids_clause(link_ids: Sequence[int] | None) -> tuple[str, list[Any]]:
     return " AND l.id IN (SELECT value FROM json_each(?))", [orjson.dumps(list(link_ids)).decode()]
 
 
+def _distinct(chunks: list[tuple[int, array.array[int]]], extra: set[int]) -> int:
+    """|union of the chunks' ids and `extra`|. Chunks hold sorted distinct ids (n >= 0):
+    the biggest is searched (bisect), not copied into the set of the others."""
+    if not chunks:
+        return len(extra)
+    if any(n < 0 for n, _ids in chunks):  # concatenated chunks: ids may repeat
+        every = set(extra)
+        for _n, ids in chunks:
+            every.update(ids)
+        return len(every)
+    biggest = max(range(len(chunks)), key=lambda i: chunks[i][0])
+    base = chunks[biggest][1]
+    others = set(extra)
+    for i, (_n, ids) in enumerate(chunks):
+        if i != biggest:
+            others.update(ids)
+    size = len(base)
+    outside = 0
+    for x in others:
+        i = bisect.bisect_left(base, x)
+        if i == size or base[i] != x:
+            outside += 1
+    return size + outside
+
+
 class _Selection:
     """The links of a stats answer and their groups, read in one snapshot."""
 
@@ -476,14 +564,42 @@ class _Selection:
         self.conn = conn
         self.rng = rng
         self.where, self.params = flt.where()
+        self.starts = bucket_starts(rng.from_s, rng.to_s, rng.interval, rng.tz)
+        # The group rollups answer a group-by over every link (and hold the domain's id).
+        self.group_dim = group_by if group_by in store.GROUP_DIMS and self.where == "1" else None
+        self.sizes: dict[Any, int] = {}
         self.groups_of: GroupsOf = {}
-        key_sql = "NULL" if group_by is None else GROUP_KEY_SQL[group_by]
-        tags = ", json_each(l.tags) t" if group_by == "tag" else ""
-        for link_id, key in _tuples(
-            conn, f"SELECT l.id, {key_sql} FROM links l{tags} WHERE {self.where}", self.params
-        ):
-            self.groups_of.setdefault(link_id, []).append(key)
+        self.label: dict[Any, Any] = {}  # a group rollup key -> the answer's key
+        # group rollup rows read once for totals and reused for the series
+        self._group_rows: dict[str | None, tuple[set[Any], list[tuple[Any, int, int, int]]]] = {}
+        if self.group_dim is not None:
+            dim, key_sql, source = next(
+                s for s in store.GROUP_KEY_SOURCES if s[0] == self.group_dim
+            )
+            for key, n in _tuples(conn, f"SELECT {key_sql}, count(*) FROM {source} GROUP BY 1", ()):
+                self.sizes[key] = n
+            if dim == "domain":
+                hosts = domain_hosts(conn)
+                self.label = {k: hosts.get(int(k), k) for k in self.sizes}
+        else:
+            key_sql = "NULL" if group_by is None else GROUP_KEY_SQL[group_by]
+            tags = ", json_each(l.tags) t" if group_by == "tag" else ""
+            for link_id, key in _tuples(
+                conn, f"SELECT l.id, {key_sql} FROM links l{tags} WHERE {self.where}", self.params
+            ):
+                self.groups_of.setdefault(link_id, []).append(key)
+                self.sizes[key] = self.sizes.get(key, 0) + 1
         self.tail = self._tail(watermark)
+        if self.group_dim is not None:
+            ids = sorted({row[_T_LINK] for row in self.tail})
+            for row in _tuples(
+                conn,
+                f"{store.GROUP_KEYS_SELECT} WHERE id IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(ids).decode(),),
+            ):
+                self.groups_of[row[0]] = [
+                    k for d, k in store.group_keys(row) if d == self.group_dim
+                ]
 
     def _tail(self, watermark: int) -> list[tuple[Any, ...]]:
         """Clicks of the selection written after the watermark (at most the range's days).
@@ -497,42 +613,116 @@ class _Selection:
         dims = ", ".join(f"coalesce(c.{d}, '')" for d in _TAIL_DIMS)
         return _tuples(
             self.conn,
-            f"SELECT c.link_id, c.ts, c.visitor_id, {dims}, v.human "
+            f"SELECT c.link_id, c.ts, c.visitor_id, {dims} "
             "FROM clicks c NOT INDEXED CROSS JOIN links l ON l.id = c.link_id "
-            "LEFT JOIN link_day_visitor v ON v.link_id = c.link_id "
-            "AND v.day = c.ts / 86400000 AND v.visitor_id = c.visitor_id "
             f"WHERE c.id > ? AND c.ts >= ? AND c.ts < ? AND {self.where}",
             (watermark, d_first * 86400000, (d_last + 1) * 86400000, *self.params),
         ).fetchall()
 
-    def link_totals(self) -> dict[int, list[int]]:
-        """Per link: [clicks, humans] in the range's minutes."""
-        m_first, m_last = self.rng.minutes
-        out: dict[int, list[int]] = {}
-        for link_id, clicks, humans in _tuples(
-            self.conn,
-            f"SELECT l.id, sum(m.clicks), sum(m.humans) "
-            f"{_from_links('link_minute', 'm', 'm.minute BETWEEN ? AND ?')} "
-            f"WHERE {self.where} GROUP BY l.id",
-            (m_first, m_last, *self.params),
-        ):
-            out[link_id] = [clicks, humans]
-        for row in self.tail:
-            if m_first <= row[_T_TS] // 60000 <= m_last:
-                entry = out.setdefault(row[_T_LINK], [0, 0])
-                entry[0] += 1
-                entry[1] += 0 if row[_T_BOT] else 1
+    def _keys_of_link(self, link_id: int) -> list[Any]:
+        return self.groups_of.get(link_id, [])
+
+    # -- clicks: totals and series --
+
+    def _link_unit_rows(
+        self, ids: list[int] | None, per_link_totals: bool
+    ) -> Iterator[tuple[int, int, int, int]]:
+        """(link, minute the row starts at, clicks, humans) over the range's pieces; with
+        `per_link_totals`, one row per link and level (minute -1)."""
+        sizes = [size for _t, _c, size in _LINK_LEVELS]
+        if self.rng.interval != "day":
+            sizes = sizes[1:] if self.rng.interval == "hour" else sizes[2:]
+        levels = [lv for lv in _LINK_LEVELS if lv[2] in sizes]
+        pieces = _pieces(self.rng, self.starts, sizes)
+        extra, extra_params = _ids_clause(ids)
+        for (table, column, size), ranges in zip(levels, pieces, strict=True):
+            for batch in _batches(ranges):
+                cond, params = _range_sql(f"r.{column}", batch)
+                if per_link_totals:
+                    sql = (
+                        f"SELECT l.id, -1, sum(r.clicks), sum(r.humans) "
+                        f"{_from_links(table, 'r', cond)} WHERE {self.where}{extra} GROUP BY l.id"
+                    )
+                else:
+                    sql = (
+                        f"SELECT l.id, r.{column} * {size}, r.clicks, r.humans "
+                        f"{_from_links(table, 'r', cond)} WHERE {self.where}{extra}"
+                    )
+                yield from _tuples(self.conn, sql, (*params, *self.params, *extra_params))
+
+    def _group_unit_rows(
+        self, keys: set[Any], dim: str | None = None
+    ) -> list[tuple[Any, int, int, int]]:
+        """(group key, minute the row starts at, clicks, humans) from the group rollups
+        (the day and hour tables hold clicks per kind: '' is human)."""
+        dim = dim or self.group_dim
+        cached = self._group_rows.get(dim)
+        if cached is not None and keys <= cached[0]:
+            return [r for r in cached[1] if r[0] in keys]
+        sizes = {"minute": [1], "hour": [60, 1], "day": [1440, 60, 1]}[self.rng.interval]
+        levels = [lv for lv in _GROUP_LEVELS if lv[2] in sizes]
+        pieces = _pieces(self.rng, self.starts, sizes)
+        key_list = orjson.dumps(sorted(keys)).decode()
+        out: list[tuple[Any, int, int, int]] = []
+        for (table, column, size), ranges in zip(levels, pieces, strict=True):
+            for batch in _batches(ranges):
+                cond, params = _range_sql(f"g.{column}", batch)
+                if table == "group_minute":
+                    select = "g.clicks, g.humans"
+                    group = ""
+                else:
+                    select = "sum(g.clicks), sum(CASE WHEN g.kind = '' THEN g.clicks ELSE 0 END)"
+                    group = f" GROUP BY g.key, g.{column}"
+                out.extend(
+                    _tuples(
+                        self.conn,
+                        f"SELECT g.key, g.{column} * {size}, {select} FROM json_each(?) k "
+                        f"CROSS JOIN {table} g ON g.dim = ? AND g.key = k.value AND {cond}"
+                        f"{group}",
+                        (key_list, dim, *params),
+                    )
+                )
+        self._group_rows[dim] = (set(keys), out)
         return out
 
-    def fold(self, per_link: dict[int, list[int]], keys: set[Any]) -> dict[Any, list[int]]:
+    def totals(self) -> tuple[dict[Any, list[int]], list[int]]:
+        """Per group key: [clicks, humans] in the range, for every group; and the same for
+        the whole selection (a link with several tags counted once)."""
         out: dict[Any, list[int]] = {}
-        for link_id, (clicks, humans) in per_link.items():
-            for key in self.groups_of.get(link_id, ()):
-                if key in keys:
+        overall = [0, 0]
+        if self.group_dim is not None:
+            for key, _m, clicks, humans in self._group_unit_rows(set(self.sizes)):
+                entry = out.setdefault(key, [0, 0])
+                entry[0] += clicks
+                entry[1] += humans
+            if self.group_dim == "tag":  # every link has one domain: count by domain
+                domains = {str(d) for d in domain_hosts(self.conn)}
+                for _k, _m, clicks, humans in self._group_unit_rows(domains, "domain"):
+                    overall[0] += clicks
+                    overall[1] += humans
+            else:
+                for clicks, humans in out.values():
+                    overall[0] += clicks
+                    overall[1] += humans
+        else:
+            for link_id, _m, clicks, humans in self._link_unit_rows(None, True):
+                overall[0] += clicks
+                overall[1] += humans
+                for key in self.groups_of.get(link_id, ()):
                     entry = out.setdefault(key, [0, 0])
                     entry[0] += clicks
                     entry[1] += humans
-        return out
+        m_first, m_last = self.rng.minutes
+        for row in self.tail:
+            if m_first <= row[_T_TS] // 60000 <= m_last:
+                human = 0 if row[_T_BOT] else 1
+                overall[0] += 1
+                overall[1] += human
+                for key in self._keys_of_link(row[_T_LINK]):
+                    entry = out.setdefault(key, [0, 0])
+                    entry[0] += 1
+                    entry[1] += human
+        return out, overall
 
     def members(self, keys: set[Any]) -> list[int] | None:
         """The links in these groups (None: every selected link is)."""
@@ -540,159 +730,191 @@ class _Selection:
         return None if len(ids) == len(self.groups_of) else ids
 
     def series(self, keys: set[Any], ids: list[int] | None) -> dict[Any, list[dict[str, Any]]]:
-        """A zero-filled series per group. For hour and day series the minutes are summed
-        per quarter hour (QUARTER_MINUTES) in SQL, which is all the bucketing needs."""
-        rng = self.rng
-        minute_sql = (
-            "m.minute"
-            if rng.interval == "minute"
-            else (f"(m.minute / {QUARTER_MINUTES}) * {QUARTER_MINUTES}")
-        )
-        extra, extra_params = _ids_clause(ids)
-        m_first, m_last = rng.minutes
-        rows: list[MinuteRow] = []
-        for link_id, minute, clicks, humans in _tuples(
-            self.conn,
-            f"SELECT l.id, {minute_sql} AS mm, sum(m.clicks), sum(m.humans) "
-            f"{_from_links('link_minute', 'm', 'm.minute BETWEEN ? AND ?')} "
-            f"WHERE {self.where}{extra} GROUP BY l.id, mm",
-            (m_first, m_last, *self.params, *extra_params),
-        ):
-            for key in self.groups_of.get(link_id, ()):
-                if key in keys:
-                    rows.append((key, minute, clicks, humans))
+        """A zero-filled series per group of `keys`."""
+        starts = self.starts
+        n = len(starts)
+        per_group: dict[Any, list[list[int]]] = {}
+        bisect_right = bisect.bisect_right
+
+        def add(key: Any, minute: int, clicks: int, humans: int) -> None:
+            i = bisect_right(starts, minute * 60) - 1
+            if 0 <= i < n:
+                buckets = per_group.get(key)
+                if buckets is None:
+                    buckets = per_group[key] = [[0, 0] for _ in range(n)]
+                buckets[i][0] += clicks
+                buckets[i][1] += humans
+
+        if self.group_dim is not None:
+            for key, minute, clicks, humans in self._group_unit_rows(keys):
+                add(key, minute, clicks, humans)
+        else:
+            for link_id, minute, clicks, humans in self._link_unit_rows(ids, False):
+                for key in self.groups_of.get(link_id, ()):
+                    if key in keys:
+                        add(key, minute, clicks, humans)
+        m_first, m_last = self.rng.minutes
         for row in self.tail:
             minute = row[_T_TS] // 60000
             if m_first <= minute <= m_last:
-                for key in self.groups_of.get(row[_T_LINK], ()):
+                for key in self._keys_of_link(row[_T_LINK]):
                     if key in keys:
-                        rows.append((key, minute, 1, 0 if row[_T_BOT] else 1))
-        return _series(rng, rows)
+                        add(key, minute, 1, 0 if row[_T_BOT] else 1)
+        labels = [iso_local(t, self.rng.tz) for t in starts]
+        return {
+            key: [
+                {"t": label, "clicks": c, "humans": h}
+                for label, (c, h) in zip(labels, buckets, strict=True)
+            ]
+            for key, buckets in per_group.items()
+        }
+
+    # -- breakdowns --
 
     def breakdowns(
         self, keys: set[Any], ids: list[int] | None, dims: Sequence[str] = _TAIL_DIMS
     ) -> dict[Any, Breakdown]:
         """Per group, per dimension, per value: [clicks, humans] over the range's UTC hours."""
         h_first, h_last = self.rng.hours
-        extra, extra_params = _ids_clause(ids)
-        dim_clause = ""
-        if tuple(dims) != _TAIL_DIMS:
-            dim_clause = f" AND d.dim IN ({', '.join('?' for _ in dims)})"
-            extra_params = [*dims, *extra_params]
         out: dict[Any, Breakdown] = {}
-        for link_id, dim, value, clicks, humans in _tuples(
-            self.conn,
-            f"SELECT l.id, d.dim, d.value, sum(d.clicks), sum(d.humans) "
-            f"{_from_links('link_hour_dim', 'd', 'd.hour BETWEEN ? AND ?')} "
-            f"WHERE {self.where}{dim_clause}{extra} GROUP BY l.id, d.dim, d.value",
-            (h_first, h_last, *self.params, *extra_params),
-        ):
-            for key in self.groups_of.get(link_id, ()):
-                if key in keys:
-                    entry = out.setdefault(key, {}).setdefault(dim, {}).setdefault(value, [0, 0])
-                    entry[0] += clicks
-                    entry[1] += humans
+
+        def add(key: Any, dim: str, value: str, clicks: int, humans: int) -> None:
+            entry = out.setdefault(key, {}).setdefault(dim, {}).setdefault(value, [0, 0])
+            entry[0] += clicks
+            entry[1] += humans
+
+        if self.group_dim is not None and tuple(dims) == (BOT_KIND_DIM,):
+            hour_pieces: Pieces = [[], []]  # whole UTC days, then the hours at the edges
+            _cover(h_first, h_last + 1, (24, 1), 0, hour_pieces)
+            for table, column, ranges in (
+                ("group_day", "day", hour_pieces[0]),
+                ("group_hour", "hour", hour_pieces[1]),
+            ):
+                for batch in _batches(ranges):
+                    cond, params = _range_sql(f"g.{column}", batch)
+                    for key, kind, clicks in _tuples(
+                        self.conn,
+                        f"SELECT g.key, g.kind, sum(g.clicks) FROM json_each(?) k CROSS JOIN "
+                        f"{table} g ON g.dim = ? AND g.key = k.value AND {cond} GROUP BY 1, 2",
+                        (orjson.dumps(sorted(keys)).decode(), self.group_dim, *params),
+                    ):
+                        add(key, BOT_KIND_DIM, kind, clicks, 0 if kind else clicks)
+        elif self.group_dim is not None:
+            raise ValueError("the group rollups hold bot kinds only")
+        else:
+            extra, extra_params = _ids_clause(ids)
+            marks = ", ".join("?" for _ in dims)
+            source = _from_links(
+                "link_dim_hour", "d", f"d.dim IN ({marks}) AND d.hour BETWEEN ? AND ?"
+            )
+            for link_id, dim, value, clicks, humans in _tuples(
+                self.conn,
+                f"SELECT l.id, d.dim, d.value, sum(d.clicks), sum(d.humans) "
+                f"{source} "
+                f"WHERE {self.where}{extra} GROUP BY l.id, d.dim, d.value",
+                (*dims, h_first, h_last, *self.params, *extra_params),
+            ):
+                for key in self.groups_of.get(link_id, ()):
+                    if key in keys:
+                        add(key, dim, value, clicks, humans)
         columns = [(dim, _T_DIMS + _TAIL_DIMS.index(dim)) for dim in dims]
         for row in self.tail:
             if not h_first <= row[_T_TS] // 3600000 <= h_last:
                 continue
             human = 0 if row[_T_BOT] else 1
-            for key in self.groups_of.get(row[_T_LINK], ()):
-                if key not in keys:
-                    continue
-                per_dim = out.setdefault(key, {})
-                for dim, col in columns:
-                    entry = per_dim.setdefault(dim, {}).setdefault(row[col], [0, 0])
-                    entry[0] += 1
-                    entry[1] += human
+            for key in self._keys_of_link(row[_T_LINK]):
+                if key in keys:
+                    for dim, col in columns:
+                        add(key, dim, row[col], 1, human)
         return out
+
+    # -- unique visitors --
 
     def uniques(self, keys: set[Any], ids: list[int] | None) -> dict[Any, list[int]]:
         """Per group: [unique visitors, visitors with a human click], each UTC day's distinct
-        visitors summed over the range's days. A group of one link counts its visitor rows
-        in SQL; a group of several dedupes visitors seen on more than one of its links."""
+        visitors summed over the range's days (a visitor of two links of a group counts
+        once). A (group, day) made of one visitor chunk (store.chunk) is its stored count;
+        otherwise the chunks' ids are read and counted as a union: the biggest chunk by
+        binary search, the others as a set."""
         d_first, d_last = self.rng.days
-        extra, extra_params = _ids_clause(ids)
-        members: dict[Any, int] = {}
-        for ks in self.groups_of.values():
-            for k in ks:
-                if k in keys:
-                    members[k] = members.get(k, 0) + 1
-        single = all(n == 1 for n in members.values())
-        source = _from_links("link_day_visitor", "v", "v.day BETWEEN ? AND ?")
-        out: dict[Any, list[int]] = {}
-        if single:  # one link per group: its rows are already distinct
-            for link_id, count, humans in _tuples(
+        # (key, day) -> [(owner, n, n_human)], without reading any ids yet
+        heads: dict[tuple[Any, int], list[tuple[Any, int, int]]] = {}
+        if self.group_dim is not None:
+            for key, day, n, n_human in _tuples(
                 self.conn,
-                f"SELECT l.id, count(*), sum(v.human) {source} "
-                f"WHERE {self.where}{extra} GROUP BY l.id",
+                "SELECT g.key, g.day, g.n, g.n_human FROM json_each(?) k CROSS JOIN "
+                "group_day_visitors g ON g.dim = ? AND g.key = k.value "
+                "AND g.day BETWEEN ? AND ?",
+                (orjson.dumps(sorted(keys)).decode(), self.group_dim, d_first, d_last),
+            ):
+                heads.setdefault((key, day), []).append(((self.group_dim, key), n, n_human))
+        else:
+            extra, extra_params = _ids_clause(ids)
+            for link_id, day, n, n_human in _tuples(
+                self.conn,
+                f"SELECT l.id, v.day, v.n, v.n_human "
+                f"{_from_links('link_day_visitors', 'v', 'v.day BETWEEN ? AND ?')} "
+                f"WHERE {self.where}{extra}",
                 (d_first, d_last, *self.params, *extra_params),
             ):
                 for key in self.groups_of.get(link_id, ()):
                     if key in keys:
-                        out[key] = [count, humans or 0]
-            tail_seen: dict[tuple[Any, int, bytes], list[Any]] = {}
-            for row in self.tail:
-                day = row[_T_TS] // 86400000
-                if row[_T_VISITOR] is None or not d_first <= day <= d_last:
-                    continue
-                for key in self.groups_of.get(row[_T_LINK], ()):
-                    if key in keys:
-                        tkey = (key, day, bytes(row[_T_VISITOR]))
-                        human = 0 if row[_T_BOT] else 1
-                        seen = tail_seen.setdefault(tkey, [row[_T_STORED], 0])
-                        seen[1] = max(seen[1], human)
-            for (key, _day, _visitor), (stored, human) in tail_seen.items():
-                counts = out.setdefault(key, [0, 0])
-                if stored is None:  # a visitor the rollup does not have yet
-                    counts[0] += 1
-                    counts[1] += human
-                elif human and not stored:
-                    counts[1] += 1
-            return out
-        visitors: dict[Any, dict[tuple[int, bytes], int]] = {}
-        rows: Iterable[tuple[Any, ...]] = _tuples(
-            self.conn,
-            f"SELECT l.id, v.day, v.visitor_id, v.human {source} WHERE {self.where}{extra}",
-            (d_first, d_last, *self.params, *extra_params),
-        )
-        tail_rows = [
-            (r[_T_LINK], r[_T_TS] // 86400000, r[_T_VISITOR], 0 if r[_T_BOT] else 1)
-            for r in self.tail
-            if r[_T_VISITOR] is not None and d_first <= r[_T_TS] // 86400000 <= d_last
-        ]
-        for link_id, day, visitor, human in itertools.chain(rows, tail_rows):
-            for key in self.groups_of.get(link_id, ()):
+                        heads.setdefault((key, day), []).append((link_id, n, n_human))
+        tail: dict[tuple[Any, int], tuple[set[int], set[int]]] = {}
+        for row in self.tail:
+            day = row[_T_TS] // 86400000
+            if row[_T_VISITOR] is None or not d_first <= day <= d_last:
+                continue
+            vid = store.visitor_int(bytes(row[_T_VISITOR]))
+            for key in self._keys_of_link(row[_T_LINK]):
                 if key in keys:
-                    per_key = visitors.setdefault(key, {})
-                    vkey = (day, visitor)
-                    if per_key.get(vkey, -1) < human:
-                        per_key[vkey] = human
-        return {key: [len(v), sum(v.values())] for key, v in visitors.items()}
+                    entry = tail.setdefault((key, day), (set(), set()))
+                    entry[0].add(vid)
+                    if not row[_T_BOT]:
+                        entry[1].add(vid)
+        out: dict[Any, list[int]] = {}
+        for kd in heads.keys() | tail.keys():
+            parts = heads.get(kd, [])
+            extra_sets = tail.get(kd)
+            if len(parts) == 1 and extra_sets is None and parts[0][1] >= 0:
+                n, h = parts[0][1], parts[0][2]
+            else:
+                n, h = self._count_union(kd[1], parts, extra_sets or (set(), set()))
+            counts = out.setdefault(kd[0], [0, 0])
+            counts[0] += n
+            counts[1] += h
+        return out
 
+    def _count_union(
+        self,
+        day: int,
+        parts: list[tuple[Any, int, int]],
+        extra: tuple[set[int], set[int]],
+    ) -> tuple[int, int]:
+        """Distinct visitors (and human ones) of some owners' chunks of a day, plus `extra`."""
+        chunks: list[tuple[int, int, array.array[int], array.array[int]]] = []
+        for owner in dict.fromkeys(p[0] for p in parts):
+            if isinstance(owner, tuple):
+                sql = (
+                    "SELECT n, n_human, ids, human_ids FROM group_day_visitors "
+                    "WHERE dim = ? AND key = ? AND day = ?"
+                )
+                params: tuple[Any, ...] = (*owner, day)
+            else:
+                sql = (
+                    "SELECT n, n_human, ids, human_ids FROM link_day_visitors "
+                    "WHERE link_id = ? AND day = ?"
+                )
+                params = (owner, day)
+            for n, n_human, blob, human_blob in _tuples(self.conn, sql, params):
+                chunks.append((n, n_human, store.unpack_ids(blob), store.unpack_ids(human_blob)))
+        return (
+            _distinct([(c[0], c[2]) for c in chunks], extra[0]),
+            _distinct([(c[1], c[3]) for c in chunks], extra[1]),
+        )
 
-def _series(rng: TimeRange, rows: Iterable[MinuteRow]) -> dict[Any, list[dict[str, Any]]]:
-    """Minute rows -> a zero-filled series per group, bucketed in the range's time zone."""
-    starts = bucket_starts(rng.from_s, rng.to_s, rng.interval, rng.tz)
-    n = len(starts)
-    per_group: dict[Any, list[list[int]]] = {}
-    for key, minute, clicks, humans in rows:
-        i = bisect.bisect_right(starts, minute * 60) - 1
-        if i < 0 or i >= n:
-            continue
-        buckets = per_group.get(key)
-        if buckets is None:
-            buckets = per_group[key] = [[0, 0] for _ in range(n)]
-        buckets[i][0] += clicks
-        buckets[i][1] += humans
-    labels = [iso_local(t, rng.tz) for t in starts]
-    return {
-        key: [
-            {"t": label, "clicks": c, "humans": h}
-            for label, (c, h) in zip(labels, buckets, strict=True)
-        ]
-        for key, buckets in per_group.items()
-    }
+    def output_key(self, key: Any) -> Any:
+        return self.label.get(key, key)
 
 
 def _zero_series(rng: TimeRange) -> list[dict[str, Any]]:
@@ -757,34 +979,29 @@ def group_stats(
         raise InvalidField(f"group_by must be one of {', '.join(GROUP_BY)}", "group_by")
     with _snapshot(conn) as watermark:
         sel = _Selection(conn, flt, rng, group_by, watermark)
-        per_link = sel.link_totals()
-        all_keys = {k for ks in sel.groups_of.values() for k in ks}
-        totals = sel.fold(per_link, all_keys)
+        totals, overall = sel.totals()
         ranked = sorted(
-            (k for k, (c, _h) in totals.items() if c), key=lambda k: (-totals[k][0], str(k))
+            (k for k, (c, _h) in totals.items() if c),
+            key=lambda k: (-totals[k][0], str(sel.output_key(k))),
         )
         keys = ranked[:limit]
         wanted = set(keys)
-        ids = sel.members(wanted)
+        ids = None if sel.group_dim is not None else sel.members(wanted)
         series = sel.series(wanted, ids)
         breakdowns = sel.breakdowns(wanted, ids, (BOT_KIND_DIM,))
         uniques = sel.uniques(wanted, ids)
         names = link_names(conn, keys) if group_by == "link" else {}
-    sizes: dict[Any, int] = {}
-    for ks in sel.groups_of.values():
-        for k in ks:
-            sizes[k] = sizes.get(k, 0) + 1
     groups = []
     for key in keys:
         clicks, humans = totals[key]
         unique, human_unique = uniques.get(key, [0, 0])
-        group: dict[str, Any] = {"key": key}
+        group: dict[str, Any] = {"key": sel.output_key(key)}
         if key in names:
             group["domain"], group["slug"] = names[key]
             group["short_url"] = short_url(*names[key])
         group.update(
             {
-                "links": sizes.get(key, 0),
+                "links": sel.sizes.get(key, 0),
                 "clicks": clicks,
                 "humans": humans,
                 "bots": clicks - humans,
@@ -795,8 +1012,7 @@ def group_stats(
             }
         )
         groups.append(group)
-    clicks = sum(c for c, _h in per_link.values())
-    humans = sum(h for _c, h in per_link.values())
+    clicks, humans = overall
     return {
         "group_by": group_by,
         "groups": groups,

@@ -15,7 +15,8 @@ Rules:
   `captured == written + dropped + queued` holds at every moment.
 - Shutdown drains everything: `close()` returns after every captured click is a row (or,
   past its deadline, says how many were not).
-- Rollups (link_minute, link_hour_dim, link_day_visitor) are derived from the written rows.
+- Rollups (per link: link_minute/hour/day, link_dim_hour, link_day_visitors; per group:
+  group_minute/hour/day, group_day_visitors) are derived from the written rows.
   They are accumulated in memory and written every rollup_interval_s in the same transaction
   as a batch of clicks, together with a watermark (the highest click id rolled up), so
   each click is counted exactly once even across crashes: at start the flusher re-aggregates
@@ -59,7 +60,6 @@ log = logging.getLogger("linkedge.clicks")
 UA_CACHE_SIZE: Final = 50000  # distinct raw User-Agent values remembered (parse + bot kind)
 TEXT_CACHE_SIZE: Final = 50000  # distinct raw Referer / Accept-Language values remembered
 _UNSET: Final[Any] = object()
-VISITOR_SEEN_MAX: Final = 1_000_000  # (link, day, visitor) pairs remembered to skip re-inserts
 RETRY_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 # Rollups are written at most every ROLLUP_INTERVAL_S, so stats trail clicks by about a
 # second. When traffic is spread over thousands of links, each write costs upserts in
@@ -150,17 +150,6 @@ class Rollup:
         twin.clicks = self.clicks
         return twin
 
-    def minute_rows(self) -> dict[tuple[int, int], list[int]]:
-        out: dict[tuple[int, int], list[int]] = {}
-        for (link_id, minute, bot), n in self.minutes.items():
-            entry = out.get((link_id, minute))
-            if entry is None:
-                entry = out[(link_id, minute)] = [0, 0]
-            entry[0] += n
-            if bot is None:
-                entry[1] += n
-        return out
-
     def dim_rows(self) -> dict[tuple[int, int, str, str], list[int]]:
         out: dict[tuple[int, int, str, str], list[int]] = {}
         last = len(DIMENSIONS) + 1  # index of bot_kind in a cube key
@@ -177,15 +166,20 @@ class Rollup:
                     entry[1] += human
         return out
 
-    def visitor_rows(self) -> list[tuple[int, int, bytes, int]]:
-        best: dict[tuple[int, int, bytes], int] = {}
+    def visitor_sets(self) -> store.VisitorSets:
+        """(link, day) -> (visitor ids, ids with a human click), as store.visitor_int ints."""
+        out: store.VisitorSets = {}
         for link_id, day, vid, human in self.visitors:
             if vid is None:
                 continue
-            key = (link_id, day, vid)
-            if best.get(key, -1) < human:
-                best[key] = int(human)
-        return [(k[0], k[1], k[2], h) for k, h in best.items()]
+            entry = out.get((link_id, day))
+            if entry is None:
+                entry = out[(link_id, day)] = (set(), set())
+            v = int.from_bytes(vid, "little")
+            entry[0].add(v)
+            if human:
+                entry[1].add(v)
+        return out
 
 
 class Enricher:
@@ -374,6 +368,8 @@ class ClickRecorder:
         self._in_flight = 0  # clicks being enriched or written right now
         self._rollup = Rollup()
         self._last_rollup = 0.0
+        # the rollup writer's memory (store.RollupState): used on the database thread only
+        self._rollup_state = store.RollupState()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="linkedge-enrich")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -494,7 +490,7 @@ class ClickRecorder:
             )
         )
         try:
-            await self.db.run(_write_batch, rows, self._rollup, rollup_due)
+            await self.db.run(_write_batch, rows, self._rollup, rollup_due, self._rollup_state)
         except Exception as exc:  # sqlite3 errors, and anything else: keep the rows
             self._rows_queue[:0] = rows
             self._in_flight = 0
@@ -530,7 +526,7 @@ class ClickRecorder:
         if not self._closing and started - self._last_rollup < ROLLUP_INTERVAL_S:
             return
         try:
-            await self.db.run(_write_batch, [], self._rollup, True)
+            await self.db.run(_write_batch, [], self._rollup, True, self._rollup_state)
         except Exception as exc:
             await self._write_failed(exc, 0)
             return
@@ -592,7 +588,7 @@ class ClickRecorder:
         if not self.queued:
             # Everything is written: write the remaining rollup aggregates too.
             try:
-                await self.db.run(_write_batch, [], self._rollup, True)
+                await self.db.run(_write_batch, [], self._rollup, True, self._rollup_state)
                 self._rollup = Rollup()
             except sqlite3.Error as exc:
                 log.warning("could not write the last rollups (%s): recomputed at next start", exc)
@@ -604,12 +600,18 @@ class ClickRecorder:
 
 
 def _write_batch(
-    conn: sqlite3.Connection, rows: list[Row], pending: Rollup, rollup_due: bool
+    conn: sqlite3.Connection,
+    rows: list[Row],
+    pending: Rollup,
+    rollup_due: bool,
+    state: store.RollupState | None = None,
 ) -> tuple[int, int]:
     """One transaction: insert the rows; when `rollup_due`, also write pending + these rows'
     aggregates and move the watermark. Without it, the rows are added to `pending` once
     committed. Either way a failed transaction leaves `pending` exactly as it was, so the
     retry counts every click once."""
+    if state is not None and rollup_due:
+        state.forget_days_before(int(time.time()) // DAY_S - 1)
     with store.Transaction(conn):
         first, last = store.insert_clicks(conn, rows) if rows else (0, -1)
         if rollup_due:
@@ -618,10 +620,11 @@ def _write_batch(
             if combined.clicks:
                 store.write_rollups(
                     conn,
-                    combined.minute_rows(),
+                    combined.minutes,
                     combined.dim_rows(),
-                    combined.visitor_rows(),
+                    combined.visitor_sets(),
                     combined.last_id,
+                    state,
                 )
     if not rollup_due:
         pending.add_rows(rows, last)
@@ -632,6 +635,7 @@ def _catch_up(conn: sqlite3.Connection) -> int:
     watermark = store.rollup_watermark(conn)
     cols = ", ".join(store.CLICK_COLUMNS)
     total = 0
+    state = store.RollupState()
     while True:
         rows = conn.execute(
             f"SELECT id, {cols} FROM clicks WHERE id > ? ORDER BY id LIMIT 100000", (watermark,)
@@ -643,7 +647,7 @@ def _catch_up(conn: sqlite3.Connection) -> int:
         rollup.add_rows([tuple(r)[1:] for r in rows], last)
         with store.Transaction(conn):
             store.write_rollups(
-                conn, rollup.minute_rows(), rollup.dim_rows(), rollup.visitor_rows(), last
+                conn, rollup.minutes, rollup.dim_rows(), rollup.visitor_sets(), last, state
             )
         watermark = last
         total += len(rows)

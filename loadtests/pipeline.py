@@ -102,25 +102,15 @@ class RollupPolicy:
 
 
 def _batch_writer() -> Any:
-    """write(conn, rows, pending, due) -> (first, last, pending after), whichever of
-    _write_batch's two shapes edge.clicks has: (conn, rows, pending, rollup_due) updating
-    `pending` itself, or (conn, rows, pending | None) returning the batch's rollup."""
-    if "rollup_due" in inspect.signature(_write_batch).parameters:
+    """write(conn, rows, pending, due) -> (first, last, pending after), as the flusher calls
+    _write_batch (one RollupState across writes, as ClickRecorder keeps one)."""
+    state = store.RollupState()
 
-        def write(conn: Any, rows: list[Any], pending: Rollup, due: bool) -> Any:
-            first, last = _write_batch(conn, rows, pending, due)
-            return first, last, Rollup() if due else pending
+    def write(conn: Any, rows: list[Any], pending: Rollup, due: bool) -> Any:
+        first, last = _write_batch(conn, rows, pending, due, state)
+        return first, last, Rollup() if due else pending
 
-        return write
-
-    def write_old(conn: Any, rows: list[Any], pending: Rollup, due: bool) -> Any:
-        first, last, batch_rollup = _write_batch(conn, rows, pending if due else None)
-        if due:
-            return first, last, Rollup()
-        pending.merge(batch_rollup)
-        return first, last, pending
-
-    return write_old
+    return write
 
 
 def measure(
@@ -169,7 +159,7 @@ def measure(
     rows_in_db = conn.execute("SELECT count(*) FROM clicks").fetchone()[0]
     sizes = {
         t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-        for t in ("link_minute", "link_hour_dim", "link_day_visitor")
+        for t in ("link_minute", "link_hour", "link_dim_hour", "link_day_visitors", "group_hour")
     }
     conn.close()
     total = t_enrich + t_write + t_loop

@@ -274,14 +274,14 @@ def _fallback_queries(
                 (link_id, m0, m1),
             ).fetchall()
             dims = conn.execute(
-                "SELECT dim, value, sum(clicks), sum(humans) FROM link_hour_dim "
+                "SELECT dim, value, sum(clicks), sum(humans) FROM link_dim_hour "
                 "WHERE link_id = ? AND hour BETWEEN ? AND ? GROUP BY dim, value",
                 (link_id, h0, h1),
             ).fetchall()
             uniq = conn.execute(
-                "SELECT count(*) FROM link_day_visitor WHERE link_id = ? AND day BETWEEN ? AND ?",
+                "SELECT ids FROM link_day_visitors WHERE link_id = ? AND day BETWEEN ? AND ?",
                 (link_id, d0, d1),
-            ).fetchone()
+            ).fetchall()
             return series, dims, uniq
 
         return q
@@ -310,7 +310,16 @@ def stats_latency(
     try:
         sizes = {
             t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-            for t in ("clicks", "link_minute", "link_hour_dim", "link_day_visitor")
+            for t in (
+                "clicks",
+                "link_minute",
+                "link_hour",
+                "link_dim_hour",
+                "link_day_visitors",
+                "group_minute",
+                "group_hour",
+                "group_day_visitors",
+            )
         }
         out: dict[str, Any] = {
             "clicks": clicks,

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from edge import store
 from tests.conftest import ServerProcess, cli
 from tests.geo_fixtures import build_city_mmdb
 from tests.test_api import TOKEN, Api, assert_error
@@ -158,19 +159,18 @@ def insert_history(db: Path, link_id: int, rows: list[tuple[str, int, int]]) -> 
     only way to have clicks on dates other than today."""
     import datetime as dt
 
-    conn = sqlite3.connect(db, timeout=5)
-    with conn:
-        for when, clicks, humans in rows:
-            unix = int(dt.datetime.fromisoformat(when).timestamp())
-            conn.execute(
-                "INSERT INTO link_minute (link_id, minute, clicks, humans) VALUES (?, ?, ?, ?)",
-                (link_id, unix // 60, clicks, humans),
-            )
-            conn.execute(
-                "INSERT INTO link_hour_dim (link_id, hour, dim, value, clicks, humans) "
-                "VALUES (?, ?, 'country', 'NZ', ?, ?)",
-                (link_id, unix // 3600, clicks, humans),
-            )
+    minute_kinds: dict[tuple[int, int, str | None], int] = {}
+    dims: dict[tuple[int, int, str, str], list[int]] = {}
+    for when, clicks, humans in rows:
+        unix = int(dt.datetime.fromisoformat(when).timestamp())
+        minute_kinds[(link_id, unix // 60, None)] = humans
+        if clicks > humans:
+            minute_kinds[(link_id, unix // 60, "crawler")] = clicks - humans
+        dims[(link_id, unix // 3600, "country", "NZ")] = [clicks, humans]
+    conn = store.connect(str(db))
+    with store.Transaction(conn):
+        watermark = store.rollup_watermark(conn)
+        store.write_rollups(conn, minute_kinds, dims, {}, watermark)
     conn.close()
 
 

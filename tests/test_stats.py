@@ -170,7 +170,7 @@ def roll_up(conn: sqlite3.Connection) -> None:
     rollup.add_rows([tuple(r)[1:] for r in rows], rows[-1][0])
     with store.Transaction(conn):
         store.write_rollups(
-            conn, rollup.minute_rows(), rollup.dim_rows(), rollup.visitor_rows(), rows[-1][0]
+            conn, rollup.minutes, rollup.dim_rows(), rollup.visitor_sets(), rows[-1][0]
         )
 
 

@@ -1,0 +1,424 @@
+"""The rollups against the raw clicks they summarise: every stats answer, from the link
+rollups or the group rollups, equals the same numbers computed by brute force over the
+`clicks` table, across time zones, intervals, link edits, purges and the 0005 migration."""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import random
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from admin import stats
+from edge import store
+from edge.clicks import _catch_up
+
+DAY = 86400
+END = 1_717_243_200 + 1234  # 2024-06-01T12:20:34Z: ranges never start on a round hour
+COUNTRIES = ("NZ", "FR", "US", None)
+BOTS = (None, None, None, None, "crawler", "preview", "head")
+
+
+def _click(rng: random.Random, ts_ms: int, link_id: int, visitors: list[bytes]) -> tuple:
+    row: dict[str, Any] = dict.fromkeys(store.CLICK_COLUMNS)
+    row.update(
+        ts=ts_ms,
+        link_id=link_id,
+        visitor_id=None if rng.random() < 0.05 else rng.choice(visitors),
+        bot_kind=rng.choice(BOTS),
+        method="GET",
+        country=rng.choice(COUNTRIES),
+        browser=rng.choice(("Chrome", "Firefox")),
+        dnt=0,
+    )
+    return tuple(row[c] for c in store.CLICK_COLUMNS)
+
+
+def _links(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    store.add_domain(conn, "go.example.com")
+    links = []
+    for i in range(12):
+        fields: dict[str, Any] = {"url": f"https://example.com/{i}"}
+        if i % 3:
+            fields["campaign"] = f"camp-{i % 3}"
+        if i % 4 == 0:
+            fields["tags"] = ["alpha", "beta"] if i % 8 == 0 else ["alpha"]
+        fields["utm_source"] = ("mail", "social", None)[i % 3]
+        domain = "go.example.com" if i % 2 else None
+        links.append(store.create_link(conn, fields, slug=f"l{i}", domain=domain))
+    return links
+
+
+def _fill(conn: sqlite3.Connection, links: list[dict[str, Any]], n: int, seed: int) -> None:
+    """`n` clicks over the 3 days before END, rolled up like the flusher does, then a tail
+    of clicks written but not rolled up."""
+    rng = random.Random(seed)
+    visitors = [rng.randbytes(8) for _ in range(60)]
+    start_ms = (END - 3 * DAY) * 1000
+    times = sorted(rng.randrange(start_ms, END * 1000) for _ in range(n))
+    rows = [_click(rng, t, rng.choice(links)["id"], visitors) for t in times]
+    cut = int(n * 0.9)
+    for part in (rows[: cut // 2], rows[cut // 2 : cut]):
+        with store.Transaction(conn):
+            store.insert_clicks(conn, part)
+        _catch_up(conn)  # in two writes: visitor chunks of a (link, day) are unioned
+    with store.Transaction(conn):
+        store.insert_clicks(conn, rows[cut:])  # the tail
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    c = store.open_db(str(tmp_path / "r.db"))
+    yield c
+    c.close()
+
+
+def _group_keys(conn: sqlite3.Connection, group_by: str) -> dict[int, list[Any]]:
+    out: dict[int, list[Any]] = {}
+    for row in conn.execute(
+        "SELECT l.id, l.campaign, l.utm_source, l.tags, d.host FROM links l "
+        "JOIN domains d ON d.id = l.domain_id"
+    ):
+        if group_by == "campaign":
+            out[row[0]] = [row[1] or ""]
+        elif group_by == "utm_source":
+            out[row[0]] = [row[2] or ""]
+        elif group_by == "tag":
+            out[row[0]] = list(dict.fromkeys(__import__("json").loads(row[3])))
+        elif group_by == "domain":
+            out[row[0]] = [row[4]]
+        else:
+            out[row[0]] = [row[0]]
+    return out
+
+
+def _truth(
+    conn: sqlite3.Connection, rng: stats.TimeRange, group_by: str
+) -> tuple[dict[Any, dict[str, Any]], dict[str, int]]:
+    """Every group's numbers by brute force over `clicks`."""
+    keys_of = _group_keys(conn, group_by)
+    starts = stats.bucket_starts(rng.from_s, rng.to_s, rng.interval, rng.tz)
+    m_first, m_last = rng.minutes
+    h_first, h_last = rng.hours
+    d_first, d_last = rng.days
+    groups: dict[Any, dict[str, Any]] = {}
+    overall = {"clicks": 0, "humans": 0, "bots": 0}
+    visitors: dict[tuple[Any, int], tuple[set[bytes], set[bytes]]] = {}
+    for ts_ms, link_id, vid, bot in conn.execute(
+        "SELECT ts, link_id, visitor_id, bot_kind FROM clicks"
+    ):
+        if link_id not in keys_of:
+            continue  # a purged link
+        minute, hour, day = ts_ms // 60000, ts_ms // 3600000, ts_ms // 86400000
+        in_minutes = m_first <= minute <= m_last
+        if in_minutes:
+            overall["clicks"] += 1
+            overall["humans" if bot is None else "bots"] += 1
+        for key in keys_of[link_id]:
+            g = groups.setdefault(
+                key,
+                {"clicks": 0, "humans": 0, "kinds": {}, "series": [0] * len(starts)},
+            )
+            if in_minutes:
+                g["clicks"] += 1
+                g["humans"] += bot is None
+                g["series"][bisect.bisect_right(starts, minute * 60) - 1] += 1
+            if h_first <= hour <= h_last and bot is not None:
+                g["kinds"][bot] = g["kinds"].get(bot, 0) + 1
+            if d_first <= day <= d_last and vid is not None:
+                seen = visitors.setdefault((key, day), (set(), set()))
+                seen[0].add(vid)
+                if bot is None:
+                    seen[1].add(vid)
+    for (key, _day), (ids, humans) in visitors.items():
+        g = groups[key]
+        g["uniques"] = g.get("uniques", 0) + len(ids)
+        g["human_uniques"] = g.get("human_uniques", 0) + len(humans)
+    return {k: g for k, g in groups.items() if g["clicks"]}, overall
+
+
+def _answer(group: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "clicks": group["clicks"],
+        "humans": group["humans"],
+        "kinds": group["bots_by_kind"],
+        "series": [p["clicks"] for p in group["series"]],
+        "uniques": group["uniques"],
+        "human_uniques": group["human_uniques"],
+    }
+
+
+def _expected(g: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "clicks": g["clicks"],
+        "humans": g["humans"],
+        "kinds": dict(sorted(g["kinds"].items(), key=lambda kv: (-kv[1], kv[0]))),
+        "series": g["series"],
+        "uniques": g.get("uniques", 0),
+        "human_uniques": g.get("human_uniques", 0),
+    }
+
+
+def _check_group_by(conn: sqlite3.Connection, rng: stats.TimeRange, group_by: str) -> None:
+    truth, overall = _truth(conn, rng, group_by)
+    every = stats.LinkFilter()
+    per_link = stats.LinkFilter(created_from_ms=0)  # same links, through the link rollups
+    for flt in (every, per_link):
+        answer = stats.group_stats(conn, flt, group_by, rng)
+        got = {g["key"]: _answer(g) for g in answer["groups"]}
+        assert got == {k: _expected(g) for k, g in truth.items()}, (group_by, flt)
+        assert answer["totals"] == overall
+
+
+ZONES = ("UTC", "America/New_York", "Asia/Kolkata", "Asia/Kathmandu")
+
+
+@pytest.mark.parametrize("tz", ZONES)
+@pytest.mark.parametrize(
+    ("span", "interval"),
+    [("-3h", "minute"), ("-24h", "hour"), ("-26h", "hour"), ("-3d", "day"), ("-50h", "day")],
+)
+def test_group_stats_equal_the_raw_clicks(
+    conn: sqlite3.Connection, tz: str, span: str, interval: str
+) -> None:
+    links = _links(conn)
+    _fill(conn, links, 3000, seed=len(tz) + len(span))
+    rng = stats.time_range(span, None, interval, tz, END)
+    for group_by in ("campaign", "utm_source", "tag", "domain", "link"):
+        _check_group_by(conn, rng, group_by)
+
+
+def test_link_and_selection_stats_equal_the_raw_clicks(conn: sqlite3.Connection) -> None:
+    links = _links(conn)
+    _fill(conn, links, 2000, seed=3)
+    rng = stats.time_range("-40h", "-1h", "hour", "Asia/Kolkata", END)
+    truth, _ = _truth(conn, rng, "link")
+    for link in links:
+        answer = stats.selection_stats(conn, stats.LinkFilter(link_id=link["id"]), rng)
+        expected = _expected(truth[link["id"]])
+        assert [p["clicks"] for p in answer["series"]] == expected["series"]
+        assert answer["bots_by_kind"] == expected["kinds"]
+        assert answer["totals"]["clicks"] == expected["clicks"]
+        assert answer["totals"]["uniques"] == expected["uniques"]
+        assert answer["totals"]["human_uniques"] == expected["human_uniques"]
+
+
+def test_editing_a_link_moves_its_history_between_groups(conn: sqlite3.Connection) -> None:
+    links = _links(conn)
+    _fill(conn, links, 2000, seed=5)
+    rng = stats.time_range("-3d", None, "day", "UTC", END)
+    store.update_link(conn, links[1]["id"], {"campaign": "camp-2", "tags": ["gamma"]})
+    store.update_link(conn, links[4]["id"], {"campaign": None, "utm_source": "social"})
+    store.update_link(conn, links[8]["id"], {"tags": []})
+    store.purge_link(conn, links[5]["id"])
+    for group_by in ("campaign", "utm_source", "tag", "domain"):
+        _check_group_by(conn, rng, group_by)
+    # and new clicks after the edits land in the new groups
+    _fill(conn, [links[1], links[4]], 300, seed=6)
+    for group_by in ("campaign", "tag"):
+        _check_group_by(conn, rng, group_by)
+
+
+def test_a_new_link_never_inherits_a_purged_links_clicks(conn: sqlite3.Connection) -> None:
+    links = _links(conn)
+    _fill(conn, links, 500, seed=7)
+    last = links[-1]
+    store.purge_link(conn, last["id"])
+    fresh = store.create_link(conn, {"url": "https://example.com/new"}, slug="new")
+    assert fresh["id"] > last["id"]
+    rng = stats.time_range("-3d", None, "day", "UTC", END)
+    answer = stats.selection_stats(conn, stats.LinkFilter(link_id=fresh["id"]), rng)
+    assert answer["totals"]["clicks"] == 0
+
+
+def test_visitor_chunks_are_merged_and_stay_exact(conn: sqlite3.Connection) -> None:
+    links = _links(conn)[:2]
+    rng_ = random.Random(9)
+    visitors = [rng_.randbytes(8) for _ in range(30)]
+    state = store.RollupState()
+    day_ms = (END // DAY) * DAY * 1000
+    for i in range(store.VISITOR_CHUNKS_MERGE * 2 + 3):  # more writes than the merge limit
+        rows = [_click(rng_, day_ms + i * 1000 + j, links[j % 2]["id"], visitors) for j in range(5)]
+        with store.Transaction(conn):
+            first, last = store.insert_clicks(conn, rows)
+        from edge.clicks import Rollup
+
+        rollup = Rollup()
+        rollup.add_rows(rows, last)
+        with store.Transaction(conn):
+            store.write_rollups(
+                conn, rollup.minutes, rollup.dim_rows(), rollup.visitor_sets(), last, state
+            )
+    chunks = conn.execute(
+        "SELECT link_id, count(*) FROM link_day_visitors GROUP BY link_id"
+    ).fetchall()
+    assert all(n < store.VISITOR_CHUNKS_MERGE for _l, n in chunks)
+    rng = stats.time_range("-1h", "+1h", "minute", "UTC", day_ms // 1000 + 60)
+    _check_group_by(conn, rng, "campaign")
+    _check_group_by(conn, rng, "link")
+
+
+def _old_schema_db(path: str, seed: int) -> sqlite3.Connection:
+    """A database as migrations 0001-0004 left it, rollups written the way they were."""
+    conn = store.connect(path)
+    conn.execute(
+        "CREATE TABLE schema_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+        "applied_at INTEGER NOT NULL)"
+    )
+    for number, name, apply in store.MIGRATIONS[:4]:
+        with store.Transaction(conn):
+            apply(conn)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (number, name))
+    store.ensure_default_domain(conn)
+    return conn
+
+
+def test_migration_0005_keeps_every_number(tmp_path: Path) -> None:
+    conn = _old_schema_db(str(tmp_path / "old.db"), 1)
+    # links created through the current code path, minus the tables 0005 adds
+    store.add_domain(conn, "go.example.com")
+    links = []
+    for i in range(6):
+        fields: dict[str, Any] = {"url": f"https://example.com/{i}", "campaign": f"c{i % 2}"}
+        if i % 2:
+            fields["tags"] = ["alpha"]
+        links.append(store.create_link(conn, fields, slug=f"l{i}"))
+    rng_ = random.Random(11)
+    visitors = [rng_.randbytes(8) for _ in range(40)]
+    start_ms = (END - 2 * DAY) * 1000
+    times = sorted(rng_.randrange(start_ms, END * 1000) for _ in range(1500))
+    rows = [_click(rng_, t, rng_.choice(links)["id"], visitors) for t in times]
+    with store.Transaction(conn):
+        last = store.insert_clicks(conn, rows)[1]
+        # the old rollups, as the old flusher wrote them
+        conn.execute(
+            "INSERT INTO link_minute SELECT link_id, ts / 60000, count(*), "
+            "sum(bot_kind IS NULL) FROM clicks GROUP BY 1, 2"
+        )
+        from edge.clicks import DIMENSIONS
+
+        for dim in DIMENSIONS:
+            conn.execute(
+                f"INSERT INTO link_hour_dim SELECT link_id, ts / 3600000, '{dim}', "
+                f"coalesce({dim}, ''), count(*), sum(bot_kind IS NULL) FROM clicks "
+                "GROUP BY 1, 2, 4"
+            )
+        conn.execute(
+            "INSERT INTO link_day_visitor SELECT link_id, ts / 86400000, visitor_id, "
+            "max(bot_kind IS NULL) FROM clicks WHERE visitor_id IS NOT NULL GROUP BY 1, 2, 3"
+        )
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'rollup_click_id'", (last,))
+    assert store.migrate(conn) == ["0005_rollups_for_big_ranges"]
+    for span, interval, tz in (("-2d", "day", "UTC"), ("-30h", "hour", "Asia/Kolkata")):
+        rng = stats.time_range(span, None, interval, tz, END)
+        for group_by in ("campaign", "tag", "link"):
+            _check_group_by(conn, rng, group_by)
+        answer = stats.selection_stats(conn, stats.LinkFilter(link_id=links[0]["id"]), rng)
+        truth, _ = _truth(conn, rng, "link")
+        assert (
+            answer["top"]["countries"]
+            and answer["totals"]["clicks"] == (truth[links[0]["id"]]["clicks"])
+        )
+    conn.close()
+
+
+@given(
+    start=st.integers(0, 5 * DAY),
+    length=st.integers(1, 4 * DAY),
+    interval=st.sampled_from(("minute", "hour", "day")),
+    tz=st.sampled_from(ZONES),
+)
+def test_pieces_cover_each_minute_once_within_one_bucket(
+    start: int, length: int, interval: str, tz: str
+) -> None:
+    from_s = 1_717_000_000 + start
+    if interval == "minute":
+        length = min(length, 2 * DAY)
+    rng = stats.TimeRange(from_s, from_s + length, interval, stats.zone(tz), tz)
+    starts = stats.bucket_starts(rng.from_s, rng.to_s, interval, rng.tz)
+    sizes = {"minute": [1], "hour": [60, 1], "day": [1440, 60, 1]}[interval]
+    pieces = stats._pieces(rng, starts, sizes)
+    covered: list[int] = []
+    for size, ranges in zip(sizes, pieces, strict=True):
+        for lo, hi in ranges:
+            for unit in range(lo, hi + 1):
+                first = unit * size
+                # a piece lies inside one bucket
+                b0 = bisect.bisect_right(starts, first * 60)
+                b1 = bisect.bisect_right(starts, (first + size - 1) * 60)
+                assert b0 == b1
+                covered.extend(range(first, first + size))
+    m_first, m_last = rng.minutes
+    assert sorted(covered) == list(range(m_first, m_last + 1))
+
+
+def test_pieces_use_coarse_rows_in_the_middle() -> None:
+    rng = stats.time_range("-3d", None, "day", "UTC", END)
+    starts = stats.bucket_starts(rng.from_s, rng.to_s, "day", rng.tz)
+    days, hours, minutes = stats._pieces(rng, starts, [1440, 60, 1])
+    assert len(days) == 1 and days[0][1] - days[0][0] == 1  # two whole UTC days
+    assert len(hours) == 2 and len(minutes) == 2
+    assert dt.datetime.fromtimestamp(days[0][0] * 86400, dt.UTC).hour == 0
+
+
+def _write(conn: sqlite3.Connection, rows: list[tuple], seq: int, state: store.RollupState) -> None:
+    from edge.clicks import Rollup
+
+    rollup = Rollup()
+    rollup.add_rows(rows, seq)
+    with store.Transaction(conn):
+        store.write_rollups(
+            conn, rollup.minutes, rollup.dim_rows(), rollup.visitor_sets(), seq, state
+        )
+
+
+def test_a_finished_days_chunks_are_merged_into_one(conn: sqlite3.Connection) -> None:
+    links = _links(conn)[:3]
+    rand = random.Random(12)
+    visitors = [rand.randbytes(8) for _ in range(20)]
+    state = store.RollupState()
+    day_ms = (END // DAY) * DAY * 1000
+    for i, when in enumerate((day_ms - 3000, day_ms - 2000, day_ms - 1000, day_ms + 1000)):
+        rows = [_click(rand, when + j, links[j % 3]["id"], visitors) for j in range(9)]
+        with store.Transaction(conn):
+            last = store.insert_clicks(conn, rows)[1]
+        _write(conn, rows, last, state)
+        chunks = dict(
+            conn.execute(
+                "SELECT link_id, count(*) FROM link_day_visitors WHERE day = ? GROUP BY 1",
+                (day_ms // 86400000 - 1,),
+            ).fetchall()
+        )
+        # three writes the day before midnight; the first write after it merges them
+        assert set(chunks.values()) == ({i + 1} if i < 3 else {1})
+    rng = stats.time_range("-2d", "+1d", "day", "UTC", day_ms // 1000)
+    for group_by in ("campaign", "link", "domain"):
+        _check_group_by(conn, rng, group_by)
+
+
+def test_chunks_written_twice_under_one_key_are_still_counted_exactly(
+    conn: sqlite3.Connection,
+) -> None:
+    links = _links(conn)[:2]
+    rand = random.Random(13)
+    visitors = [rand.randbytes(8) for _ in range(10)]
+    when = (END - 600) * 1000
+    first = [_click(rand, when + j, links[j % 2]["id"], visitors) for j in range(30)]
+    second = [_click(rand, when + 100 + j, links[j % 2]["id"], visitors) for j in range(30)]
+    with store.Transaction(conn):
+        store.insert_clicks(conn, first)
+        last = store.insert_clicks(conn, second)[1]
+    state = store.RollupState()
+    _write(conn, first, last, state)
+    _write(conn, second, last, state)  # the same chunk key: the ids are concatenated
+    assert conn.execute("SELECT min(n) FROM link_day_visitors").fetchone()[0] == -1
+    rng = stats.time_range("-1h", None, "minute", "UTC", END)
+    for group_by in ("campaign", "link", "utm_source"):
+        _check_group_by(conn, rng, group_by)
