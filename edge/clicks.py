@@ -16,11 +16,11 @@ Rules:
 - Shutdown drains everything: `close()` returns after every captured click is a row (or,
   past its deadline, says how many were not).
 - Rollups (per link: link_minute/hour/day, link_dim_hour, link_day_visitors; per group:
-  group_minute/hour/day, group_day_visitors) are derived from the written rows.
-  They are accumulated in memory and written every rollup_interval_s in the same transaction
-  as a batch of clicks, together with a watermark (the highest click id rolled up), so
-  each click is counted exactly once even across crashes: at start the flusher re-aggregates
-  clicks above the watermark.
+  group_minute/hour/day, group_day_visitors) are derived from the written rows by id
+  range (store.roll_up): about once a second, in the same transaction as a batch of
+  clicks, the clicks above a watermark (the highest click id rolled up) are added and the
+  watermark moves, so each click is counted exactly once even across crashes: at start
+  the flusher rolls up whatever a crash left above the watermark.
 
 Privacy: no raw IP is stored. visitor_id = BLAKE2b-64 keyed with a random salt that rotates
 every UTC day (old salts are deleted) over (ip, user agent, domain): uniques work within a
@@ -62,32 +62,20 @@ TEXT_CACHE_SIZE: Final = 50000  # distinct raw Referer / Accept-Language values 
 _UNSET: Final[Any] = object()
 RETRY_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 # Rollups are written at most every ROLLUP_INTERVAL_S, so stats trail clicks by about a
-# second. When traffic is spread over thousands of links, each write costs upserts in
-# proportion to the distinct (link, minute/hour, value) keys, so the write waits until its
-# cost fits ROLLUP_UPSERTS_PER_S (about 3% of a core), but never past ROLLUP_MAX_INTERVAL_S.
+# second. Their cost grows with the distinct (link, minute/hour, value) keys of the clicks
+# they add, so when traffic is spread over thousands of links the next write waits until
+# the last one's duration is at most ROLLUP_BUDGET of the time between them (up to
+# ROLLUP_MAX_INTERVAL_S): fewer, larger writes, with repeated keys collapsed. Stats stay
+# exact meanwhile (they add the clicks above the watermark).
 ROLLUP_INTERVAL_S: Final = 1.0
 ROLLUP_MAX_INTERVAL_S: Final = 60.0
-ROLLUP_UPSERTS_PER_S: Final = 10000
+ROLLUP_BUDGET: Final = 0.1
 DROP_LOG_INTERVAL_S: Final = 10.0
 GEO_CHECK_INTERVAL_S: Final = 2.0  # how often the GeoIP file is stat()ed for replacement
 DAY_S: Final = 86400
 
-# The dimensions kept per link per hour for stats breakdowns.
-DIMENSIONS: Final = (
-    "country",
-    "region",
-    "city",
-    "device_type",
-    "browser",
-    "os",
-    "referrer_host",
-    "source",
-    "language",
-    "bot_kind",
-)
 _COL = {name: i for i, name in enumerate(store.CLICK_COLUMNS)}
-_DIM_COLS: Final = tuple((name, _COL[name]) for name in DIMENSIONS)
-_TS, _LINK, _VISITOR, _BOT = _COL["ts"], _COL["link_id"], _COL["visitor_id"], _COL["bot_kind"]
+_TS = _COL["ts"]
 
 RawClick = tuple[float, int, str, bytes, bytes, bytes, int]
 Row = tuple[Any, ...]
@@ -100,86 +88,6 @@ def truncate_ip(ip: str) -> str | None:
         return None
     prefix = 24 if addr.version == 4 else 48
     return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False).network_address)
-
-
-class Rollup:
-    """Aggregates of written click rows, waiting to be added to the rollup tables.
-
-    Shaped for speed: each batch is counted column-wise with `Counter.update(zip(...))`
-    (C loops), keeping the full dimension tuple per (link, hour) as a "cube" key; the cube
-    is expanded into one row per dimension only when the rollup is written, by which time
-    repeated combinations have collapsed into one key.
-    """
-
-    __slots__ = ("minutes", "cube", "visitors", "last_id", "clicks")
-
-    def __init__(self) -> None:
-        self.minutes: Counter[tuple[int, int, str | None]] = Counter()  # link, minute, bot
-        self.cube: Counter[tuple[Any, ...]] = Counter()  # link, hour, *DIMENSIONS values
-        self.visitors: set[tuple[int, int, bytes | None, bool]] = set()  # link, day, id, human
-        self.last_id = 0
-        self.clicks = 0
-
-    def upserts(self) -> int:
-        """About how many rows writing this rollup touches (a cube key -> one per dim)."""
-        return len(self.minutes) + len(DIMENSIONS) * len(self.cube) + len(self.visitors)
-
-    def add_rows(self, rows: Sequence[Row], last_id: int) -> None:
-        if not rows:
-            return
-        cols = list(zip(*rows, strict=True))
-        links = cols[_LINK]
-        bots = cols[_BOT]
-        seconds = [t // 1000 for t in cols[_TS]]
-        self.minutes.update(zip(links, [s // 60 for s in seconds], bots, strict=True))
-        hours = [s // 3600 for s in seconds]
-        self.cube.update(zip(links, hours, *(cols[i] for _, i in _DIM_COLS), strict=True))
-        days = [s // DAY_S for s in seconds]
-        humans = [b is None for b in bots]
-        self.visitors.update(zip(links, days, cols[_VISITOR], humans, strict=True))
-        self.clicks += len(rows)
-        if last_id > self.last_id:
-            self.last_id = last_id
-
-    def copy(self) -> Rollup:
-        twin = Rollup()
-        twin.minutes = self.minutes.copy()
-        twin.cube = self.cube.copy()
-        twin.visitors = self.visitors.copy()
-        twin.last_id = self.last_id
-        twin.clicks = self.clicks
-        return twin
-
-    def dim_rows(self) -> dict[tuple[int, int, str, str], list[int]]:
-        out: dict[tuple[int, int, str, str], list[int]] = {}
-        last = len(DIMENSIONS) + 1  # index of bot_kind in a cube key
-        for key, n in self.cube.items():
-            link_id, hour = key[0], key[1]
-            human = n if key[last] is None else 0
-            for i, dim in enumerate(DIMENSIONS, start=2):
-                dkey = (link_id, hour, dim, key[i] or "")
-                entry = out.get(dkey)
-                if entry is None:
-                    out[dkey] = [n, human]
-                else:
-                    entry[0] += n
-                    entry[1] += human
-        return out
-
-    def visitor_sets(self) -> store.VisitorSets:
-        """(link, day) -> (visitor ids, ids with a human click), as store.visitor_int ints."""
-        out: store.VisitorSets = {}
-        for link_id, day, vid, human in self.visitors:
-            if vid is None:
-                continue
-            entry = out.get((link_id, day))
-            if entry is None:
-                entry = out[(link_id, day)] = (set(), set())
-            v = int.from_bytes(vid, "little")
-            entry[0].add(v)
-            if human:
-                entry[1].add(v)
-        return out
 
 
 class Enricher:
@@ -366,8 +274,9 @@ class ClickRecorder:
         self._raw_queue: list[RawClick] = []
         self._rows_queue: list[Row] = []
         self._in_flight = 0  # clicks being enriched or written right now
-        self._rollup = Rollup()
+        self._unrolled = 0  # clicks written but not yet in the rollups
         self._last_rollup = 0.0
+        self._rollup_cost_s = 0.0  # how long the last rollup write took
         # the rollup writer's memory (store.RollupState): used on the database thread only
         self._rollup_state = store.RollupState()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="linkedge-enrich")
@@ -480,17 +389,9 @@ class ClickRecorder:
         rows, self._rows_queue = self._rows_queue, []
         self._in_flight = len(rows)
         started = time.monotonic()
-        elapsed = started - self._last_rollup
-        rollup_due = (
-            self._closing
-            or elapsed >= ROLLUP_MAX_INTERVAL_S
-            or (
-                elapsed >= ROLLUP_INTERVAL_S
-                and self._rollup.upserts() <= ROLLUP_UPSERTS_PER_S * elapsed
-            )
-        )
+        rollup_due = self._rollup_due(started)
         try:
-            await self.db.run(_write_batch, rows, self._rollup, rollup_due, self._rollup_state)
+            await self.db.run(_write_batch, rows, rollup_due, self._rollup_state)
         except Exception as exc:  # sqlite3 errors, and anything else: keep the rows
             self._rows_queue[:0] = rows
             self._in_flight = 0
@@ -512,26 +413,36 @@ class ClickRecorder:
         if len(durations) > 1000:
             del durations[:500]
         if rollup_due:
-            self._rollup = Rollup()
-            self._last_rollup = started
+            self._rolled_up(started, duration)
+        else:
+            self._unrolled += len(rows)
         return len(rows)
 
+    def _rollup_due(self, now: float) -> bool:
+        elapsed = now - self._last_rollup
+        return (
+            self._closing
+            or elapsed >= ROLLUP_MAX_INTERVAL_S
+            or elapsed >= max(ROLLUP_INTERVAL_S, self._rollup_cost_s / ROLLUP_BUDGET)
+        )
+
+    def _rolled_up(self, started: float, duration: float) -> None:
+        self._unrolled = 0
+        self._last_rollup = started
+        self._rollup_cost_s = duration
+
     async def _write_idle_rollup(self) -> None:
-        """No clicks waiting: still write the aggregates of the last ones, so the rollup
-        tables (and everything reading them, like `linkedge stats`) do not wait for the
-        next click."""
-        if not self._rollup.clicks:
-            return
+        """No clicks waiting: still roll up the last ones, so the rollup tables (and
+        everything reading them, like `linkedge stats`) do not wait for the next click."""
         started = time.monotonic()
-        if not self._closing and started - self._last_rollup < ROLLUP_INTERVAL_S:
+        if not self._unrolled or not self._rollup_due(started):
             return
         try:
-            await self.db.run(_write_batch, [], self._rollup, True, self._rollup_state)
+            await self.db.run(_write_batch, [], True, self._rollup_state)
         except Exception as exc:
             await self._write_failed(exc, 0)
             return
-        self._rollup = Rollup()
-        self._last_rollup = started
+        self._rolled_up(started, time.monotonic() - started)
 
     async def _maybe_reload_geo(self) -> None:
         """Pick up a replaced GeoIP file (geoipupdate, cron) without a restart."""
@@ -586,12 +497,12 @@ class ClickRecorder:
                 log.exception("final click flush failed; retrying")
                 await asyncio.sleep(0.1)
         if not self.queued:
-            # Everything is written: write the remaining rollup aggregates too.
+            # Everything is written: roll up the last clicks too.
             try:
-                await self.db.run(_write_batch, [], self._rollup, True, self._rollup_state)
-                self._rollup = Rollup()
+                await self.db.run(_write_batch, [], True, self._rollup_state)
+                self._unrolled = 0
             except sqlite3.Error as exc:
-                log.warning("could not write the last rollups (%s): recomputed at next start", exc)
+                log.warning("could not write the last rollups (%s): done at next start", exc)
         left = self.queued
         if left:
             log.error("shutdown: %d clicks could not be written before the deadline", left)
@@ -602,52 +513,28 @@ class ClickRecorder:
 def _write_batch(
     conn: sqlite3.Connection,
     rows: list[Row],
-    pending: Rollup,
     rollup_due: bool,
     state: store.RollupState | None = None,
 ) -> tuple[int, int]:
-    """One transaction: insert the rows; when `rollup_due`, also write pending + these rows'
-    aggregates and move the watermark. Without it, the rows are added to `pending` once
-    committed. Either way a failed transaction leaves `pending` exactly as it was, so the
+    """One transaction: insert the rows and, when `rollup_due`, roll up every click above
+    the watermark (these rows included). A failed transaction changes nothing, so the
     retry counts every click once."""
     if state is not None and rollup_due:
         state.forget_days_before(int(time.time()) // DAY_S - 1)
     with store.Transaction(conn):
         first, last = store.insert_clicks(conn, rows) if rows else (0, -1)
         if rollup_due:
-            combined = pending.copy()
-            combined.add_rows(rows, last)
-            if combined.clicks:
-                store.write_rollups(
-                    conn,
-                    combined.minutes,
-                    combined.dim_rows(),
-                    combined.visitor_sets(),
-                    combined.last_id,
-                    state,
-                )
-    if not rollup_due:
-        pending.add_rows(rows, last)
+            store.roll_up(conn, state)
     return first, last
 
 
 def _catch_up(conn: sqlite3.Connection) -> int:
-    watermark = store.rollup_watermark(conn)
-    cols = ", ".join(store.CLICK_COLUMNS)
-    total = 0
+    """Roll up the clicks written after the watermark (a crash or kill -9), in chunks."""
     state = store.RollupState()
+    total = 0
     while True:
-        rows = conn.execute(
-            f"SELECT id, {cols} FROM clicks WHERE id > ? ORDER BY id LIMIT 100000", (watermark,)
-        ).fetchall()
-        if not rows:
-            return total
-        rollup = Rollup()
-        last = rows[-1][0]
-        rollup.add_rows([tuple(r)[1:] for r in rows], last)
         with store.Transaction(conn):
-            store.write_rollups(
-                conn, rollup.minutes, rollup.dim_rows(), rollup.visitor_sets(), last, state
-            )
-        watermark = last
-        total += len(rows)
+            n = store.roll_up(conn, state, store.ROLL_UP_MAX_CLICKS)
+        if not n:
+            return total
+        total += n

@@ -1163,27 +1163,51 @@ def _add(acc: dict[Any, list[int]], key: Any, clicks: int, humans: int) -> None:
         entry[1] += humans
 
 
-def write_rollups(
-    conn: sqlite3.Connection,
-    minute_kinds: dict[tuple[int, int, str | None], int],
-    dims: dict[tuple[int, int, str, str], list[int]],
-    visitors: VisitorSets,
-    rolled_up_to: int,
-    state: RollupState | None = None,
-) -> None:
-    """Add aggregated counts into the rollup tables and move the watermark (caller's tx).
+# The dimensions kept per link per hour for breakdowns (link_dim_hour), all click columns.
+DIMENSIONS: Final = (
+    "country",
+    "region",
+    "city",
+    "device_type",
+    "browser",
+    "os",
+    "referrer_host",
+    "source",
+    "language",
+    "bot_kind",
+)
+ROLL_UP_MAX_CLICKS: Final = 100_000  # clicks rolled up per transaction when catching up
 
-    `minute_kinds`: (link, minute, bot kind or None) -> clicks, summed into the link's
-    minutes, hours and days and into its groups' minutes and hours.
-    `dims`: (link, hour, dim, value) -> [clicks, humans].
-    `visitors`: (link, day) -> (visitor ids, ids of visitors with a human click).
-    """
+
+def roll_up(conn: sqlite3.Connection, state: RollupState | None = None, limit: int = 0) -> int:
+    """Add the clicks above the watermark to every rollup table and move the watermark
+    (the caller's transaction); return how many clicks that was. With `limit`, at most
+    that many (catching up). The rollups are derived from the `clicks` rows themselves, by
+    id range, so the flusher and a catch-up after a crash are the same code, and a click
+    is counted once whatever happened in between.
+
+    Per link: minutes, hours and days of clicks and humans, the breakdown dimensions per
+    hour (aggregated by SQLite, which releases the GIL while it works), and the day's
+    visitors as packed ids. Per group (each link's current campaign, UTM fields, tags,
+    domain, read in this same transaction): minutes, hours and days per bot kind, and
+    visitors."""
     state = RollupState() if state is None else state
+    lo = rollup_watermark(conn) + 1
+    hi = conn.execute("SELECT coalesce(max(id), 0) FROM clicks").fetchone()[0]
+    if limit:
+        hi = min(hi, lo + limit - 1)
+    if hi < lo:
+        return 0
+    span = (lo, hi)
     minutes: dict[tuple[int, int], list[int]] = {}
     hour_kinds: dict[tuple[int, int, str], int] = {}
-    for (link_id, minute, kind), n in minute_kinds.items():
-        _add(minutes, (link_id, minute), n, n if kind is None else 0)
-        hk = (link_id, minute // 60, kind or "")
+    for link_id, minute, kind, n in conn.execute(
+        "SELECT link_id, ts / 60000, coalesce(bot_kind, ''), count(*) FROM clicks "
+        "WHERE id BETWEEN ? AND ? GROUP BY 1, 2, 3",
+        span,
+    ):
+        _add(minutes, (link_id, minute), n, 0 if kind else n)
+        hk = (link_id, minute // 60, kind)
         hour_kinds[hk] = hour_kinds.get(hk, 0) + n
     hours: dict[tuple[int, int], list[int]] = {}
     days: dict[tuple[int, int], list[int]] = {}
@@ -1201,13 +1225,29 @@ def write_rollups(
             "clicks = clicks + excluded.clicks, humans = humans + excluded.humans",
             [(k[0], k[1], v[0], v[1]) for k, v in rows.items()],
         )
-    conn.executemany(
-        "INSERT INTO link_dim_hour (link_id, hour, dim, value, clicks, humans) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (link_id, dim, hour, value) DO UPDATE SET "
-        "clicks = clicks + excluded.clicks, humans = humans + excluded.humans",
-        [(k[0], k[1], k[2], k[3], v[0], v[1]) for k, v in dims.items()],
-    )
-    _write_visitor_chunks(conn, "link_day_visitors", ("link_id",), visitors, rolled_up_to, state)
+    for dim in DIMENSIONS:
+        conn.execute(
+            "INSERT INTO link_dim_hour (link_id, dim, hour, value, clicks, humans) "
+            f"SELECT link_id, '{dim}', ts / 3600000, coalesce({dim}, ''), count(*), "
+            "sum(bot_kind IS NULL) FROM clicks WHERE id BETWEEN ? AND ? GROUP BY 1, 3, 4 "
+            "ON CONFLICT (link_id, dim, hour, value) DO UPDATE SET "
+            "clicks = clicks + excluded.clicks, humans = humans + excluded.humans",
+            span,
+        )
+    visitors: VisitorSets = {}
+    for link_id, day, vid, human in conn.execute(
+        "SELECT link_id, ts / 86400000, visitor_id, bot_kind IS NULL FROM clicks "
+        "WHERE id BETWEEN ? AND ? AND visitor_id IS NOT NULL",
+        span,
+    ):
+        entry = visitors.get((link_id, day))
+        if entry is None:
+            entry = visitors[(link_id, day)] = (set(), set())
+        v = int.from_bytes(vid, "little")
+        entry[0].add(v)
+        if human:
+            entry[1].add(v)
+    _write_visitor_chunks(conn, "link_day_visitors", ("link_id",), visitors, hi, state)
 
     keys_of = state.group_keys(conn, {k[0] for k in hours})
     g_minutes: dict[tuple[str, str, int], list[int]] = {}
@@ -1245,10 +1285,9 @@ def write_rollups(
             "clicks = clicks + excluded.clicks",
             [(*k, v) for k, v in rows.items()],
         )
-    _write_visitor_chunks(
-        conn, "group_day_visitors", ("dim", "key"), g_visitors, rolled_up_to, state
-    )
-    conn.execute("UPDATE meta SET value = ? WHERE key = 'rollup_click_id'", (rolled_up_to,))
+    _write_visitor_chunks(conn, "group_day_visitors", ("dim", "key"), g_visitors, hi, state)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'rollup_click_id'", (hi,))
+    return hi - lo + 1
 
 
 def _write_visitor_chunks(

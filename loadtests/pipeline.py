@@ -25,7 +25,7 @@ from typing import Any, Final
 
 from edge import clicks as clicks_mod
 from edge import store
-from edge.clicks import Enricher, Rollup, _write_batch
+from edge.clicks import Enricher, _write_batch
 from edge.config import Config
 from edge.links import LinkTable
 from edge.live import LiveCounters
@@ -75,42 +75,26 @@ def raw_clicks(
 
 
 class RollupPolicy:
-    """When ClickRecorder.flush writes the rollups, replayed on simulated time.
-
-    Mirrors edge.clicks: due once ROLLUP_INTERVAL_S has passed and the pending upserts fit
-    ROLLUP_UPSERTS_PER_S of that time, or ROLLUP_MAX_INTERVAL_S has passed (constants read
-    from edge.clicks; the budget is skipped where the module has none). Time advances by
-    batch / RATE_PER_S per batch: clicks arriving at 100k/s.
+    """When ClickRecorder.flush rolls up, replayed on simulated time: once
+    ROLLUP_INTERVAL_S has passed and the last roll-up's (measured) duration is at most
+    ROLLUP_BUDGET of the time since, or ROLLUP_MAX_INTERVAL_S has passed (edge.clicks'
+    constants). Time advances by batch / RATE_PER_S per batch: clicks arriving at 100k/s.
     """
 
     def __init__(self, flush_s: float) -> None:
         self.flush_s = flush_s
-        self.interval_s = float(getattr(clicks_mod, "ROLLUP_INTERVAL_S", 1.0))
-        self.max_s = float(getattr(clicks_mod, "ROLLUP_MAX_INTERVAL_S", self.interval_s))
-        self.budget = getattr(clicks_mod, "ROLLUP_UPSERTS_PER_S", None)
         self.elapsed = 0.0
+        self.last_cost_s = 0.0
 
-    def due(self, pending: Rollup) -> bool:
+    def due(self) -> bool:
         self.elapsed += self.flush_s
         e = self.elapsed
-        upserts = getattr(pending, "upserts", None)
-        fits = self.budget is None or upserts is None or upserts() <= self.budget * e
-        if e >= self.max_s or (e >= self.interval_s and fits):
-            self.elapsed = 0.0
-            return True
-        return False
+        wait = max(clicks_mod.ROLLUP_INTERVAL_S, self.last_cost_s / clicks_mod.ROLLUP_BUDGET)
+        return e >= clicks_mod.ROLLUP_MAX_INTERVAL_S or e >= wait
 
-
-def _batch_writer() -> Any:
-    """write(conn, rows, pending, due) -> (first, last, pending after), as the flusher calls
-    _write_batch (one RollupState across writes, as ClickRecorder keeps one)."""
-    state = store.RollupState()
-
-    def write(conn: Any, rows: list[Any], pending: Rollup, due: bool) -> Any:
-        first, last = _write_batch(conn, rows, pending, due, state)
-        return first, last, Rollup() if due else pending
-
-    return write
+    def rolled_up(self, cost_s: float) -> None:
+        self.elapsed = 0.0
+        self.last_cost_s = cost_s
 
 
 def measure(
@@ -132,10 +116,9 @@ def measure(
     salt = store.salt_for_day(conn, day, lambda: os.urandom(32))
     params = inspect.signature(enricher.enrich).parameters
     salt_arg: Any = {day: salt, day + 1: salt} if "salts" in params else salt
-    write = _batch_writer()
+    state = store.RollupState()
     policy = RollupPolicy(batch / RATE_PER_S)
     t_enrich = t_write = t_loop = 0.0
-    pending = Rollup()
     written = rollup_writes = 0
     perf = time.perf_counter
     for start in range(0, len(clicks), batch):
@@ -143,9 +126,11 @@ def measure(
         t0 = perf()
         rows, agg = enricher.enrich(chunk, salt_arg)
         t1 = perf()
-        due = policy.due(pending)
-        first, last, pending = write(conn, rows, pending, due)
+        due = policy.due()
+        first, last = _write_batch(conn, rows, due, state)
         t2 = perf()
+        if due:
+            policy.rolled_up(t2 - t1)
         live.add(agg)
         t3 = perf()
         rollup_writes += due
@@ -154,7 +139,7 @@ def measure(
         t_loop += t3 - t2
         written += last - first + 1
     t0 = perf()
-    write(conn, [], pending, True)  # what close() does: the last rollups
+    _write_batch(conn, [], True, state)  # what close() does: the last roll-up
     t_write += perf() - t0
     rows_in_db = conn.execute("SELECT count(*) FROM clicks").fetchone()[0]
     sizes = {

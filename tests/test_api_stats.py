@@ -154,23 +154,23 @@ def test_link_stats_from_real_clicks(api: Api, server: ServerProcess) -> None:
     assert "clicks 5" in table and "London" in table
 
 
-def insert_history(db: Path, link_id: int, rows: list[tuple[str, int, int]]) -> None:
-    """Rollup rows for past minutes (as the flusher would have written them): the test's
-    only way to have clicks on dates other than today."""
+def insert_history(db: Path, link_id: int, rows_in: list[tuple[str, int, int]]) -> None:
+    """Clicks on past dates, rolled up as the flusher would (the server has no clicks of
+    its own waiting at that point): the test's only way to have clicks on other days."""
     import datetime as dt
 
-    minute_kinds: dict[tuple[int, int, str | None], int] = {}
-    dims: dict[tuple[int, int, str, str], list[int]] = {}
-    for when, clicks, humans in rows:
-        unix = int(dt.datetime.fromisoformat(when).timestamp())
-        minute_kinds[(link_id, unix // 60, None)] = humans
-        if clicks > humans:
-            minute_kinds[(link_id, unix // 60, "crawler")] = clicks - humans
-        dims[(link_id, unix // 3600, "country", "NZ")] = [clicks, humans]
     conn = store.connect(str(db))
     with store.Transaction(conn):
-        watermark = store.rollup_watermark(conn)
-        store.write_rollups(conn, minute_kinds, dims, {}, watermark)
+        rows = []
+        for when, clicks, humans in rows_in:
+            unix = int(dt.datetime.fromisoformat(when).timestamp())
+            for i in range(clicks):
+                row = dict.fromkeys(store.CLICK_COLUMNS)
+                row.update(ts=unix * 1000, link_id=link_id, method="GET", country="NZ", dnt=0)
+                row["bot_kind"] = None if i < humans else "crawler"
+                rows.append(tuple(row[c] for c in store.CLICK_COLUMNS))
+        store.insert_clicks(conn, rows)
+        store.roll_up(conn)
     conn.close()
 
 

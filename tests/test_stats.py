@@ -15,7 +15,6 @@ import pytest
 
 from admin import stats
 from edge import store
-from edge.clicks import Rollup
 from edge.errors import InvalidField
 from edge.live import LiveCounters
 
@@ -159,19 +158,9 @@ def write_clicks(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
 
 
 def roll_up(conn: sqlite3.Connection) -> None:
-    """What the flusher does once a second: aggregate clicks past the watermark (with the
-    pipeline's own Rollup) and write them with the new watermark."""
-    watermark = store.rollup_watermark(conn)
-    cols = ", ".join(store.CLICK_COLUMNS)
-    rows = conn.execute(f"SELECT id, {cols} FROM clicks WHERE id > ?", (watermark,)).fetchall()
-    if not rows:
-        return
-    rollup = Rollup()
-    rollup.add_rows([tuple(r)[1:] for r in rows], rows[-1][0])
+    """What the flusher does once a second: roll up the clicks past the watermark."""
     with store.Transaction(conn):
-        store.write_rollups(
-            conn, rollup.minutes, rollup.dim_rows(), rollup.visitor_sets(), rows[-1][0]
-        )
+        store.roll_up(conn)
 
 
 @pytest.fixture
