@@ -481,9 +481,13 @@ def _pieces(rng: TimeRange, starts: Sequence[int], sizes: Sequence[int]) -> Piec
     return merged
 
 
-def _range_sql(column: str, ranges: Sequence[tuple[int, int]]) -> tuple[str, list[int]]:
-    sql = " OR ".join(f"{column} BETWEEN ? AND ?" for _ in ranges)
-    return f"({sql})", [v for r in ranges for v in r]
+def _ranges_sql(ranges: Sequence[tuple[int, int]]) -> tuple[str, list[int]]:
+    """`(VALUES (lo, hi), ...) rr` to join before a rollup, with `t BETWEEN rr.column1 AND
+    rr.column2` in its ON clause: each range is then a seek into the rollup's key. (With
+    `t BETWEEN a AND b OR t BETWEEN c AND d` SQLite, without ANALYZE statistics, reads the
+    link's or group's whole history instead.)"""
+    values = ", ".join("(?, ?)" for _ in ranges)
+    return f"(VALUES {values}) rr", [v for r in ranges for v in r]
 
 
 def _batches(ranges: list[tuple[int, int]]) -> Iterator[list[tuple[int, int]]]:
@@ -548,6 +552,17 @@ def _distinct(chunks: list[tuple[int, array.array[int]]], extra: set[int]) -> in
         if i == size or base[i] != x:
             outside += 1
     return size + outside
+
+
+def _count_chunks(
+    chunks: list[tuple[int, int, array.array[int], array.array[int]]],
+    extra: tuple[set[int], set[int]],
+) -> tuple[int, int]:
+    """(distinct visitors, distinct human visitors) of (n, n_human, ids, human_ids) chunks."""
+    return (
+        _distinct([(c[0], c[2]) for c in chunks], extra[0]),
+        _distinct([(c[1], c[3]) for c in chunks], extra[1]),
+    )
 
 
 class _Selection:
@@ -637,16 +652,20 @@ class _Selection:
         extra, extra_params = _ids_clause(ids)
         for (table, column, size), ranges in zip(levels, pieces, strict=True):
             for batch in _batches(ranges):
-                cond, params = _range_sql(f"r.{column}", batch)
+                rr, params = _ranges_sql(batch)
+                source = (
+                    f"FROM links l CROSS JOIN {rr} CROSS JOIN {table} r ON r.link_id = l.id "
+                    f"AND r.{column} BETWEEN rr.column1 AND rr.column2"
+                )
                 if per_link_totals:
                     sql = (
                         f"SELECT l.id, -1, sum(r.clicks), sum(r.humans) "
-                        f"{_from_links(table, 'r', cond)} WHERE {self.where}{extra} GROUP BY l.id"
+                        f"{source} WHERE {self.where}{extra} GROUP BY l.id"
                     )
                 else:
                     sql = (
                         f"SELECT l.id, r.{column} * {size}, r.clicks, r.humans "
-                        f"{_from_links(table, 'r', cond)} WHERE {self.where}{extra}"
+                        f"{source} WHERE {self.where}{extra}"
                     )
                 yield from _tuples(self.conn, sql, (*params, *self.params, *extra_params))
 
@@ -666,7 +685,7 @@ class _Selection:
         out: list[tuple[Any, int, int, int]] = []
         for (table, column, size), ranges in zip(levels, pieces, strict=True):
             for batch in _batches(ranges):
-                cond, params = _range_sql(f"g.{column}", batch)
+                rr, params = _ranges_sql(batch)
                 if table == "group_minute":
                     select = "g.clicks, g.humans"
                     group = ""
@@ -677,9 +696,10 @@ class _Selection:
                     _tuples(
                         self.conn,
                         f"SELECT g.key, g.{column} * {size}, {select} FROM json_each(?) k "
-                        f"CROSS JOIN {table} g ON g.dim = ? AND g.key = k.value AND {cond}"
+                        f"CROSS JOIN {rr} CROSS JOIN {table} g ON g.dim = ? "
+                        f"AND g.key = k.value AND g.{column} BETWEEN rr.column1 AND rr.column2"
                         f"{group}",
-                        (key_list, dim, *params),
+                        (key_list, *params, dim),
                     )
                 )
         self._group_rows[dim] = (set(keys), out)
@@ -791,12 +811,13 @@ class _Selection:
                 ("group_hour", "hour", hour_pieces[1]),
             ):
                 for batch in _batches(ranges):
-                    cond, params = _range_sql(f"g.{column}", batch)
+                    rr, params = _ranges_sql(batch)
                     for key, kind, clicks in _tuples(
                         self.conn,
-                        f"SELECT g.key, g.kind, sum(g.clicks) FROM json_each(?) k CROSS JOIN "
-                        f"{table} g ON g.dim = ? AND g.key = k.value AND {cond} GROUP BY 1, 2",
-                        (orjson.dumps(sorted(keys)).decode(), self.group_dim, *params),
+                        f"SELECT g.key, g.kind, sum(g.clicks) FROM json_each(?) k "
+                        f"CROSS JOIN {rr} CROSS JOIN {table} g ON g.dim = ? AND g.key = k.value "
+                        f"AND g.{column} BETWEEN rr.column1 AND rr.column2 GROUP BY 1, 2",
+                        (orjson.dumps(sorted(keys)).decode(), *params, self.group_dim),
                     ):
                         add(key, BOT_KIND_DIM, kind, clicks, 0 if kind else clicks)
         elif self.group_dim is not None:
@@ -872,11 +893,24 @@ class _Selection:
                     entry[0].add(vid)
                     if not row[_T_BOT]:
                         entry[1].add(vid)
+        stale: set[tuple[Any, int]] = set()
+        if self.group_dim is not None:  # group-days a link left, not rebuilt yet
+            stale = {
+                (key, day)
+                for key, day in _tuples(
+                    self.conn,
+                    "SELECT key, day FROM group_day_stale WHERE dim = ? AND day BETWEEN ? AND ?",
+                    (self.group_dim, d_first, d_last),
+                )
+                if key in keys
+            }
         out: dict[Any, list[int]] = {}
-        for kd in heads.keys() | tail.keys():
+        for kd in heads.keys() | tail.keys() | stale:
             parts = heads.get(kd, [])
             extra_sets = tail.get(kd)
-            if len(parts) == 1 and extra_sets is None and parts[0][1] >= 0:
+            if kd in stale:
+                n, h = self._count_members(kd[0], kd[1], extra_sets or (set(), set()))
+            elif len(parts) == 1 and extra_sets is None and parts[0][1] >= 0:
                 n, h = parts[0][1], parts[0][2]
             else:
                 n, h = self._count_union(kd[1], parts, extra_sets or (set(), set()))
@@ -908,10 +942,25 @@ class _Selection:
                 params = (owner, day)
             for n, n_human, blob, human_blob in _tuples(self.conn, sql, params):
                 chunks.append((n, n_human, store.unpack_ids(blob), store.unpack_ids(human_blob)))
-        return (
-            _distinct([(c[0], c[2]) for c in chunks], extra[0]),
-            _distinct([(c[1], c[3]) for c in chunks], extra[1]),
-        )
+        return _count_chunks(chunks, extra)
+
+    def _count_members(
+        self, key: Any, day: int, extra: tuple[set[int], set[int]]
+    ) -> tuple[int, int]:
+        """A group-day's visitors from its links' chunks (the group's own are stale)."""
+        assert self.group_dim is not None
+        source, cond = store.group_members_sql(self.group_dim)
+        chunks = [
+            (n, n_human, store.unpack_ids(blob), store.unpack_ids(human_blob))
+            for n, n_human, blob, human_blob in _tuples(
+                self.conn,
+                f"SELECT v.n, v.n_human, v.ids, v.human_ids FROM {source} "
+                f"CROSS JOIN link_day_visitors v ON v.link_id = l.id AND v.day = ? "
+                f"WHERE {cond}",
+                (day, key),
+            )
+        ]
+        return _count_chunks(chunks, extra)
 
     def output_key(self, key: Any) -> Any:
         return self.label.get(key, key)

@@ -277,6 +277,7 @@ class ClickRecorder:
         self._unrolled = 0  # clicks written but not yet in the rollups
         self._last_rollup = 0.0
         self._rollup_cost_s = 0.0  # how long the last rollup write took
+        self._rebuild_due = True  # look for stale group visitors after the next flush
         # the rollup writer's memory (store.RollupState): used on the database thread only
         self._rollup_state = store.RollupState()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="linkedge-enrich")
@@ -323,6 +324,7 @@ class ClickRecorder:
             try:
                 await self._maybe_reload_geo()
                 await self.flush()
+                await self._rebuild_stale_groups()
             except Exception:  # the pipeline never raises into the edge
                 log.exception("click flush failed; will retry")
                 await asyncio.sleep(RETRY_BACKOFF_S[-1])
@@ -430,6 +432,18 @@ class ClickRecorder:
         self._unrolled = 0
         self._last_rollup = started
         self._rollup_cost_s = duration
+        self._rebuild_due = True
+
+    async def _rebuild_stale_groups(self) -> None:
+        """Rebuild one group-day's visitors that a link edit left stale per flush cycle
+        while any wait (a bounded step: a rebuild reads a whole group's day); look again
+        after the next roll-up once none does."""
+        if not self._rebuild_due:
+            return
+        try:
+            self._rebuild_due = await self.db.run(_rebuild_one_stale_group_day)
+        except Exception as exc:
+            log.warning("rebuilding a group's visitors failed (%s); will retry", exc)
 
     async def _write_idle_rollup(self) -> None:
         """No clicks waiting: still roll up the last ones, so the rollup tables (and
@@ -501,7 +515,7 @@ class ClickRecorder:
             try:
                 await self.db.run(_write_batch, [], True, self._rollup_state)
                 self._unrolled = 0
-            except sqlite3.Error as exc:
+            except Exception as exc:  # the clicks are written: a next start rolls them up
                 log.warning("could not write the last rollups (%s): done at next start", exc)
         left = self.queued
         if left:
@@ -538,3 +552,8 @@ def _catch_up(conn: sqlite3.Connection) -> int:
         if not n:
             return total
         total += n
+
+
+def _rebuild_one_stale_group_day(conn: sqlite3.Connection) -> bool:
+    with store.Transaction(conn):
+        return store.rebuild_stale_group_day(conn)

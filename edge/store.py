@@ -331,7 +331,13 @@ def _m0005_rollups_for_big_ranges(conn: sqlite3.Connection) -> None:
             ids BLOB NOT NULL,
             human_ids BLOB NOT NULL,
             UNIQUE (dim, key, day, seq)
-        )
+        );
+        CREATE TABLE group_day_stale (
+            dim TEXT NOT NULL,
+            key TEXT NOT NULL,
+            day INTEGER NOT NULL,
+            PRIMARY KEY (dim, key, day)
+        ) WITHOUT ROWID
         """,
     )
     cur = conn.execute(
@@ -402,7 +408,8 @@ def _backfill_groups(conn: sqlite3.Connection) -> None:
 # group_day_visitors) hold every link's clicks under each of its current groups, so a
 # group-by over all links reads a few rows per group instead of rows per link. They follow
 # the links: a change of a link's campaign, UTM fields or tags, or its purge, moves the
-# link's history between groups in the same transaction (_move_link_groups).
+# link's history between groups in the same transaction (_move_link_groups); the visitors
+# of a group it left are rebuilt afterwards (group_day_stale, rebuild_stale_group_day).
 GROUP_DIMS: Final = ("campaign", "utm_source", "utm_medium", "utm_campaign", "tag", "domain")
 GroupKey = tuple[str, str]  # (dim, key); '' is "none"; a domain's key is its id
 GROUP_KEYS_SELECT: Final = (
@@ -440,7 +447,8 @@ def _move_link_groups(
 ) -> None:
     """Move a link's rolled-up history from the groups it left to the ones it joined (the
     caller's transaction, after the link row changed). Counts are added and subtracted;
-    the visitors of a group it left are rebuilt from the group's remaining links."""
+    the link's visitors join its new groups' unions; the group-days it left are marked
+    for a rebuild from their remaining links."""
     left = [k for k in old if k not in new]
     joined = [k for k in new if k not in old]
     for sign, keys in ((-1, left), (1, joined)):
@@ -500,33 +508,47 @@ def _move_link_groups(
             )
     if not left:
         return
-    members: dict[GroupKey, list[int]] = {k: [] for k in left}
-    for row in conn.execute(GROUP_KEYS_SELECT):
-        for k in group_keys(tuple(row)):
-            if k in members:
-                members[k].append(row[0])
-    for (dim, key), mine in members.items():  # a union cannot shrink: rebuild it
-        for day in days:
-            ids: set[int] = set()
-            humans: set[int] = set()
-            for m in mine:
-                more = _visitor_sets(
-                    conn,
-                    "SELECT ids, human_ids FROM link_day_visitors WHERE link_id = ? AND day = ?",
-                    (m, day),
-                )
-                ids |= more[0]
-                humans |= more[1]
-            conn.execute(
-                "DELETE FROM group_day_visitors WHERE dim = ? AND key = ? AND day = ?",
-                (dim, key, day),
-            )
-            if ids:
-                conn.execute(
-                    f"INSERT INTO group_day_visitors (dim, key, day, {CHUNK_COLUMNS}) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (dim, key, day, *chunk(0, ids, humans)),
-                )
+    # A union cannot shrink: the visitors of a group-day the link left are rebuilt from the
+    # group's remaining links, later and one at a time (rebuild_stale_group_day), since a
+    # group like "no campaign" or a domain can hold every link; readers count a stale
+    # group-day from its links meanwhile.
+    conn.executemany(
+        "INSERT OR IGNORE INTO group_day_stale (dim, key, day) VALUES (?, ?, ?)",
+        [(dim, key, day) for dim, key in left for day in days],
+    )
+
+
+def group_members_sql(dim: str) -> tuple[str, str]:
+    """(FROM clause giving `l`, condition on `l` with one `?` for the key): the links of a
+    group."""
+    _dim, key_sql, source = next(s for s in GROUP_KEY_SOURCES if s[0] == dim)
+    return source, f"{key_sql} = ?"
+
+
+def rebuild_stale_group_day(conn: sqlite3.Connection) -> bool:
+    """Rebuild the visitors of one group-day a link left (the caller's transaction) from
+    the group's links; False when none waits."""
+    row = conn.execute("SELECT dim, key, day FROM group_day_stale LIMIT 1").fetchone()
+    if row is None:
+        return False
+    dim, key, day = row
+    source, cond = group_members_sql(dim)
+    ids, humans = _visitor_sets(
+        conn,
+        f"SELECT v.ids, v.human_ids FROM {source} CROSS JOIN link_day_visitors v "
+        f"ON v.link_id = l.id AND v.day = ? WHERE {cond}",
+        (day, key),
+    )
+    where = "dim = ? AND key = ? AND day = ?"
+    conn.execute(f"DELETE FROM group_day_visitors WHERE {where}", (dim, key, day))
+    if ids:
+        conn.execute(
+            f"INSERT INTO group_day_visitors (dim, key, day, {CHUNK_COLUMNS}) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (dim, key, day, *chunk(0, ids, humans)),
+        )
+    conn.execute(f"DELETE FROM group_day_stale WHERE {where}", (dim, key, day))
+    return True
 
 
 def _visitor_sets(
@@ -1252,21 +1274,22 @@ def roll_up(conn: sqlite3.Connection, state: RollupState | None = None, limit: i
         conn.execute(
             "INSERT INTO link_dim_hour (link_id, dim, hour, value, clicks, humans) "
             f"SELECT link_id, '{dim}', ts / 3600000, coalesce({dim}, ''), count(*), "
-            "sum(bot_kind IS NULL) FROM clicks WHERE id BETWEEN ? AND ? GROUP BY 1, 3, 4 "
+            "sum(coalesce(bot_kind, '') = '') FROM clicks WHERE id BETWEEN ? AND ? "
+            "GROUP BY 1, 3, 4 "
             "ON CONFLICT (link_id, dim, hour, value) DO UPDATE SET "
             "clicks = clicks + excluded.clicks, humans = humans + excluded.humans",
             span,
         )
     visitors: VisitorSets = {}
     for link_id, day, vid, human in conn.execute(
-        "SELECT link_id, ts / 86400000, visitor_id, bot_kind IS NULL FROM clicks "
+        "SELECT link_id, ts / 86400000, visitor_id, coalesce(bot_kind, '') = '' FROM clicks "
         "WHERE id BETWEEN ? AND ? AND visitor_id IS NOT NULL",
         span,
     ):
         entry = visitors.get((link_id, day))
         if entry is None:
             entry = visitors[(link_id, day)] = (set(), set())
-        v = int.from_bytes(vid, "little")
+        v = visitor_int(vid)
         entry[0].add(v)
         if human:
             entry[1].add(v)
@@ -1329,10 +1352,14 @@ def _write_visitor_chunks(
     where = " AND ".join(f"{c} = ?" for c in (*owner, "day"))
     rows = []
     newest = max((k[-1] for k in visitors), default=None)
-    done = [k for k, n in counts.items() if n > 1 and len(k) == len(owner) + 1]
-    done = [k for k in done if newest is not None and k[-1] < newest and k not in visitors]
-    for key in done:
-        visitors = {**visitors, key: (set(), set())}
+    done = {
+        k
+        for k, n in counts.items()
+        if n > 1 and len(k) == len(owner) + 1 and newest is not None and k[-1] < newest
+    }
+    done -= visitors.keys()
+    if done:
+        visitors = {**visitors, **{key: (set(), set()) for key in done}}
     for key, (ids, humans) in visitors.items():
         n = counts.get(key, 0) + 1
         if n >= VISITOR_CHUNKS_MERGE or key in done:

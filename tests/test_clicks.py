@@ -412,6 +412,48 @@ def test_rollups_catch_up_after_a_crash(tmp_path: Path) -> None:
     assert conn.execute("SELECT sum(clicks) FROM link_minute").fetchone()[0] == 7
 
 
+def test_the_flusher_rebuilds_groups_a_purged_link_left(tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    conn = store.open_db(str(db))
+    keep = store.create_link(conn, {"url": "https://example.com/", "campaign": "c"}, slug="k")
+    gone = store.create_link(conn, {"url": "https://example.com/", "campaign": "c"}, slug="g")
+    conn.close()
+
+    async def clicks_then_purge() -> None:
+        recorder, database, _ = _pipeline(db)
+        await database.open()
+        await recorder.start()
+        now = time.time()
+        for i, link in enumerate((keep, gone, gone)):
+            recorder.buffer.append((now, link["id"], f"203.0.113.{i}", b"UA", b"", b"", 0))
+        await recorder.flush()
+        assert await recorder.close() == 0
+        await database.close()
+        purge = store.connect(str(db))
+        store.purge_link(purge, gone["id"])
+        purge.close()
+
+    async def run_a_while() -> None:
+        recorder, database, _ = _pipeline(db)
+        await database.open()
+        await recorder.start()
+        task = asyncio.get_running_loop().create_task(recorder._run())
+        await asyncio.sleep(0.5)
+        await recorder.close()
+        task.cancel()
+        await database.close()
+
+    asyncio.run(clicks_then_purge())
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0] > 0
+    asyncio.run(run_a_while())
+    assert conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0] == 0
+    n = conn.execute(
+        "SELECT sum(n) FROM group_day_visitors WHERE dim = 'campaign' AND key = 'c'"
+    ).fetchone()[0]
+    assert n == 1  # only the remaining link's visitor
+
+
 def test_curl_clicks_are_counted(db_path: Path) -> None:
     curl = shutil.which("curl")
     if curl is None:
