@@ -489,8 +489,10 @@ class ClickRecorder:
         return salt
 
     async def _catch_up_rollups(self) -> None:
-        """Re-aggregate clicks written after the rollup watermark (a crash or kill -9)."""
+        """Roll up clicks written after the watermark (a crash or kill -9), and count the
+        visitor chunks of the last two days (merged later like those written from now)."""
         n = await self.db.run(_catch_up)
+        await self.db.run(self._rollup_state.load, int(time.time()) // DAY_S - 1)
         if n:
             log.info("rolled up %d clicks written before the last stop", n)
 

@@ -1192,6 +1192,18 @@ class RollupState:
                 keys.setdefault(i, ())  # purged: in no group
         return keys
 
+    def load(self, conn: sqlite3.Connection, since_day: int) -> None:
+        """Count the visitor chunks of the days from `since_day` on (at start: so the
+        chunks written before a restart are merged too)."""
+        for sql in (
+            "SELECT link_id, day, count(*) FROM link_day_visitors WHERE day >= ? "
+            "GROUP BY 1, 2 HAVING count(*) > 1",
+            "SELECT dim, key, day, count(*) FROM group_day_visitors WHERE day >= ? "
+            "GROUP BY 1, 2, 3 HAVING count(*) > 1",
+        ):
+            for row in conn.execute(sql, (since_day,)):
+                self.chunk_counts[tuple(row[:-1])] = row[-1]
+
     def forget_days_before(self, day: int) -> None:
         counts = self.chunk_counts
         for key in [k for k in counts if k[-1] < day]:

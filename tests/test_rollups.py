@@ -462,3 +462,25 @@ def test_every_stats_query_seeks_its_time_range(conn: sqlite3.Connection) -> Non
         assert not bad, (sql, plan)
         checked += 1
     assert checked >= 10
+
+
+def test_chunks_written_before_a_restart_are_merged_at_day_end(
+    conn: sqlite3.Connection,
+) -> None:
+    links = _links(conn)[:2]
+    rand = random.Random(31)
+    visitors = [rand.randbytes(8) for _ in range(10)]
+    day_ms = (END // DAY) * DAY * 1000
+    before = store.RollupState()
+    for i in range(3):
+        _write(conn, [_click(rand, day_ms - 5000 + i, links[0]["id"], visitors)], before)
+    after = store.RollupState()  # a restart: counts read back from the database
+    after.load(conn, day_ms // 86400000 - 1)
+    _write(conn, [_click(rand, day_ms + 10, links[0]["id"], visitors)], after)
+    per_day = dict(
+        conn.execute(
+            "SELECT day, count(*) FROM link_day_visitors WHERE link_id = ? GROUP BY day",
+            (links[0]["id"],),
+        ).fetchall()
+    )
+    assert per_day == {day_ms // 86400000 - 1: 1, day_ms // 86400000: 1}
