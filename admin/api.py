@@ -398,8 +398,7 @@ class AdminServer:
         self._date_s = 0
         self._health: tuple[float, Response] | None = None
         self._live: tuple[int, int, dict[str, Any]] | None = None
-        self._hosts: dict[int, str] = {}
-        self._hosts_rev = -1
+        self._names_rev = -1
         self._names: dict[int, tuple[str, str]] = {}
         self._final_checkpoints: dict[int, dict[str, Any]] = {}  # links whose checkpoints are final
 
@@ -787,14 +786,13 @@ class AdminServer:
     # --- live ----------------------------------------------------------------------------
 
     async def _refresh_names(self, link_ids: list[int]) -> None:
-        """Domain hosts (when the link table changed) and names of links it no longer holds
-        (archived): the only SQL behind /api/live, and only on a change."""
+        """(domain, slug) of the live links, read once per link and again after the link
+        table changed: the only SQL behind /api/live."""
         table = self.runtime.table
-        if self._hosts_rev != table.rev:
-            self._hosts = await self.db.run(stats.domain_hosts)
-            self._hosts_rev = table.rev
+        if self._names_rev != table.rev:
+            self._names_rev = table.rev
             self._names.clear()
-        missing = [i for i in link_ids if table.get(i) is None and i not in self._names]
+        missing = [i for i in link_ids if i not in self._names]
         if missing:
             self._names.update(await self.db.run(stats.link_names, missing))
 
@@ -808,11 +806,7 @@ class AdminServer:
         await self._refresh_names(ids)
         links = []
         for link_id in ids:
-            link = self.runtime.table.get(link_id)
-            if link is not None:
-                name: tuple[str, str] | None = (self._hosts.get(link.domain_id, ""), link.slug)
-            else:
-                name = self._names.get(link_id)
+            name = self._names.get(link_id)
             windows = stats.live_windows(live, link_id, now_s)
             entry: dict[str, Any] = {"id": link_id}
             if name is not None:

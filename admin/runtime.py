@@ -77,7 +77,7 @@ class Runtime:
                 status.get("error"),
             )
         if self.config.record_clicks:
-            self.clicks = ClickRecorder(self.config, self.writer, self.table, self.geo, self.live)
+            self.clicks = ClickRecorder(self.config, self.writer, self.geo, self.live)
             await self.clicks.start()
         else:
             log.warning("click recording is OFF (record_clicks=false)")

@@ -1,9 +1,9 @@
 """Every click recorded: capture buffer -> enrichment -> one SQLite transaction, zero loss.
 
 Rules:
-- The hot path appends one raw tuple to `ClickRecorder.buffer`:
-  (unix time, link id, client ip, user-agent bytes, referer bytes, accept-language bytes,
-  flags). Nothing else happens per request.
+- The hot path appends one raw tuple to `ClickRecorder.buffer`: (unix time, link id,
+  domain id, client ip, user-agent bytes, referer bytes, accept-language bytes, flags).
+  Nothing else happens per request.
 - Every flush_interval_s (or sooner when flush_max_clicks wait) the flusher swaps the
   buffer out, enriches the clicks on its own thread (GeoIP, user agent, bot kind, referrer
   source, language, visitor id), feeds the live counters with per-second aggregates, and
@@ -46,7 +46,6 @@ from typing import Any, Final
 from edge import store
 from edge.config import Config
 from edge.db import Database
-from edge.links import LinkTable
 from edge.live import LiveCounters
 from edge.server import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH
 from geo.bots import classify
@@ -77,7 +76,7 @@ DAY_S: Final = 86400
 _COL = {name: i for i, name in enumerate(store.CLICK_COLUMNS)}
 _TS = _COL["ts"]
 
-RawClick = tuple[float, int, str, bytes, bytes, bytes, int]
+RawClick = tuple[float, int, int, str, bytes, bytes, bytes, int]
 Row = tuple[Any, ...]
 
 
@@ -93,8 +92,7 @@ def truncate_ip(ip: str) -> str | None:
 class Enricher:
     """Raw captured clicks -> click rows in store.CLICK_COLUMNS order. Thread-confined."""
 
-    def __init__(self, config: Config, table: LinkTable, geo: GeoDatabase) -> None:
-        self.table = table
+    def __init__(self, config: Config, geo: GeoDatabase) -> None:
         self.geo = geo
         self.ua_parser = UserAgentParser()
         self.store_truncated_ip = config.store_truncated_ip
@@ -160,11 +158,11 @@ class Enricher:
         human_seconds: list[tuple[int, int]] = []
         geo_lookup = self.geo.lookup
         geo_seen: dict[str, GeoResult] = {}
-        domains: dict[int, bytes] = {}
+        domains: dict[int, bytes] = {}  # domain id -> its bytes in the visitor hash
         hashers = {day: hashlib.blake2b(digest_size=8, key=salt) for day, salt in salts.items()}
         ua_cache, ref_cache, lang_cache = self._ua_cache, self._ref_cache, self._lang_cache
         truncated = self.store_truncated_ip
-        for ts, link_id, ip, ua_raw, ref_raw, lang_raw, flags in clicks:
+        for ts, link_id, domain_id, ip, ua_raw, ref_raw, lang_raw, flags in clicks:
             ua = ua_cache.get(ua_raw) or self._ua(ua_raw)
             if flags:
                 if flags & FLAG_PREFETCH:
@@ -202,10 +200,9 @@ class Enricher:
                 )
                 tail: tuple[Any, ...] = (lang, 1, None)
             else:
-                domain = domains.get(link_id)
+                domain = domains.get(domain_id)
                 if domain is None:
-                    link = self.table.get(link_id)
-                    domain = domains[link_id] = b"" if link is None else b"%d" % link.domain_id
+                    domain = domains[domain_id] = b"%d" % domain_id
                 hasher = hashers[second // DAY_S].copy()
                 hasher.update(ip.encode() + b"\0" + ua_raw + b"\0" + domain)
                 head = (int(ts * 1000), link_id, hasher.digest(), bot_kind, method, *geo)
@@ -257,16 +254,14 @@ class ClickRecorder:
         self,
         config: Config,
         db: Database,
-        table: LinkTable,
         geo: GeoDatabase,
         live: LiveCounters,
     ) -> None:
         self.config = config
         self.db = db
-        self.table = table
         self.geo = geo
         self.live = live
-        self.enricher = Enricher(config, table, geo)
+        self.enricher = Enricher(config, geo)
         self.metrics = PipelineMetrics()
         # hot path: the server appends raw tuples here
         self.buffer: list[RawClick] = []

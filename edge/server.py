@@ -39,9 +39,14 @@ from edge.links import (
     GONE_HEAD,
     NOT_FOUND_BODY,
     NOT_FOUND_HEAD,
+    PLAIN_LINES,
+    PLAIN_STATUSES,
+    PLAIN_TAIL,
     ROBOTS_BODY,
     ROBOTS_HEAD,
+    Link,
     LinkTable,
+    plain_head,
     slug_from_path,
 )
 
@@ -440,13 +445,13 @@ class EdgeProtocol(asyncio.Protocol):
             return METHOD_NOT_ALLOWED_HEAD + tail + METHOD_NOT_ALLOWED_BODY
         domain = self.table.domain_for(req.host)
         path = req.path
-        link = None
+        entry = None
         if domain is not None:
-            slug = path[1:]
-            link = domain.slugs.get(slug)
-            if link is None and path != b"/":
-                link = domain.slugs.get(slug_from_path(path))
-        if link is None:
+            slugs = domain.slugs
+            entry = slugs.get(path[1:])
+            if entry is None and path != b"/":
+                entry = slugs.get(slug_from_path(path))
+        if entry is None:
             if path == _ROBOTS:
                 metrics.count(200)
                 return ROBOTS_HEAD + tail + (b"" if is_head else ROBOTS_BODY)
@@ -458,16 +463,24 @@ class EdgeProtocol(asyncio.Protocol):
             metrics.count(404)
             return NOT_FOUND_HEAD + tail + (b"" if is_head else NOT_FOUND_BODY)
         now = time.time()
-        if link.flags & DISABLED:
-            metrics.count(410)
-            return GONE_HEAD + tail + (b"" if is_head else GONE_BODY)
-        if link.expires_at_s is not None and now >= link.expires_at_s:
-            if link.expired_head is None:
+        if entry.__class__ is bytes:  # a plain link (edge/links.py entry_for)
+            plain: bytes = entry  # type: ignore[assignment]
+            link_id = int.from_bytes(plain[:4], "little")
+            status = PLAIN_STATUSES[plain[4]]
+        else:
+            link: Link = entry  # type: ignore[assignment]
+            if link.flags & DISABLED:
                 metrics.count(410)
                 return GONE_HEAD + tail + (b"" if is_head else GONE_BODY)
-            metrics.count(302)
-            return link.expired_head + tail
-        metrics.count(link.status)
+            if link.expires_at_s is not None and now >= link.expires_at_s:
+                if link.expired_head is None:
+                    metrics.count(410)
+                    return GONE_HEAD + tail + (b"" if is_head else GONE_BODY)
+                metrics.count(302)
+                return link.expired_head + tail
+            link_id = link.id
+            status = link.status
+        metrics.count(status)
         metrics.redirects += 1
         click_buffer = server.click_buffer
         if click_buffer is not None:
@@ -482,8 +495,21 @@ class EdgeProtocol(asyncio.Protocol):
             if self.trusted_peer and (req.forwarded_for is not None or req.forwarded is not None):
                 ip = server.trusted.client_ip(ip, req)
             click_buffer.append(
-                (now, link.id, ip, req.user_agent, req.referer, req.accept_language, flags)
+                (
+                    now,
+                    link_id,
+                    domain.id,  # type: ignore[union-attr]  # a link was found on it
+                    ip,
+                    req.user_agent,
+                    req.referer,
+                    req.accept_language,
+                    flags,
+                )
             )
+        if entry.__class__ is bytes:
+            if req.query:
+                return plain_head(plain, req.query) + tail
+            return PLAIN_LINES[plain[4]] + plain[5:] + PLAIN_TAIL + tail
         if req.query:
             return link.head_for_query(req.query) + tail
         return link.head + tail

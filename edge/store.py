@@ -332,6 +332,8 @@ def _m0005_rollups_for_big_ranges(conn: sqlite3.Connection) -> None:
             human_ids BLOB NOT NULL,
             UNIQUE (dim, key, day, seq)
         );
+        ALTER TABLE purged_links ADD COLUMN domain_id INTEGER;
+        ALTER TABLE purged_links ADD COLUMN slug TEXT;
         CREATE TABLE group_day_stale (
             dim TEXT NOT NULL,
             key TEXT NOT NULL,
@@ -1036,9 +1038,14 @@ def purge_link(conn: sqlite3.Connection, link_id: int) -> None:
             raise NotFound(f"no link with id {link_id}")
         groups_before = _link_group_keys(conn, link_id)
         rev = _next_rev(conn)
+        # the servers' link tables find the purged link by its domain and slug
+        conn.execute(
+            "INSERT OR REPLACE INTO purged_links (id, rev, domain_id, slug) "
+            "SELECT id, ?, domain_id, slug FROM links WHERE id = ?",
+            (rev, link_id),
+        )
         conn.execute("DELETE FROM links WHERE id = ?", (link_id,))
         _move_link_groups(conn, link_id, groups_before, ())
-        conn.execute("INSERT OR REPLACE INTO purged_links (id, rev) VALUES (?, ?)", (link_id, rev))
 
 
 def current_rev(conn: sqlite3.Connection) -> int:
@@ -1047,13 +1054,17 @@ def current_rev(conn: sqlite3.Connection) -> int:
 
 def changes_since(
     conn: sqlite3.Connection, rev: int
-) -> tuple[int, list[sqlite3.Row], list[int], list[sqlite3.Row] | None]:
-    """What changed after `rev`: (new rev, changed link rows, purged ids, all domains or None)."""
+) -> tuple[int, list[sqlite3.Row], list[tuple[int, Any, Any]], list[sqlite3.Row] | None]:
+    """What changed after `rev`: (new rev, changed link rows, purged (id, domain id, slug),
+    all domains or None)."""
     new_rev = current_rev(conn)
     if new_rev == rev:
         return rev, [], [], None
     links = conn.execute(f"{_LINK_SELECT} WHERE links.rev > ?", (rev,)).fetchall()
-    purged = [r[0] for r in conn.execute("SELECT id FROM purged_links WHERE rev > ?", (rev,))]
+    purged = [
+        (r[0], r[1], r[2])
+        for r in conn.execute("SELECT id, domain_id, slug FROM purged_links WHERE rev > ?", (rev,))
+    ]
     # Domains are a handful of rows, and a removed one leaves nothing with a newer rev:
     # reload them all whenever anything changed.
     domains = conn.execute("SELECT * FROM domains").fetchall()

@@ -27,7 +27,6 @@ from edge import clicks as clicks_mod
 from edge import store
 from edge.clicks import Enricher, _write_batch
 from edge.config import Config
-from edge.links import LinkTable
 from edge.live import LiveCounters
 from geo.geoip import GeoDatabase
 from loadtests import geodb, workload
@@ -38,32 +37,26 @@ RATE_PER_S: Final = 100_000  # click timestamps advance at this rate
 FLAG_DNT: Final = 4
 
 
-def _table(db: Path) -> LinkTable:
-    conn = store.connect(str(db))
-    try:
-        rev, links, purged, domains = store.changes_since(conn, 0)
-        table = LinkTable()
-        table.apply(rev, links, purged, domains)
-        return table
-    finally:
-        conn.close()
-
-
 def raw_clicks(
-    table_ids: list[int], people: list[workload.Visitor], count: int, seed: int, start: float
+    links: list[tuple[int, int]],
+    people: list[workload.Visitor],
+    count: int,
+    seed: int,
+    start: float,
 ) -> list[tuple[Any, ...]]:
-    """What the edge captures: (time, link id, ip, UA, referer, Accept-Language, flags)."""
+    """What the edge captures, for (link id, domain id) pairs: (time, link id, domain id,
+    ip, UA, referer, Accept-Language, flags)."""
     rng = random.Random(seed)
     ua = {p.user_agent: p.user_agent.encode() for p in people}
     out = []
-    n_links = len(table_ids)
+    n_links = len(links)
     for i in range(count):
         p = people[i % len(people)] if len(people) >= count else rng.choice(people)
         ref = b"" if p.bot else workload.random_referer(rng).encode()
         out.append(
             (
                 start + i / RATE_PER_S,
-                table_ids[i % n_links],
+                *links[i % n_links],
                 p.ip,
                 ua[p.user_agent],
                 ref,
@@ -108,9 +101,8 @@ def measure(
     db = workload.copy_db(links_db, work / "pipeline.db")
     conn = store.connect(str(db))
     store.migrate(conn)
-    table = _table(links_db)
     geo = GeoDatabase(str(mmdb))
-    enricher = Enricher(Config(db_path=str(db)), table, geo)
+    enricher = Enricher(Config(db_path=str(db)), geo)
     live = LiveCounters()
     day = int(clicks[0][0]) // 86400
     salt = store.salt_for_day(conn, day, lambda: os.urandom(32))
@@ -157,8 +149,8 @@ def measure(
         "rows_in_db": rows_in_db,
         "rollup_writes": rollup_writes + 1,
         "rollup_rows": sizes,
-        "distinct_ips": len({c[2] for c in clicks}),
-        "distinct_uas": len({c[3] for c in clicks}),
+        "distinct_ips": len({c[3] for c in clicks}),
+        "distinct_uas": len({c[4] for c in clicks}),
         "total_cps": n / total,
         "enrich_cps": n / t_enrich,
         "write_cps": n / t_write,
@@ -172,7 +164,7 @@ def measure(
         # memo and the GeoDatabase's LRU both count as hits).
         "geo_hit_rate": 1 - (geo.lookups - geo.cache_hits) / n,
         # Enricher keeps its own UA cache in front of the parser: every parser call is a miss.
-        "ua_hit_rate": 1 - ua_calls / n if ua_calls else 1 - len({c[3] for c in clicks}) / n,
+        "ua_hit_rate": 1 - ua_calls / n if ua_calls else 1 - len({c[4] for c in clicks}) / n,
     }
     geo.close()
     for suffix in ("", "-wal", "-shm"):
@@ -205,10 +197,11 @@ def run(
     return out
 
 
-def _link_ids(db: Path) -> list[int]:
+def _link_ids(db: Path) -> list[tuple[int, int]]:
+    """(link id, domain id) of every link."""
     conn = store.connect(str(db))
     try:
-        return [r[0] for r in conn.execute("SELECT id FROM links ORDER BY id")]
+        return [(r[0], r[1]) for r in conn.execute("SELECT id, domain_id FROM links ORDER BY id")]
     finally:
         conn.close()
 

@@ -124,13 +124,13 @@ def _profiles(links_db: Path, mmdb: Path, count: int = 5000) -> list[tuple[Any, 
     from edge.clicks import Enricher
     from edge.config import Config
     from geo.geoip import GeoDatabase
-    from loadtests.pipeline import _link_ids, _table, raw_clicks
+    from loadtests.pipeline import _link_ids, raw_clicks
 
     networks = geodb.ensure(mmdb)
     people = workload.visitors(geodb.client_ips(networks, 4000))
     raw = raw_clicks(_link_ids(links_db)[:100], people, count, 9, float(END_S))
     geo = GeoDatabase(str(mmdb))
-    enricher = Enricher(Config(db_path=str(links_db)), _table(links_db), geo)
+    enricher = Enricher(Config(db_path=str(links_db)), geo)
     salt = b"\0" * 32
     day = END_S // 86400
     params = inspect.signature(enricher.enrich).parameters

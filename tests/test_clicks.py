@@ -311,9 +311,7 @@ def _pipeline(db: Path) -> tuple[ClickRecorder, Database, LinkTable]:
     conn.close()
     database = Database(str(db))
     table = LinkTable()
-    recorder = ClickRecorder(
-        Config(db_path=str(db)), database, table, GeoDatabase(None), LiveCounters()
-    )
+    recorder = ClickRecorder(Config(db_path=str(db)), database, GeoDatabase(None), LiveCounters())
     return recorder, database, table
 
 
@@ -333,12 +331,12 @@ def test_uniques_per_day_and_salt_rotation(tmp_path: Path) -> None:
             visitors = [(f"203.0.113.{i}", b"UA/%d" % (i % 2)) for i in range(5)]
             for when in (t0, t0 + 10, t0 + 40, t0 + 50):  # two visits each side of midnight
                 for ip, ua in visitors:
-                    recorder.buffer.append((when, link["id"], ip, ua, b"", b"", 0))
+                    recorder.buffer.append((when, link["id"], 1, ip, ua, b"", b"", 0))
             recorder.buffer.append(
-                (t0 + 45, link["id"], "203.0.113.1", b"UA/1", b"", b"", FLAG_DNT)
+                (t0 + 45, link["id"], 1, "203.0.113.1", b"UA/1", b"", b"", FLAG_DNT)
             )
             recorder.buffer.append(
-                (t0 + 46, link["id"], "203.0.113.9", CHROME.encode(), b"", b"", FLAG_HEAD)
+                (t0 + 46, link["id"], 1, "203.0.113.9", CHROME.encode(), b"", b"", FLAG_HEAD)
             )
             await recorder.flush()
             assert await recorder.close() == 0
@@ -425,7 +423,7 @@ def test_the_flusher_rebuilds_groups_a_purged_link_left(tmp_path: Path) -> None:
         await recorder.start()
         now = time.time()
         for i, link in enumerate((keep, gone, gone)):
-            recorder.buffer.append((now, link["id"], f"203.0.113.{i}", b"UA", b"", b"", 0))
+            recorder.buffer.append((now, link["id"], 1, f"203.0.113.{i}", b"UA", b"", b"", 0))
         await recorder.flush()
         assert await recorder.close() == 0
         await database.close()

@@ -92,9 +92,32 @@ def test_every_change_bumps_the_revision_and_only_changed_rows_reload(
         store.create_link(conn, {"url": "https://example.com/"}, slug="a")
     store.purge_link(conn, a["id"])
     rev4, links, purged, domains = store.changes_since(conn, rev3)
-    assert purged == [a["id"]]
-    store.create_link(conn, {"url": "https://example.com/again"}, slug="a")
+    assert purged == [(a["id"], 1, "a")]
+    table.apply(rev4, links, purged, domains)
+    again = store.create_link(conn, {"url": "https://example.com/again"}, slug="a")
     assert store.changes_since(conn, store.current_rev(conn))[1] == []
+    rev5, links, purged, domains = store.changes_since(conn, rev4)
+    table.apply(rev5, links, purged, domains)
+    link = table.resolve(b"localhost", b"a")
+    assert link is not None and link.id == again["id"] and len(table) == 2
+    # a purge of a served link takes it out of the table, found by its domain and slug
+    store.purge_link(conn, again["id"])
+    table.apply(*store.changes_since(conn, rev5))
+    assert table.resolve(b"localhost", b"a") is None and len(table) == 1
+
+
+def test_plain_and_full_entries_answer_alike(conn: sqlite3.Connection) -> None:
+    from edge.links import Link, entry_for, plain_head
+
+    fields = {"url": "https://example.com/p?x=1", "utm_source": "mail", "status": 301}
+    store.create_link(conn, fields, slug="p")
+    store.create_link(conn, {**fields, "cache_max_age_s": 60}, slug="q")
+    rows = {r["slug"]: r for r in store.all_links(conn)}
+    plain = entry_for(rows["p"])
+    assert isinstance(plain, bytes) and isinstance(entry_for(rows["q"]), Link)
+    full = Link(rows["p"])
+    assert plain_head(plain) == full.head
+    assert plain_head(plain, b"y=2&x=9") == full.head_for_query(b"y=2&x=9")
 
 
 def test_link_table_hosts_and_utm(conn: sqlite3.Connection) -> None:
