@@ -530,39 +530,43 @@ def _ids_clause(link_ids: Sequence[int] | None) -> tuple[str, list[Any]]:
 
 
 def _distinct(chunks: list[tuple[int, array.array[int]]], extra: set[int]) -> int:
-    """|union of the chunks' ids and `extra`|. Chunks hold sorted distinct ids (n >= 0):
-    the biggest is searched (bisect), not copied into the set of the others."""
+    """|union of the chunks' ids and `extra`|. Chunks hold sorted distinct ids: the
+    biggest is searched (bisect), not copied into the set of the others."""
     if not chunks:
         return len(extra)
-    if any(n < 0 for n, _ids in chunks):  # concatenated chunks: ids may repeat
-        every = set(extra)
-        for _n, ids in chunks:
-            every.update(ids)
-        return len(every)
     biggest = max(range(len(chunks)), key=lambda i: chunks[i][0])
     base = chunks[biggest][1]
     others = set(extra)
     for i, (_n, ids) in enumerate(chunks):
         if i != biggest:
             others.update(ids)
-    size = len(base)
-    outside = 0
-    for x in others:
-        i = bisect.bisect_left(base, x)
-        if i == size or base[i] != x:
-            outside += 1
-    return size + outside
+    return len(base) + sum(1 for x in others if not _has(base, x))
+
+
+def _has(ids: array.array[int], x: int) -> bool:
+    i = bisect.bisect_left(ids, x)
+    return i < len(ids) and ids[i] == x
 
 
 def _count_chunks(
     chunks: list[tuple[int, int, array.array[int], array.array[int]]],
     extra: tuple[set[int], set[int]],
 ) -> tuple[int, int]:
-    """(distinct visitors, distinct human visitors) of (n, n_human, ids, human_ids) chunks."""
-    return (
-        _distinct([(c[0], c[2]) for c in chunks], extra[0]),
-        _distinct([(c[1], c[3]) for c in chunks], extra[1]),
-    )
+    """(distinct visitors, distinct visitors with a human click) of (n, n_human, ids,
+    bot_ids) chunks and `extra` (visitors, human visitors) sets. Only a visitor in some
+    chunk's bot_ids (or among extra's non-humans) can lack a human click anywhere: each
+    such one is looked up in every chunk."""
+    every = _distinct([(c[0], c[2]) for c in chunks], extra[0])
+    candidates = extra[0] - extra[1]
+    for c in chunks:
+        candidates.update(c[3])
+    candidates -= extra[1]
+    never_human = 0
+    lookups = [(ids, set(bots)) for _n, _h, ids, bots in chunks]
+    for v in candidates:
+        if not any(_has(ids, v) and v not in bots for ids, bots in lookups):
+            never_human += 1
+    return every, every - never_human
 
 
 class _Selection:
@@ -930,18 +934,18 @@ class _Selection:
         for owner in dict.fromkeys(p[0] for p in parts):
             if isinstance(owner, tuple):
                 sql = (
-                    "SELECT n, n_human, ids, human_ids FROM group_day_visitors "
+                    "SELECT n, n_human, ids, bot_ids FROM group_day_visitors "
                     "WHERE dim = ? AND key = ? AND day = ?"
                 )
                 params: tuple[Any, ...] = (*owner, day)
             else:
                 sql = (
-                    "SELECT n, n_human, ids, human_ids FROM link_day_visitors "
+                    "SELECT n, n_human, ids, bot_ids FROM link_day_visitors "
                     "WHERE link_id = ? AND day = ?"
                 )
                 params = (owner, day)
-            for n, n_human, blob, human_blob in _tuples(self.conn, sql, params):
-                chunks.append((n, n_human, store.unpack_ids(blob), store.unpack_ids(human_blob)))
+            for n, n_human, blob, bot_blob in _tuples(self.conn, sql, params):
+                chunks.append((n, n_human, store.unpack_ids(blob), store.unpack_ids(bot_blob)))
         return _count_chunks(chunks, extra)
 
     def _count_members(
@@ -951,10 +955,10 @@ class _Selection:
         assert self.group_dim is not None
         source, cond = store.group_members_sql(self.group_dim)
         chunks = [
-            (n, n_human, store.unpack_ids(blob), store.unpack_ids(human_blob))
-            for n, n_human, blob, human_blob in _tuples(
+            (n, n_human, store.unpack_ids(blob), store.unpack_ids(bot_blob))
+            for n, n_human, blob, bot_blob in _tuples(
                 self.conn,
-                f"SELECT v.n, v.n_human, v.ids, v.human_ids FROM {source} "
+                f"SELECT v.n, v.n_human, v.ids, v.bot_ids FROM {source} "
                 f"CROSS JOIN link_day_visitors v ON v.link_id = l.id AND v.day = ? "
                 f"WHERE {cond}",
                 (day, key),

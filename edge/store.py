@@ -294,7 +294,7 @@ def _m0005_rollups_for_big_ranges(conn: sqlite3.Connection) -> None:
             n INTEGER NOT NULL,
             n_human INTEGER NOT NULL,
             ids BLOB NOT NULL,
-            human_ids BLOB NOT NULL,
+            bot_ids BLOB NOT NULL,
             UNIQUE (link_id, day, seq)
         );
         CREATE TABLE group_minute (
@@ -329,7 +329,7 @@ def _m0005_rollups_for_big_ranges(conn: sqlite3.Connection) -> None:
             n INTEGER NOT NULL,
             n_human INTEGER NOT NULL,
             ids BLOB NOT NULL,
-            human_ids BLOB NOT NULL,
+            bot_ids BLOB NOT NULL,
             UNIQUE (dim, key, day, seq)
         );
         ALTER TABLE purged_links ADD COLUMN domain_id INTEGER;
@@ -387,16 +387,16 @@ def _backfill_groups(conn: sqlite3.Connection) -> None:
     days = [r[0] for r in conn.execute("SELECT DISTINCT day FROM link_day_visitors ORDER BY 1")]
     for day in days:
         sets: dict[tuple[str, str], tuple[set[int], set[int]]] = {}
-        for link_id, ids, humans in conn.execute(
-            "SELECT link_id, ids, human_ids FROM link_day_visitors WHERE day = ?", (day,)
+        for link_id, ids, bots in conn.execute(
+            "SELECT link_id, ids, bot_ids FROM link_day_visitors WHERE day = ?", (day,)
         ):
-            id_arr, human_arr = unpack_ids(ids), unpack_ids(humans)
+            id_set, human_set = chunk_sets(ids, bots)
             for gk in keys_of.get(link_id, ()):
                 entry = sets.get(gk)
                 if entry is None:
                     entry = sets[gk] = (set(), set())
-                entry[0].update(id_arr)
-                entry[1].update(human_arr)
+                entry[0].update(id_set)
+                entry[1].update(human_set)
         conn.executemany(
             f"INSERT INTO group_day_visitors (dim, key, day, {CHUNK_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -491,7 +491,7 @@ def _move_link_groups(
     for day in days if joined else ():  # a union only grows: add the link's visitors
         ids, humans = _visitor_sets(
             conn,
-            "SELECT ids, human_ids FROM link_day_visitors WHERE link_id = ? AND day = ?",
+            "SELECT ids, bot_ids FROM link_day_visitors WHERE link_id = ? AND day = ?",
             (link_id, day),
         )
         for dim, key in joined:
@@ -500,7 +500,7 @@ def _move_link_groups(
             mine = _visitor_sets(
                 conn,
                 "DELETE FROM group_day_visitors WHERE dim = ? AND key = ? AND day = ? "
-                "AND seq = ? RETURNING ids, human_ids",
+                "AND seq = ? RETURNING ids, bot_ids",
                 (dim, key, day, -link_id),
             )
             conn.execute(
@@ -537,7 +537,7 @@ def rebuild_stale_group_day(conn: sqlite3.Connection) -> bool:
     source, cond = group_members_sql(dim)
     ids, humans = _visitor_sets(
         conn,
-        f"SELECT v.ids, v.human_ids FROM {source} CROSS JOIN link_day_visitors v "
+        f"SELECT v.ids, v.bot_ids FROM {source} CROSS JOIN link_day_visitors v "
         f"ON v.link_id = l.id AND v.day = ? WHERE {cond}",
         (day, key),
     )
@@ -556,24 +556,26 @@ def rebuild_stale_group_day(conn: sqlite3.Connection) -> bool:
 def _visitor_sets(
     conn: sqlite3.Connection, sql: str, params: Sequence[Any]
 ) -> tuple[set[int], set[int]]:
-    """The union of the visitor chunks a query returns as (ids, human_ids) rows."""
+    """(visitors, visitors with a human click) of the chunks a query returns as (ids,
+    bot_ids) rows."""
     ids: set[int] = set()
     humans: set[int] = set()
-    for blob, human_blob in conn.execute(sql, params).fetchall():
-        ids.update(unpack_ids(blob))
-        humans.update(unpack_ids(human_blob))
+    for blob, bot_blob in conn.execute(sql, params).fetchall():
+        chunk_ids, chunk_humans = chunk_sets(blob, bot_blob)
+        ids |= chunk_ids
+        humans |= chunk_humans
     return ids, humans
 
 
 # --- packed visitor ids ----------------------------------------------------------------------
 # A visitor id is 8 bytes (edge/clicks.py: BLAKE2b-64). The rollups keep the visitors of a
-# (link or group, UTC day) as chunks: `ids` (every visitor) and `human_ids` (visitors with a
-# human click), each the sorted, distinct ids as unsigned little-endian 64-bit integers,
-# with their counts `n` and `n_human`. A count or a union is then a C loop (array, set,
-# bisect) rather than a Python one, and a (link or group, day) with a single chunk is
-# counted without reading its ids. n = -1: the ids may repeat (two writes of one chunk
-# key were concatenated), so readers must union them.
-CHUNK_COLUMNS: Final = "seq, n, n_human, ids, human_ids"
+# (link or group, UTC day) as chunks: `ids` (every visitor) and `bot_ids` (the visitors
+# without a human click in this chunk: few, where storing the human ones would repeat
+# nearly all of `ids`), each the sorted, distinct ids as unsigned little-endian 64-bit
+# integers, with the counts `n` (visitors) and `n_human` (n minus the bot-only ones). A
+# count or a union is then a C loop (array, set, bisect) rather than a Python one, and a
+# (link or group, day) with a single chunk is counted without reading its ids.
+CHUNK_COLUMNS: Final = "seq, n, n_human, ids, bot_ids"
 
 
 def visitor_int(vid: bytes) -> int:
@@ -596,8 +598,15 @@ def unpack_ids(blob: bytes) -> array.array[int]:
 
 
 def chunk(seq: int, ids: set[int], humans: set[int]) -> tuple[int, int, int, bytes, bytes]:
-    """A chunk row's CHUNK_COLUMNS values."""
-    return seq, len(ids), len(humans), pack_ids(ids), pack_ids(humans)
+    """A chunk row's CHUNK_COLUMNS values from its visitors and the human ones."""
+    bots = ids - humans
+    return seq, len(ids), len(ids) - len(bots), pack_ids(ids), pack_ids(bots)
+
+
+def chunk_sets(ids: bytes, bots: bytes) -> tuple[set[int], set[int]]:
+    """A chunk's (visitors, visitors with a human click) as sets."""
+    every = set(unpack_ids(ids))
+    return every, (every - set(unpack_ids(bots))) if bots else every.copy()
 
 
 def link_location(url: str, fields: Any) -> str:
@@ -1387,21 +1396,35 @@ def _write_visitor_chunks(
         n = counts.get(key, 0) + 1
         if n >= VISITOR_CHUNKS_MERGE or key in done:
             old = _visitor_sets(
-                conn, f"DELETE FROM {table} WHERE {where} RETURNING ids, human_ids", key
+                conn, f"DELETE FROM {table} WHERE {where} RETURNING ids, bot_ids", key
             )
             ids, humans = ids | old[0], humans | old[1]
             n = 1
         counts[key] = n
         rows.append((*key, *chunk(seq, ids, humans)))
     cols = ", ".join((*owner, "day"))
-    insert_rows(
-        conn,
-        f"INSERT INTO {table} ({cols}, {CHUNK_COLUMNS})",
-        rows,
-        f"ON CONFLICT ({cols}, seq) DO UPDATE SET n = -1, n_human = -1, "
-        "ids = CAST(ids || excluded.ids AS BLOB), "
-        "human_ids = CAST(human_ids || excluded.human_ids AS BLOB)",
-    )
+    before = conn.total_changes
+    insert_rows(conn, f"INSERT OR IGNORE INTO {table} ({cols}, {CHUNK_COLUMNS})", rows)
+    if conn.total_changes - before != len(rows):
+        # A chunk key (owner, day, seq) was taken: not by design (seq is the roll-up's own
+        # watermark), but a chunk must stay sorted and distinct, so union it in Python.
+        for row in rows:
+            key, seq_, ids_blob = row[: len(owner) + 1], row[len(owner) + 1], row[-2]
+            stored = conn.execute(
+                f"SELECT ids FROM {table} WHERE {where} AND seq = ?", (*key, seq_)
+            ).fetchone()
+            if stored is not None and stored[0] != ids_blob:
+                old = _visitor_sets(
+                    conn,
+                    f"DELETE FROM {table} WHERE {where} AND seq = ? RETURNING ids, bot_ids",
+                    (*key, seq_),
+                )
+                mine = chunk_sets(ids_blob, row[-1])
+                conn.execute(
+                    f"INSERT INTO {table} ({cols}, {CHUNK_COLUMNS}) VALUES "
+                    f"({', '.join('?' * (len(owner) + 6))})",
+                    (*key, *chunk(seq_, old[0] | mine[0], old[1] | mine[1])),
+                )
 
 
 def rollup_watermark(conn: sqlite3.Connection) -> int:

@@ -345,12 +345,13 @@ def test_uniques_per_day_and_salt_rotation(tmp_path: Path) -> None:
     asyncio.run(run())
     conn = sqlite3.connect(db)
     per_day: dict[int, tuple[set[int], set[int]]] = {}
-    for chunk_day, ids, human_ids in conn.execute(
-        "SELECT day, ids, human_ids FROM link_day_visitors WHERE link_id = ?", (link["id"],)
+    for chunk_day, ids, bot_ids in conn.execute(
+        "SELECT day, ids, bot_ids FROM link_day_visitors WHERE link_id = ?", (link["id"],)
     ):
         entry = per_day.setdefault(chunk_day, (set(), set()))
-        entry[0].update(store.unpack_ids(ids))
-        entry[1].update(store.unpack_ids(human_ids))
+        chunk_ids, chunk_humans = store.chunk_sets(ids, bot_ids)
+        entry[0].update(chunk_ids)
+        entry[1].update(chunk_humans)
     day = int(time.time()) // DAY_S
     # the DNT click has no visitor id
     assert {d: len(v[0]) for d, v in per_day.items()} == {day - 1: 5, day: 6}

@@ -403,29 +403,25 @@ def test_chunks_written_twice_under_one_key_are_still_counted_exactly(
     when = (END - 600) * 1000
     first = [_click(rand, when + j, links[j % 2]["id"], visitors) for j in range(30)]
     second = [_click(rand, when + 100 + j, links[j % 2]["id"], visitors) for j in range(30)]
-    _write(conn, first, store.RollupState())
-    # the second clicks' visitors added under the same chunk key (link, day, seq): the
-    # ids are concatenated and n = -1, as the writers' ON CONFLICT clause does
+    state = store.RollupState()
+    _write(conn, first, state)
+    seq = store.rollup_watermark(conn)
+    # the second clicks' visitors written under the same chunk keys (link, day, seq): the
+    # writer must union them into the stored chunks, sorted and distinct
+    visitors: store.VisitorSets = {}
+    for row in second:
+        if row[2] is not None:
+            entry = visitors.setdefault((row[1], row[0] // 86400000), (set(), set()))
+            entry[0].add(store.visitor_int(row[2]))
+            if row[3] is None:
+                entry[1].add(store.visitor_int(row[2]))
     with store.Transaction(conn):
         store.insert_clicks(conn, second)
-        for link_id, day, seq in conn.execute(
-            "SELECT link_id, day, seq FROM link_day_visitors"
-        ).fetchall():
-            ids = {store.visitor_int(r[2]) for r in second if r[1] == link_id and r[2]}
-            humans = {
-                store.visitor_int(r[2]) for r in second if r[1] == link_id and r[2] and not r[3]
-            }
-            conn.execute(
-                f"INSERT INTO link_day_visitors (link_id, day, {store.CHUNK_COLUMNS}) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (link_id, day, seq) DO UPDATE SET "
-                "n = -1, n_human = -1, ids = CAST(ids || excluded.ids AS BLOB), "
-                "human_ids = CAST(human_ids || excluded.human_ids AS BLOB)",
-                (link_id, day, *store.chunk(seq, ids, humans)),
-            )
+        store._write_visitor_chunks(conn, "link_day_visitors", ("link_id",), visitors, seq, state)
         conn.execute(
             "UPDATE meta SET value = (SELECT max(id) FROM clicks) WHERE key = 'rollup_click_id'"
         )
-    assert conn.execute("SELECT min(n) FROM link_day_visitors").fetchone()[0] == -1
+    assert conn.execute("SELECT count(*) FROM link_day_visitors").fetchone()[0] == 2
     rng = stats.time_range("-1h", None, "minute", "UTC", END)
     truth, _ = _truth(conn, rng, "link")
     answer = stats.group_stats(conn, stats.LinkFilter(created_from_ms=0), "link", rng)
