@@ -9,6 +9,7 @@ Rules of this module:
   `clicks` by link (that table has an index on `ts` only, on purpose: see DESIGN.md):
     link_minute / link_hour / link_day  (link_id, t)         clicks, humans -> totals, series
     link_dim_hour      (link_id, dim, hour, value)    clicks, humans -> breakdowns, bot kinds
+                       (a value joins related columns: country, region, city; ...)
     link_day_visitors  (link_id, UTC day, chunk)      packed visitor ids -> unique visitors
     group_minute / group_hour / group_day_visitors    the same per (group_by, key)
   Link queries walk `links` first and seek into a rollup's primary key per link
@@ -72,7 +73,7 @@ INTERVAL_S: Final = {"minute": 60, "hour": 3600, "day": 86400}
 AUTO_MINUTE_MAX_S: Final = 3 * 3600
 AUTO_HOUR_MAX_S: Final = 8 * 86400
 
-# Breakdown dimensions of link_dim_hour (edge/clicks.py DIMENSIONS) and their API names.
+# Breakdown dimensions (store.DIM_COLUMNS) and their API names.
 DIMENSION_NAMES: Final = {
     "referrer_host": "referrer_hosts",
     "source": "sources",
@@ -421,8 +422,14 @@ GROUP_KEY_SQL: Final = {
     "domain": "(SELECT host FROM domains WHERE id = l.domain_id)",
     "link": "l.id",
 }
-# Click columns of the breakdown dimensions, in edge/clicks.py's DIMENSIONS order.
+# Click columns of the breakdown dimensions.
 _TAIL_DIMS: Final = (*DIMENSION_NAMES, BOT_KIND_DIM)
+# Where each is kept in link_dim_hour: (stored dimension, position in its value).
+_STORED_DIM: Final = {
+    column: (stored, i)
+    for stored, columns in store.DIM_COLUMNS.items()
+    for i, column in enumerate(columns)
+}
 # Positions in a tail row: link, ts, visitor, the dimensions.
 _T_LINK, _T_TS, _T_VISITOR, _T_DIMS = 0, 1, 2, 3
 _T_BOT = _T_DIMS + len(_TAIL_DIMS) - 1
@@ -828,20 +835,27 @@ class _Selection:
             raise ValueError("the group rollups hold bot kinds only")
         else:
             extra, extra_params = _ids_clause(ids)
-            marks = ", ".join("?" for _ in dims)
+            # stored dimension -> [(API dimension, position in the stored value)]
+            wanted: dict[str, list[tuple[str, int]]] = {}
+            for dim in dims:
+                stored, position = _STORED_DIM[dim]
+                wanted.setdefault(stored, []).append((dim, position))
+            marks = ", ".join("?" for _ in wanted)
             source = _from_links(
                 "link_dim_hour", "d", f"d.dim IN ({marks}) AND d.hour BETWEEN ? AND ?"
             )
-            for link_id, dim, value, clicks, humans in _tuples(
+            for link_id, stored, value, clicks, humans in _tuples(
                 self.conn,
                 f"SELECT l.id, d.dim, d.value, sum(d.clicks), sum(d.humans) "
                 f"{source} "
                 f"WHERE {self.where}{extra} GROUP BY l.id, d.dim, d.value",
-                (*dims, h_first, h_last, *self.params, *extra_params),
+                (*wanted, h_first, h_last, *self.params, *extra_params),
             ):
+                parts = value.split(store.DIM_SEPARATOR)
                 for key in self.groups_of.get(link_id, ()):
                     if key in keys:
-                        add(key, dim, value, clicks, humans)
+                        for dim, position in wanted[stored]:
+                            add(key, dim, parts[position], clicks, humans)
         columns = [(dim, _T_DIMS + _TAIL_DIMS.index(dim)) for dim in dims]
         for row in self.tail:
             if not h_first <= row[_T_TS] // 3600000 <= h_last:

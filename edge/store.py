@@ -283,9 +283,6 @@ def _m0005_rollups_for_big_ranges(conn: sqlite3.Connection) -> None:
             humans INTEGER NOT NULL,
             PRIMARY KEY (link_id, dim, hour, value)
         ) WITHOUT ROWID;
-        INSERT INTO link_dim_hour (link_id, dim, hour, value, clicks, humans)
-            SELECT link_id, dim, hour, value, clicks, humans FROM link_hour_dim
-            ORDER BY link_id, dim, hour, value;
         DROP TABLE link_hour_dim;
         CREATE TABLE link_day_visitors (
             link_id INTEGER NOT NULL,
@@ -342,6 +339,10 @@ def _m0005_rollups_for_big_ranges(conn: sqlite3.Connection) -> None:
         ) WITHOUT ROWID
         """,
     )
+    # The breakdowns now keep related columns in one row (DIM_COLUMNS): built again from
+    # the clicks the old rollups held (those up to the watermark).
+    for sql in _roll_up_dims_sql("id <= (SELECT value FROM meta WHERE key = 'rollup_click_id')"):
+        conn.execute(sql)
     cur = conn.execute(
         "SELECT link_id, day, visitor_id, human FROM link_day_visitor ORDER BY link_id, day"
     )
@@ -1239,19 +1240,36 @@ def _add(acc: dict[Any, list[int]], key: Any, clicks: int, humans: int) -> None:
         entry[1] += humans
 
 
-# The dimensions kept per link per hour for breakdowns (link_dim_hour), all click columns.
-DIMENSIONS: Final = (
-    "country",
-    "region",
-    "city",
-    "device_type",
-    "browser",
-    "os",
-    "referrer_host",
-    "source",
-    "language",
-    "bot_kind",
-)
+# The breakdowns kept per link per hour (link_dim_hour): dim -> the click columns its value
+# joins with DIM_SEPARATOR. Columns that are read together share a row (a country, its
+# region and city; a device type, OS and browser; a source and referrer host), which
+# halves the rows written per click; stats sum them back into one list per column.
+DIM_COLUMNS: Final = {
+    "geo": ("country", "region", "city"),
+    "ua": ("device_type", "os", "browser"),
+    "ref": ("source", "referrer_host"),
+    "language": ("language",),
+    "bot_kind": ("bot_kind",),
+}
+DIM_SEPARATOR: Final = "\x1f"  # ASCII unit separator: in no GeoIP, UA or host value
+
+
+def _dim_value_sql(columns: Sequence[str]) -> str:
+    return " || char(31) || ".join(f"coalesce({c}, '')" for c in columns)
+
+
+def _roll_up_dims_sql(where: str) -> list[str]:
+    """One INSERT per stored dimension, aggregating `clicks` rows matching `where`."""
+    return [
+        "INSERT INTO link_dim_hour (link_id, dim, hour, value, clicks, humans) "
+        f"SELECT link_id, '{dim}', ts / 3600000, {_dim_value_sql(columns)}, count(*), "
+        f"sum(coalesce(bot_kind, '') = '') FROM clicks WHERE {where} GROUP BY 1, 3, 4 "
+        "ON CONFLICT (link_id, dim, hour, value) DO UPDATE SET "
+        "clicks = clicks + excluded.clicks, humans = humans + excluded.humans"
+        for dim, columns in DIM_COLUMNS.items()
+    ]
+
+
 ROLL_UP_MAX_CLICKS: Final = 100_000  # clicks rolled up per transaction when catching up
 
 
@@ -1302,16 +1320,8 @@ def roll_up(conn: sqlite3.Connection, state: RollupState | None = None, limit: i
             f"ON CONFLICT (link_id, {column}) DO UPDATE SET "
             "clicks = clicks + excluded.clicks, humans = humans + excluded.humans",
         )
-    for dim in DIMENSIONS:
-        conn.execute(
-            "INSERT INTO link_dim_hour (link_id, dim, hour, value, clicks, humans) "
-            f"SELECT link_id, '{dim}', ts / 3600000, coalesce({dim}, ''), count(*), "
-            "sum(coalesce(bot_kind, '') = '') FROM clicks WHERE id BETWEEN ? AND ? "
-            "GROUP BY 1, 3, 4 "
-            "ON CONFLICT (link_id, dim, hour, value) DO UPDATE SET "
-            "clicks = clicks + excluded.clicks, humans = humans + excluded.humans",
-            span,
-        )
+    for sql in _roll_up_dims_sql("id BETWEEN ? AND ?"):
+        conn.execute(sql, span)
     visitors: VisitorSets = {}
     for link_id, day, vid, human in conn.execute(
         "SELECT link_id, ts / 86400000, visitor_id, coalesce(bot_kind, '') = '' FROM clicks "
