@@ -959,6 +959,10 @@ class _Selection:
                 )
                 params = (owner, day)
             for n, n_human, blob, bot_blob in _tuples(self.conn, sql, params):
+                if n > 0 and not blob and isinstance(owner, tuple):
+                    # a finished group-day's counts (no ids) with more to add: count the
+                    # day again from the group's links, which keep their ids
+                    return self._count_members(owner[1], day, extra)
                 chunks.append((n, n_human, store.unpack_ids(blob), store.unpack_ids(bot_blob)))
         return _count_chunks(chunks, extra)
 

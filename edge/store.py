@@ -386,7 +386,9 @@ def _backfill_groups(conn: sqlite3.Connection) -> None:
     keys_of = {row[0]: group_keys(row) for row in conn.execute(GROUP_KEYS_SELECT)}
     conn.execute("CREATE INDEX link_day_visitors_day ON link_day_visitors (day)")
     days = [r[0] for r in conn.execute("SELECT DISTINCT day FROM link_day_visitors ORDER BY 1")]
+    today = int(time.time()) // 86400
     for day in days:
+        pack = counts_only if day < today else chunk  # a finished day keeps counts only
         sets: dict[tuple[str, str], tuple[set[int], set[int]]] = {}
         for link_id, ids, bots in conn.execute(
             "SELECT link_id, ids, bot_ids FROM link_day_visitors WHERE day = ?", (day,)
@@ -401,7 +403,7 @@ def _backfill_groups(conn: sqlite3.Connection) -> None:
         conn.executemany(
             f"INSERT INTO group_day_visitors (dim, key, day, {CHUNK_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [(d, k, day, *chunk(0, a, h)) for (d, k), (a, h) in sets.items()],
+            [(d, k, day, *pack(0, a, h)) for (d, k), (a, h) in sets.items()],
         )
     conn.execute("DROP INDEX link_day_visitors_day")
 
@@ -509,16 +511,17 @@ def _move_link_groups(
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (dim, key, day, *chunk(-link_id, ids | mine[0], humans | mine[1])),
             )
+            if _has_counts_only(
+                conn, "group_day_visitors", "dim = ? AND key = ? AND day = ?", (dim, key, day)
+            ):
+                mark_stale(conn, [(dim, key, day)])  # a finished day: recount from links
     if not left:
         return
     # A union cannot shrink: the visitors of a group-day the link left are rebuilt from the
     # group's remaining links, later and one at a time (rebuild_stale_group_day), since a
     # group like "no campaign" or a domain can hold every link; readers count a stale
     # group-day from its links meanwhile.
-    conn.executemany(
-        "INSERT OR IGNORE INTO group_day_stale (dim, key, day) VALUES (?, ?, ?)",
-        [(dim, key, day) for dim, key in left for day in days],
-    )
+    mark_stale(conn, [(dim, key, day) for dim, key in left for day in days])
 
 
 def group_members_sql(dim: str) -> tuple[str, str]:
@@ -545,10 +548,11 @@ def rebuild_stale_group_day(conn: sqlite3.Connection) -> bool:
     where = "dim = ? AND key = ? AND day = ?"
     conn.execute(f"DELETE FROM group_day_visitors WHERE {where}", (dim, key, day))
     if ids:
+        finished = day < int(time.time()) // 86400
         conn.execute(
             f"INSERT INTO group_day_visitors (dim, key, day, {CHUNK_COLUMNS}) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (dim, key, day, *chunk(0, ids, humans)),
+            (dim, key, day, *(counts_only if finished else chunk)(0, ids, humans)),
         )
     conn.execute(f"DELETE FROM group_day_stale WHERE {where}", (dim, key, day))
     return True
@@ -602,6 +606,24 @@ def chunk(seq: int, ids: set[int], humans: set[int]) -> tuple[int, int, int, byt
     """A chunk row's CHUNK_COLUMNS values from its visitors and the human ones."""
     bots = ids - humans
     return seq, len(ids), len(ids) - len(bots), pack_ids(ids), pack_ids(bots)
+
+
+def counts_only(seq: int, ids: set[int], humans: set[int]) -> tuple[int, int, int, bytes, bytes]:
+    """A finished group-day's chunk: its counts, no ids (n > 0 with empty `ids`)."""
+    return seq, len(ids), len(humans), b"", b""
+
+
+def _has_counts_only(conn: sqlite3.Connection, table: str, where: str, key: Sequence[Any]) -> bool:
+    sql = f"SELECT 1 FROM {table} WHERE {where} AND n > 0 AND length(ids) = 0 LIMIT 1"
+    return conn.execute(sql, tuple(key)).fetchone() is not None
+
+
+def mark_stale(conn: sqlite3.Connection, group_days: Iterable[Sequence[Any]]) -> None:
+    """Have the visitors of these (dim, key, day) rebuilt from their links."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO group_day_stale (dim, key, day) VALUES (?, ?, ?)",
+        [tuple(g) for g in group_days],
+    )
 
 
 def chunk_sets(ids: bytes, bots: bytes) -> tuple[set[int], set[int]]:
@@ -1220,7 +1242,7 @@ class RollupState:
             "SELECT link_id, day, count(*) FROM link_day_visitors WHERE day >= ? "
             "GROUP BY 1, 2 HAVING count(*) > 1",
             "SELECT dim, key, day, count(*) FROM group_day_visitors WHERE day >= ? "
-            "GROUP BY 1, 2, 3 HAVING count(*) > 1",
+            "AND length(ids) > 0 GROUP BY 1, 2, 3",
         ):
             for row in conn.execute(sql, (since_day,)):
                 self.chunk_counts[tuple(row[:-1])] = row[-1]
@@ -1375,7 +1397,9 @@ def roll_up(conn: sqlite3.Connection, state: RollupState | None = None, limit: i
             f"ON CONFLICT (dim, key, {column}, kind) DO UPDATE SET "
             "clicks = clicks + excluded.clicks",
         )
-    _write_visitor_chunks(conn, "group_day_visitors", ("dim", "key"), g_visitors, hi, state)
+    _write_visitor_chunks(
+        conn, "group_day_visitors", ("dim", "key"), g_visitors, hi, state, counts_when_done=True
+    )
     conn.execute("UPDATE meta SET value = ? WHERE key = 'rollup_click_id'", (hi,))
     return hi - lo + 1
 
@@ -1387,17 +1411,21 @@ def _write_visitor_chunks(
     visitors: dict[Any, tuple[set[int], set[int]]],
     seq: int,
     state: RollupState,
+    counts_when_done: bool = False,
 ) -> None:
     """Append one chunk per (owner..., day); merge an owner-day's chunks past the limit,
-    and the chunks of days before the newest one written (a day is done: one chunk)."""
+    and the chunks of days before the newest one written (a day is done: one chunk). With
+    `counts_when_done` (groups) a finished day keeps only its counts: link chunks keep
+    every id, so a group-day can always be recounted from its links (mark_stale)."""
     counts = state.chunk_counts
     where = " AND ".join(f"{c} = ?" for c in (*owner, "day"))
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     newest = max((k[-1] for k in visitors), default=None)
+    least = 1 if counts_when_done else 2
     done = {
         k
         for k, n in counts.items()
-        if n > 1 and len(k) == len(owner) + 1 and newest is not None and k[-1] < newest
+        if n >= least and len(k) == len(owner) + 1 and newest is not None and k[-1] < newest
     }
     done -= visitors.keys()
     if done:
@@ -1405,11 +1433,22 @@ def _write_visitor_chunks(
     for key, (ids, humans) in visitors.items():
         n = counts.get(key, 0) + 1
         if n >= VISITOR_CHUNKS_MERGE or key in done:
+            if counts_when_done and _has_counts_only(conn, table, where, key):
+                # a finished day's counts cannot take a union: recount it from its links
+                mark_stale(conn, [key])
+                counts.pop(key, None)
+                if ids:
+                    rows.append((*key, *chunk(seq, ids, humans)))
+                continue
             old = _visitor_sets(
                 conn, f"DELETE FROM {table} WHERE {where} RETURNING ids, bot_ids", key
             )
             ids, humans = ids | old[0], humans | old[1]
             n = 1
+            if counts_when_done and key in done:
+                counts.pop(key, None)
+                rows.append((*key, *counts_only(seq, ids, humans)))
+                continue
         counts[key] = n
         rows.append((*key, *chunk(seq, ids, humans)))
     cols = ", ".join((*owner, "day"))

@@ -423,6 +423,14 @@ def test_a_finished_days_chunks_are_merged_into_one(conn: sqlite3.Connection) ->
         )
         # three writes the day before midnight; the first write after it merges them
         assert set(chunks.values()) == ({i + 1} if i < 3 else {1})
+    # a finished day of a group keeps its counts only (its links keep the ids)
+    rows = conn.execute(
+        "SELECT n, length(ids) FROM group_day_visitors WHERE day = ?", (day_ms // 86400000 - 1,)
+    ).fetchall()
+    assert rows and all(n > 0 and size == 0 for n, size in rows)
+    # a late click of that day, not rolled up yet: counted from the links plus the tail
+    with store.Transaction(conn):
+        store.insert_clicks(conn, [_click(rand, day_ms - 100, links[1]["id"], visitors)])
     rng = stats.time_range("-2d", "+1d", "day", "UTC", day_ms // 1000)
     for group_by in ("campaign", "link", "domain"):
         _check_group_by(conn, rng, group_by)
