@@ -230,6 +230,8 @@ def _queries(conn: sqlite3.Connection, meta: dict[str, Any]) -> dict[str, tuple[
 
         day = stats.time_range(None, None, None, None, end)
         month = stats.time_range(f"-{DAYS}d", None, None, None, end)
+        # a zone whose hours are not UTC hours: its hour buckets are read from minute rows
+        kolkata = stats.time_range(None, None, None, "Asia/Kolkata", end)
         src = "admin.stats"
         return {
             "link stats 24 h (busiest link)": (
@@ -250,6 +252,14 @@ def _queries(conn: sqlite3.Connection, meta: dict[str, Any]) -> dict[str, tuple[
             ),
             "group by campaign 30 d (all links)": (
                 lambda: stats.group_stats(conn, stats.LinkFilter(), "campaign", month),
+                f"{src}.group_stats",
+            ),
+            "group by link 24 h (top 100 of all links)": (
+                lambda: stats.group_stats(conn, stats.LinkFilter(), "link", day),
+                f"{src}.group_stats",
+            ),
+            "group by campaign 24 h, Asia/Kolkata (all links)": (
+                lambda: stats.group_stats(conn, stats.LinkFilter(), "campaign", kolkata),
                 f"{src}.group_stats",
             ),
         }
