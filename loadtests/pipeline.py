@@ -70,24 +70,32 @@ def raw_clicks(
 class RollupPolicy:
     """When ClickRecorder.flush rolls up, replayed on simulated time: once
     ROLLUP_INTERVAL_S has passed and the last roll-up's (measured) duration is at most
-    ROLLUP_BUDGET of the time since, or ROLLUP_MAX_INTERVAL_S has passed (edge.clicks'
-    constants). Time advances by batch / RATE_PER_S per batch: clicks arriving at 100k/s.
+    ROLLUP_BUDGET of the time since, or ROLLUP_MAX_INTERVAL_S has passed, or
+    ROLLUP_MAX_CLICKS wait (edge.clicks' constants; at most that many per roll-up). Time
+    advances by batch / RATE_PER_S per batch: clicks arriving at 100k/s.
     """
 
     def __init__(self, flush_s: float) -> None:
         self.flush_s = flush_s
         self.elapsed = 0.0
         self.last_cost_s = 0.0
+        self.unrolled = 0
 
-    def due(self) -> bool:
+    def due(self, batch: int) -> bool:
         self.elapsed += self.flush_s
+        self.unrolled += batch
         e = self.elapsed
         wait = max(clicks_mod.ROLLUP_INTERVAL_S, self.last_cost_s / clicks_mod.ROLLUP_BUDGET)
-        return e >= clicks_mod.ROLLUP_MAX_INTERVAL_S or e >= wait
+        return (
+            self.unrolled >= clicks_mod.ROLLUP_MAX_CLICKS
+            or e >= clicks_mod.ROLLUP_MAX_INTERVAL_S
+            or e >= wait
+        )
 
-    def rolled_up(self, cost_s: float) -> None:
+    def rolled_up(self, cost_s: float, rolled: int) -> None:
         self.elapsed = 0.0
         self.last_cost_s = cost_s
+        self.unrolled = max(0, self.unrolled - rolled)
 
 
 def measure(
@@ -118,11 +126,11 @@ def measure(
         t0 = perf()
         rows, agg = enricher.enrich(chunk, salt_arg)
         t1 = perf()
-        due = policy.due()
-        first, last = _write_batch(conn, rows, due, state)
+        due = policy.due(len(rows))
+        first, last, rolled = _write_batch(conn, rows, due, state, clicks_mod.ROLLUP_MAX_CLICKS)
         t2 = perf()
         if due:
-            policy.rolled_up(t2 - t1)
+            policy.rolled_up(t2 - t1, rolled)
         live.add(agg)
         t3 = perf()
         rollup_writes += due

@@ -522,3 +522,23 @@ def test_chunks_written_before_a_restart_are_merged_at_day_end(
         ).fetchall()
     )
     assert per_day == {day_ms // 86400000 - 1: 1, day_ms // 86400000: 1}
+
+
+def test_a_bounded_roll_up_leaves_the_rest_to_the_next_one(conn: sqlite3.Connection) -> None:
+    from edge.clicks import _write_batch
+
+    links = _links(conn)
+    rand = random.Random(41)
+    visitors = [rand.randbytes(8) for _ in range(20)]
+    rows = [
+        _click(rand, (END - 900) * 1000 + i, rand.choice(links)["id"], visitors) for i in range(30)
+    ]
+    state = store.RollupState()
+    first, last, rolled = _write_batch(conn, rows, True, state, 12)
+    assert (first, last, rolled) == (1, 30, 12) and store.rollup_watermark(conn) == 12
+    rng = stats.time_range("-1h", None, "minute", "UTC", END)
+    _check_group_by(conn, rng, "campaign")  # the other 18 are counted as the tail
+    assert _write_batch(conn, [], True, state, 12)[2] == 12
+    assert _write_batch(conn, [], True, state, 12)[2] == 6
+    assert store.rollup_watermark(conn) == 30
+    _check_group_by(conn, rng, "link")
