@@ -11,7 +11,7 @@ Rules of this module:
     link_dim_hour      (link_id, dim, hour, value)    clicks, humans -> breakdowns, bot kinds
                        (a value joins related columns: country, region, city; ...)
     link_day_visitors  (link_id, UTC day, chunk)      packed visitor ids -> unique visitors
-    group_minute / group_hour / group_day_visitors    the same per (group_by, key)
+    group_minute/quarter/hour/day, group_day_visitors the same per (group_by, key)
   Link queries walk `links` first and seek into a rollup's primary key per link
   (`links l CROSS JOIN rollup r ON r.link_id = l.id AND <range>`: SQLite never reorders a
   CROSS JOIN), so a campaign of 50 links reads those links' rows and nothing else. A
@@ -405,7 +405,7 @@ def get_token(conn: sqlite3.Connection, token_id: int) -> dict[str, Any] | None:
 #   per link; Python folds the per-link rows into the answer's groups (one group, None, for
 #   a link or a selection; campaigns, tags, ... for group_by). Right for a link, a campaign,
 #   any filtered selection.
-# - the group rollups (group_minute/hour/day, group_day_visitors): a group-by over all
+# - the group rollups (group_minute/quarter/hour/day, group_day_visitors): a group-by over all
 #   links by campaign, UTM field, tag or domain reads a few rows per group, not per link.
 # A range is covered by the coarsest rows that fit inside it and inside each bucket of its
 # series: whole UTC days from the day table, whole hours from the hour table, the minutes
@@ -443,6 +443,7 @@ _LINK_LEVELS: Final = (
 _GROUP_LEVELS: Final = (
     ("group_day", "day", 1440),
     ("group_hour", "hour", 60),
+    ("group_quarter", "quarter", 15),
     ("group_minute", "minute", 1),
 )
 _MAX_RANGES_PER_QUERY: Final = 16
@@ -689,7 +690,9 @@ class _Selection:
         cached = self._group_rows.get(dim)
         if cached is not None and keys <= cached[0]:
             return [r for r in cached[1] if r[0] in keys]
-        sizes = {"minute": [1], "hour": [60, 1], "day": [1440, 60, 1]}[self.rng.interval]
+        # every real UTC offset is a multiple of 15 minutes: quarter hours fill the hour
+        # and day buckets of zones whose hours are not UTC hours (Asia/Kolkata)
+        sizes = {"minute": [1], "hour": [60, 15, 1], "day": [1440, 60, 15, 1]}[self.rng.interval]
         levels = [lv for lv in _GROUP_LEVELS if lv[2] in sizes]
         pieces = _pieces(self.rng, self.starts, sizes)
         key_list = orjson.dumps(sorted(keys)).decode()
@@ -697,7 +700,7 @@ class _Selection:
         for (table, column, size), ranges in zip(levels, pieces, strict=True):
             for batch in _batches(ranges):
                 rr, params = _ranges_sql(batch)
-                if table == "group_minute":
+                if table in ("group_minute", "group_quarter"):
                     select = "g.clicks, g.humans"
                     group = ""
                 else:

@@ -302,6 +302,14 @@ def _m0005_rollups_for_big_ranges(conn: sqlite3.Connection) -> None:
             humans INTEGER NOT NULL,
             PRIMARY KEY (dim, key, minute)
         ) WITHOUT ROWID;
+        CREATE TABLE group_quarter (
+            dim TEXT NOT NULL,
+            key TEXT NOT NULL,
+            quarter INTEGER NOT NULL,
+            clicks INTEGER NOT NULL,
+            humans INTEGER NOT NULL,
+            PRIMARY KEY (dim, key, quarter)
+        ) WITHOUT ROWID;
         CREATE TABLE group_hour (
             dim TEXT NOT NULL,
             key TEXT NOT NULL,
@@ -383,6 +391,11 @@ def _backfill_groups(conn: sqlite3.Connection) -> None:
         "INSERT INTO group_day (dim, key, day, kind, clicks) "
         "SELECT dim, key, hour / 24, kind, sum(clicks) FROM group_hour GROUP BY 1, 2, 3, 4"
     )
+    conn.execute(
+        "INSERT INTO group_quarter (dim, key, quarter, clicks, humans) "
+        "SELECT dim, key, minute / 15, sum(clicks), sum(humans) FROM group_minute "
+        "GROUP BY 1, 2, 3"
+    )
     keys_of = {row[0]: group_keys(row) for row in conn.execute(GROUP_KEYS_SELECT)}
     conn.execute("CREATE INDEX link_day_visitors_day ON link_day_visitors (day)")
     days = [r[0] for r in conn.execute("SELECT DISTINCT day FROM link_day_visitors ORDER BY 1")]
@@ -409,7 +422,7 @@ def _backfill_groups(conn: sqlite3.Connection) -> None:
 
 
 # --- groups ----------------------------------------------------------------------------------
-# The fields stats group links by. The group rollups (group_minute, group_hour, group_day,
+# The fields stats group links by. The group rollups (group_minute/quarter/hour/day,
 # group_day_visitors) hold every link's clicks under each of its current groups, so a
 # group-by over all links reads a few rows per group instead of rows per link. They follow
 # the links: a change of a link's campaign, UTM fields or tags, or its purge, moves the
@@ -458,13 +471,18 @@ def _move_link_groups(
     joined = [k for k in new if k not in old]
     for sign, keys in ((-1, left), (1, joined)):
         for dim, key in keys:
-            conn.execute(
-                "INSERT INTO group_minute (dim, key, minute, clicks, humans) "
-                "SELECT ?, ?, minute, ? * clicks, ? * humans FROM link_minute WHERE link_id = ? "
-                "ORDER BY minute ON CONFLICT (dim, key, minute) DO UPDATE SET "
-                "clicks = clicks + excluded.clicks, humans = humans + excluded.humans",
-                (dim, key, sign, sign, link_id),
-            )
+            for table, column, unit in (
+                ("group_minute", "minute", "minute"),
+                ("group_quarter", "quarter", "minute / 15"),
+            ):
+                conn.execute(
+                    f"INSERT INTO {table} (dim, key, {column}, clicks, humans) "
+                    f"SELECT ?, ?, {unit}, ? * sum(clicks), ? * sum(humans) FROM link_minute "
+                    f"WHERE link_id = ? GROUP BY {unit} "
+                    f"ON CONFLICT (dim, key, {column}) DO UPDATE SET "
+                    "clicks = clicks + excluded.clicks, humans = humans + excluded.humans",
+                    (dim, key, sign, sign, link_id),
+                )
             for table, column, unit in (
                 ("group_hour", "hour", "hour"),
                 ("group_day", "day", "hour / 24"),
@@ -478,9 +496,10 @@ def _move_link_groups(
                     (dim, key, sign, link_id),
                 )
     for dim, key in left:
-        conn.execute(
-            "DELETE FROM group_minute WHERE dim = ? AND key = ? AND clicks = 0", (dim, key)
-        )
+        for table in ("group_minute", "group_quarter"):
+            conn.execute(
+                f"DELETE FROM {table} WHERE dim = ? AND key = ? AND clicks = 0", (dim, key)
+            )
         conn.execute("DELETE FROM group_hour WHERE dim = ? AND key = ? AND clicks = 0", (dim, key))
         conn.execute("DELETE FROM group_day WHERE dim = ? AND key = ? AND clicks = 0", (dim, key))
     days = [
@@ -1382,13 +1401,20 @@ def roll_up(conn: sqlite3.Connection, state: RollupState | None = None, limit: i
             else:
                 entry[0].update(ids)
                 entry[1].update(humans)
-    insert_rows(
-        conn,
-        "INSERT INTO group_minute (dim, key, minute, clicks, humans)",
-        [(*k, v[0], v[1]) for k, v in g_minutes.items()],
-        "ON CONFLICT (dim, key, minute) DO UPDATE SET "
-        "clicks = clicks + excluded.clicks, humans = humans + excluded.humans",
-    )
+    g_quarters: dict[tuple[str, str, int], list[int]] = {}
+    for (dim, key, minute), (clicks, humans) in g_minutes.items():
+        _add(g_quarters, (dim, key, minute // 15), clicks, humans)
+    for table, column, rows in (
+        ("group_minute", "minute", g_minutes),
+        ("group_quarter", "quarter", g_quarters),
+    ):
+        insert_rows(
+            conn,
+            f"INSERT INTO {table} (dim, key, {column}, clicks, humans)",
+            [(*k, v[0], v[1]) for k, v in rows.items()],
+            f"ON CONFLICT (dim, key, {column}) DO UPDATE SET "
+            "clicks = clicks + excluded.clicks, humans = humans + excluded.humans",
+        )
     for table, column, rows in (("group_hour", "hour", g_hours), ("group_day", "day", g_days)):
         insert_rows(
             conn,

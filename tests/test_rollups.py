@@ -374,7 +374,7 @@ def test_pieces_cover_each_minute_once_within_one_bucket(
         length = min(length, 2 * DAY)
     rng = stats.TimeRange(from_s, from_s + length, interval, stats.zone(tz), tz)
     starts = stats.bucket_starts(rng.from_s, rng.to_s, interval, rng.tz)
-    sizes = {"minute": [1], "hour": [60, 1], "day": [1440, 60, 1]}[interval]
+    sizes = {"minute": [1], "hour": [60, 15, 1], "day": [1440, 60, 15, 1]}[interval]
     pieces = stats._pieces(rng, starts, sizes)
     covered: list[int] = []
     for size, ranges in zip(sizes, pieces, strict=True):
@@ -486,7 +486,7 @@ def test_every_stats_query_seeks_its_time_range(conn: sqlite3.Connection) -> Non
             stats.group_stats(conn, stats.LinkFilter(created_from_ms=0), "campaign", rng)
             stats.selection_stats(conn, stats.LinkFilter(link_id=links[0]["id"]), rng)
     conn.set_trace_callback(None)
-    rollups = re.compile(r"\b(link|group)_(minute|hour|day|dim_hour|day_visitors)\b")
+    rollups = re.compile(r"\b(link|group)_(minute|quarter|hour|day|dim_hour|day_visitors)\b")
     whole_history = re.compile(
         r"(SCAN (r|g|d|v)\b)|USING PRIMARY KEY \((link_id=\?|dim=\? AND key=\?)\)|"
         r"USING INDEX \w+ \((link_id=\?|dim=\? AND key=\?)\)"
@@ -542,3 +542,10 @@ def test_a_bounded_roll_up_leaves_the_rest_to_the_next_one(conn: sqlite3.Connect
     assert _write_batch(conn, [], True, state, 12)[2] == 6
     assert store.rollup_watermark(conn) == 30
     _check_group_by(conn, rng, "link")
+
+
+def test_half_hour_zones_read_quarter_hours_not_minutes() -> None:
+    rng = stats.time_range("-24h", None, "hour", "Asia/Kolkata", END)
+    starts = stats.bucket_starts(rng.from_s, rng.to_s, "hour", rng.tz)
+    hours, quarters, minutes = stats._pieces(rng, starts, [60, 15, 1])
+    assert quarters and sum(hi - lo + 1 for lo, hi in minutes) < 30  # only at the edges
