@@ -561,10 +561,25 @@ def _count_chunks(
     extra: tuple[set[int], set[int]],
 ) -> tuple[int, int]:
     """(distinct visitors, distinct visitors with a human click) of (n, n_human, ids,
-    bot_ids) chunks and `extra` (visitors, human visitors) sets. Only a visitor in some
-    chunk's bot_ids (or among extra's non-humans) can lack a human click anywhere: each
-    such one is looked up in every chunk."""
-    every = _distinct([(c[0], c[2]) for c in chunks], extra[0])
+    bot_ids) chunks and `extra` (visitors, human visitors) sets.
+
+    One big chunk (a merged day) and a few new ids: the big one is searched (bisect), not
+    copied into a set; only a visitor in some chunk's bot_ids (or among extra's non-humans)
+    can lack a human click anywhere, so only those are looked up in every chunk. Chunks of
+    similar sizes: set unions (C loops), cheaper than a bisect per id."""
+    if not chunks:
+        return len(extra[0]), len(extra[1])
+    sizes = [len(c[2]) for c in chunks]
+    big = max(sizes)
+    if (sum(sizes) - big + len(extra[0])) * _SEARCH_RATIO > big:
+        every = set(extra[0])
+        humans = set(extra[1])
+        for _n, _h, ids, bots in chunks:
+            ids_set = set(ids)
+            every |= ids_set
+            humans |= ids_set - set(bots) if bots else ids_set
+        return len(every), len(humans)
+    every_n = _distinct([(c[0], c[2]) for c in chunks], extra[0])
     candidates = extra[0] - extra[1]
     for c in chunks:
         candidates.update(c[3])
@@ -574,7 +589,11 @@ def _count_chunks(
     for v in candidates:
         if not any(_has(ids, v) and v not in bots for ids, bots in lookups):
             never_human += 1
-    return every, every - never_human
+    return every_n, every_n - never_human
+
+
+# Search the biggest chunk when the others hold under 1/16 of its ids; union sets otherwise.
+_SEARCH_RATIO: Final = 16
 
 
 class _Selection:

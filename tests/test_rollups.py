@@ -549,3 +549,30 @@ def test_half_hour_zones_read_quarter_hours_not_minutes() -> None:
     starts = stats.bucket_starts(rng.from_s, rng.to_s, "hour", rng.tz)
     hours, quarters, minutes = stats._pieces(rng, starts, [60, 15, 1])
     assert quarters and sum(hi - lo + 1 for lo, hi in minutes) < 30  # only at the edges
+
+
+@given(
+    st.lists(st.tuples(st.sets(st.integers(0, 60)), st.sets(st.integers(0, 60))), max_size=4),
+    st.sets(st.integers(0, 60)),
+    st.sets(st.integers(0, 60)),
+    st.integers(0, 3),
+)
+def test_counting_chunks_matches_sets(
+    parts: list[tuple[set[int], set[int]]], extra: set[int], extra_bots: set[int], big: int
+) -> None:
+    """Both ways of counting (search the big chunk, or union sets) against plain sets."""
+    chunks = []
+    for i, (ids, humans) in enumerate(parts):
+        if i == big % max(1, len(parts)):
+            ids = ids | set(range(1000, 1000 + 200))  # a big merged chunk: the search path
+        humans &= ids
+        _seq, n, n_human, blob, bots = store.chunk(0, ids, humans)
+        chunks.append((n, n_human, store.unpack_ids(blob), store.unpack_ids(bots)))
+    extra_humans = extra - extra_bots
+    every = set(extra)
+    humans_all = set(extra_humans)
+    for _n, _h, ids, bots in chunks:
+        every |= set(ids)
+        humans_all |= set(ids) - set(bots)
+    got = stats._count_chunks(chunks, (set(extra), set(extra_humans)))
+    assert got == (len(every), len(humans_all))
