@@ -25,14 +25,20 @@
 # - Reload is cheap to poll: maybe_reload() stats the files and reopens only a file
 #   whose (inode, mtime, size) changed. A replacement that fails to open is recorded and
 #   not retried until the file changes again; the previous reader keeps serving.
+# - What is mapped is a private copy of the file (_private_copy), never the operator's
+#   file: overwriting or truncating that in place cannot fault a lookup (SIGBUS). A file
+#   renamed into place is loaded at the next check; one changed in place (same inode) once
+#   it has held still for one check, and only if it did not change while being copied.
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import logging
 import mmap
 import os
 import re
+import tempfile
 from collections import OrderedDict
 from typing import Any, Final, NamedTuple
 
@@ -112,10 +118,59 @@ def _signature(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _open(path: str) -> maxminddb.Reader:
-    """Open and sanity-check one file; GeoDatabaseError with a human reason otherwise."""
+# Copied a megabyte at a time into the private snapshot.
+_COPY_CHUNK_BYTES: Final = 1 << 20
+
+
+def _private_copy(path: str) -> tuple[int, str]:
+    """Copy `path` into a file only this process can reach: (its fd, a path that opens it).
+
+    The reader memory-maps what it opens. Mapping the operator's file directly means that
+    truncating it or writing over it in place (`cp new.mmdb live.mmdb`, `: > live.mmdb`)
+    changes pages under the mapping, and the next lookup that touches them dies with SIGBUS,
+    taking the process and its unwritten clicks with it. A private copy (an anonymous
+    memfd on Linux, else an unlinked temporary file) cannot change under us; read() of a
+    file being truncated just returns fewer bytes, so the copy itself is always safe. A
+    copy caught mid-write fails to open or is refused by the caller's settle rule."""
+    memfd_create = getattr(os, "memfd_create", None)
+    if memfd_create is not None:
+        fd = memfd_create("linkedge-geoip", getattr(os, "MFD_CLOEXEC", 0))
+        target = f"/proc/self/fd/{fd}"
+    else:
+        fd, target = tempfile.mkstemp(prefix="linkedge-geoip-", suffix=".mmdb")
     try:
-        reader = maxminddb.open_database(path, maxminddb.MODE_AUTO)
+        with open(path, "rb") as src:
+            while True:
+                block = src.read(_COPY_CHUNK_BYTES)
+                if not block:
+                    break
+                view = memoryview(block)
+                while view:
+                    view = view[os.write(fd, view) :]
+    except BaseException:
+        os.close(fd)
+        if memfd_create is None:
+            os.unlink(target)
+        raise
+    return fd, target
+
+
+def _release_copy(fd: int, target: str) -> None:
+    """Drop our handle on a private copy once it is mapped (the mapping keeps it alive)."""
+    os.close(fd)
+    if not target.startswith("/proc/self/fd/"):
+        with contextlib.suppress(OSError):
+            os.unlink(target)
+
+
+def _open(path: str, *, private: bool = False) -> maxminddb.Reader:
+    """Open and sanity-check one file; GeoDatabaseError with a human reason otherwise.
+    `private`: open a private copy of it (what a long-running reader must do)."""
+    copy: tuple[int, str] | None = None
+    try:
+        if private:
+            copy = _private_copy(path)
+        reader = maxminddb.open_database(copy[1] if copy else path, maxminddb.MODE_AUTO)
     except FileNotFoundError:
         raise GeoDatabaseError(f"file not found: {path}") from None
     except PermissionError:
@@ -126,6 +181,9 @@ def _open(path: str) -> maxminddb.Reader:
         raise GeoDatabaseError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (maxminddb.InvalidDatabaseError, ValueError, TypeError) as exc:
         raise GeoDatabaseError(f"corrupt database: {path}: {exc}") from None
+    finally:
+        if copy is not None:
+            _release_copy(*copy)
     try:
         meta = reader.metadata()
         problem = _metadata_problem(meta)
@@ -224,7 +282,18 @@ def _from_record(record: object) -> GeoResult:
 class _Source:
     """One database file: its reader (when one is open) and what we know about it."""
 
-    __slots__ = ("error", "label", "loaded_signature", "meta", "mode", "path", "reader", "tried")
+    __slots__ = (
+        "error",
+        "label",
+        "loaded_signature",
+        "meta",
+        "mode",
+        "path",
+        "pin",
+        "reader",
+        "seen",
+        "tried",
+    )
 
     def __init__(self, path: str, label: str) -> None:
         self.path = path
@@ -235,6 +304,11 @@ class _Source:
         self.loaded_signature: tuple[int, int, int] | None = None
         # the signature of the last file we tried to open, failed or not: not retried
         self.tried: tuple[int, int, int] | None = None
+        # the signature at the last check of a file being changed in place
+        self.seen: tuple[int, int, int] | None = None
+        # the loaded file held open (never mapped): its inode cannot be reused by another
+        # file while we hold it, so "same inode" really means "changed in place"
+        self.pin: int | None = None
         self.error: str | None = None
 
     def refresh(self) -> bool:
@@ -248,13 +322,35 @@ class _Source:
             return False
         if signature == self.tried:  # failed before: keep that error, do not retry
             return False
-        self.tried = signature
+        loaded = self.loaded_signature
+        if loaded is not None and signature[0] == loaded[0] and signature != self.seen:
+            # The same inode with a new size or time: written in place (cp, a truncation),
+            # maybe still being written. Load it once it holds still for one check; a file
+            # renamed into place (a new inode, as `geo update` does it) is whole at once.
+            self.seen = signature
+            self.error = f"{self.path} is changing in place{self._serving_note()}"
+            return False
         try:
-            reader = _open(self.path)
+            reader = _open(self.path, private=True)
         except GeoDatabaseError as exc:
+            self.tried = signature
             self.error = f"{exc}{self._serving_note()}"
             logger.warning("%s database not loaded: %s", self.label, self.error)
             return False
+        try:
+            pin = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            pin = None
+        if _signature(self.path) != signature:  # it changed while we copied it: next time
+            reader.close()
+            if pin is not None:
+                os.close(pin)
+            self.seen = None
+            return False
+        if self.pin is not None:
+            os.close(self.pin)
+        self.pin = pin
+        self.tried = signature
         old, self.reader = self.reader, reader
         self.meta = reader.metadata()
         self.mode = _mode_of(reader)
@@ -293,6 +389,9 @@ class _Source:
         if self.reader is not None:
             self.reader.close()
             self.reader = None
+        if self.pin is not None:
+            os.close(self.pin)
+            self.pin = None
 
 
 class GeoDatabase:

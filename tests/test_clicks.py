@@ -291,6 +291,39 @@ def test_geoip_database_replaced_while_running(db_path: Path, tmp_path: Path) ->
     assert countries == ["GB"] * 4  # the last good database keeps serving
 
 
+def test_geoip_file_truncated_in_place_under_load_loses_nothing(
+    db_path: Path, tmp_path: Path
+) -> None:
+    """`: > live.mmdb` while clicks from new addresses arrive: the server used to die of
+    SIGBUS on the next uncached lookup (exit 135) and lose its unwritten clicks."""
+    mmdb = tmp_path / "city.mmdb"
+    build_city_mmdb(mmdb)
+    add(db_path, "https://example.com/", "z")
+    proc = ServerProcess(db_path, "--geoip", str(mmdb), "--trusted-proxy", "127.0.0.1/32")
+    sent = 0
+    try:
+        with socket.create_connection(("127.0.0.1", proc.edge_port), timeout=10) as sock:
+            for i in range(400):
+                if i == 100:
+                    with open(mmdb, "r+b") as f:
+                        f.truncate(0)
+                if i == 250:  # and the copy that follows, written over the same inode
+                    tmp = tmp_path / "next.mmdb"
+                    build_city_mmdb(tmp)
+                    with open(mmdb, "r+b") as f:
+                        f.write(tmp.read_bytes())
+                ip = f"198.51.{i // 250}.{i % 250}".encode()
+                sock.sendall(b"GET /z HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: " + ip + b"\r\n\r\n")
+                assert read_responses(sock, 1)[0].startswith(b"HTTP/1.1 302")
+                sent += 1
+                if i % 50 == 0:
+                    time.sleep(0.3)  # let the flusher look up these addresses meanwhile
+    finally:
+        code, _, err = proc.stop()
+    assert code == 0, err
+    assert count_clicks(db_path) == sent
+
+
 def test_missing_geoip_database_never_breaks_redirects(db_path: Path, tmp_path: Path) -> None:
     add(db_path, "https://example.com/", "z")
     proc = ServerProcess(db_path, "--geoip", str(tmp_path / "absent.mmdb"))

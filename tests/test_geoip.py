@@ -446,3 +446,105 @@ def test_unknown_fixture_address_is_not_in_maxmind_city_either() -> None:
     db = GeoDatabase(str(MAXMIND_DIR / "GeoIP2-City-Test.mmdb"))
     assert db.lookup(UNKNOWN_IPV4) == EMPTY_GEO
     db.close()
+
+
+# -- the file changed under a running reader (hardening: SIGBUS) ---------------------------
+
+
+def _in_child(script: str, *args: str) -> dict[str, object]:
+    """Run `script` in a fresh interpreter (a SIGBUS there fails this test instead of
+    killing pytest) and return the JSON it prints."""
+    import json
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"child died with {result.returncode}: {result.stderr}"
+    return dict(json.loads(result.stdout))
+
+
+_TRUNCATE_SCRIPT = """
+import json, os, sys
+from geo.geoip import GeoDatabase
+path = sys.argv[1]
+db = GeoDatabase(path)
+first = db.lookup("203.0.113.10")._asdict()
+mode = db.status()["mode"]
+with open(path, "r+b") as f:  # `: > live.mmdb`: the same inode, now empty
+    f.truncate(0)
+after = [db.lookup(ip)._asdict() for ip in ("198.51.100.7", "2001:db8::1", "192.0.2.1")]
+reloaded = db.maybe_reload()
+print(json.dumps({"first": first, "after": after, "reloaded": reloaded,
+                  "status": db.status(), "mode": mode}))
+"""
+
+
+def test_truncating_the_file_in_place_keeps_the_loaded_database_serving(tmp_path: Path) -> None:
+    dest = tmp_path / "geo.mmdb"
+    expected = build_city_mmdb(dest)
+    out = _in_child(_TRUNCATE_SCRIPT, str(dest))
+    assert out["first"] == expected["203.0.113.10"]._asdict()
+    # not cached before the truncation: read from the private copy, not the empty file
+    assert out["after"] == [
+        expected[ip]._asdict() if ip in expected else EMPTY_GEO._asdict()
+        for ip in ("198.51.100.7", "2001:db8::1", "192.0.2.1")
+    ]
+    assert out["reloaded"] is False
+    status = out["status"]
+    assert isinstance(status, dict)
+    assert status["database_type"] == "GeoLite2-City"
+    assert "still serving the database loaded before" in str(status["error"])
+    if HAS_C_EXTENSION:
+        assert out["mode"] == "MODE_MMAP_EXT"  # the fast reader is kept
+
+
+def _overwrite_in_place(dest: Path, data: bytes) -> None:
+    """What `cp new.mmdb live.mmdb` does: the same inode, truncated and rewritten."""
+    with open(dest, "r+b") as f:
+        f.truncate(0)
+        f.write(data)
+
+
+def test_file_overwritten_in_place_is_loaded_once_it_holds_still(tmp_path: Path) -> None:
+    dest = tmp_path / "geo.mmdb"
+    city = build_city_mmdb(dest)
+    inode = dest.stat().st_ino
+    db = GeoDatabase(str(dest))
+    country = build_country_mmdb(tmp_path / "next.mmdb")
+    _overwrite_in_place(dest, (tmp_path / "next.mmdb").read_bytes())
+    assert dest.stat().st_ino == inode
+    assert db.maybe_reload() is False  # changing in place: wait one check
+    assert db.lookup("198.51.100.7") == city["198.51.100.7"]
+    assert "changing in place" in str(db.status()["error"])
+    assert db.maybe_reload() is True  # it held still
+    assert db.lookup("203.0.113.10") == country["203.0.113.10"]
+    assert db.status()["database_type"] == "GeoLite2-Country"
+    assert db.status()["error"] is None
+    db.close()
+
+
+def test_slow_copy_in_place_never_loads_a_partial_file(tmp_path: Path) -> None:
+    dest = tmp_path / "geo.mmdb"
+    city = build_city_mmdb(dest)
+    db = GeoDatabase(str(dest))
+    build_asn_mmdb(tmp_path / "asn.mmdb")
+    data = (tmp_path / "asn.mmdb").read_bytes()
+    with open(dest, "r+b") as f:
+        f.truncate(0)
+        for i in range(0, len(data), 97):
+            f.write(data[i : i + 97])
+            f.flush()
+            os.utime(dest, ns=(i + 1, i + 1))  # every write is a new signature
+            assert db.maybe_reload() is False
+            assert db.status()["database_type"] == "GeoLite2-City"
+            assert db.lookup("198.51.100.7") == city["198.51.100.7"]
+    assert db.maybe_reload() is True  # held still since the last write: the whole new file
+    assert db.status()["database_type"] == "GeoLite2-ASN"
+    assert db.lookup("203.0.113.10").asn == 64500
+    db.close()
