@@ -1,10 +1,12 @@
 """The admin API: JSON over HTTP/1.1 on its own listener, Server-Sent Events, /healthz, /metrics.
 
 Rules of this module:
-- Raw asyncio like the edge, reusing its strict parser (edge/http.py): heads by
-  `parse_head`, bodies by `read_body` (Content-Length or chunked, at most MAX_BODY_BYTES,
-  else 413). `Expect: 100-continue` gets its interim `100 Continue` only when the body is
-  wanted, i.e. after every earlier request on the connection has been answered.
+- Raw asyncio like the edge, reusing its strict parser (edge/http.py): a head found by
+  `HeadScanner` (each byte looked at once) and parsed by `parse_head`, its body read by
+  `BodyReader` as it arrives (Content-Length or chunked, at most MAX_BODY_BYTES of it on
+  the wire, framing included, else 413). `Expect: 100-continue` gets its interim
+  `100 Continue` only when the body is wanted: after every earlier request on the
+  connection has been answered, and once the request is authorized.
 - One task per connection takes requests in order (keep-alive and pipelining), awaits its
   handler, writes the answer, then takes the next one. Handlers are async and may wait for
   SQLite; the edge's event loop never does: every query runs on an aiosqlite thread.
@@ -15,7 +17,9 @@ Rules of this module:
   `{"error": {"code", "message", "field"}}` with its status. Unexpected exceptions are logged
   with their traceback and answered 500 without one.
 - Auth: every `/api/` route needs `Authorization: Bearer <token>` (admin/auth.py), checked
-  before routing, so an unauthenticated client learns nothing about routes. /healthz never
+  from the head before the body is read (refused: the answer, then close) and before
+  routing, so an unauthenticated client learns nothing about routes and cannot make us
+  buffer a body. /healthz never
   needs one; /metrics needs one only when the listener is public (`--admin-public`):
   Prometheus scrapers on the same host usually have no token.
 - Writes go through the runtime's writer connection (edge/store.py functions); right after
@@ -49,7 +53,15 @@ from admin import auth, stats
 from edge import store
 from edge.db import Database
 from edge.errors import InvalidField, LinkedgeError, NotFound
-from edge.http import STATUS_REASONS, BadRequest, Request, parse_head, read_body, response_head
+from edge.http import (
+    STATUS_REASONS,
+    BadRequest,
+    BodyReader,
+    HeadScanner,
+    Request,
+    parse_head,
+    response_head,
+)
 from edge.urls import normalize_host
 
 log = logging.getLogger("linkedge.admin")
@@ -479,25 +491,36 @@ class AdminServer:
 
     # --- dispatch ------------------------------------------------------------------------
 
+    def count(self, status: int) -> None:
+        self.by_status[status] = self.by_status.get(status, 0) + 1
+
+    async def authorize(self, req: Request) -> Response | None:
+        """Check the token of a request that needs one, from its head alone (before its
+        body is read: an unauthenticated client cannot make us buffer a megabyte). None
+        when the request may go on; else the answer to send before closing."""
+        try:
+            segments = _segments(req)
+            if segments[:1] == ["api"] or (segments == ["metrics"] and self.public):
+                await self.tokens.authenticate(req.header(b"authorization"))
+        except Exception as exc:
+            response = response_for_error(exc)
+            response.close = True
+            self.count(response.status)
+            return response
+        return None
+
     async def dispatch(self, req: Request, body: bytes) -> Response | Stream:
-        """The answer to one request; never raises."""
+        """The answer to one authorized request; never raises."""
         try:
             result = await self._dispatch(req, body)
         except Exception as exc:
             result = response_for_error(exc)
-        status = result.status if isinstance(result, Response) else 200
-        self.by_status[status] = self.by_status.get(status, 0) + 1
+        self.count(result.status if isinstance(result, Response) else 200)
         return result
 
     async def _dispatch(self, req: Request, body: bytes) -> Response | Stream:
-        raw_path = req.path.decode("ascii")  # the parser admits ASCII only
-        if len(raw_path) > 1 and raw_path.endswith("/"):
-            raw_path = raw_path[:-1]
-        # Split, then decode each segment: an encoded "/" (%2F) stays inside its segment.
-        segments = [_unquote(part, "path") for part in raw_path.split("/")[1:]]
+        segments = _segments(req)
         method = req.method.decode("ascii")
-        if segments[:1] == ["api"] or (segments == ["metrics"] and self.public):
-            await self.tokens.authenticate(req.header(b"authorization"))
         route, params = self.router.match(method, segments)
         query: dict[str, str] = {}
         for pair in req.query.decode("ascii").split("&"):
@@ -1164,6 +1187,14 @@ class AdminServer:
         return "\n".join(out) + "\n"
 
 
+def _segments(req: Request) -> list[str]:
+    """The path's segments, each percent-decoded (an encoded "/" stays in its segment)."""
+    raw_path = req.path.decode("ascii")  # the parser admits ASCII only
+    if len(raw_path) > 1 and raw_path.endswith("/"):
+        raw_path = raw_path[:-1]
+    return [_unquote(part, "path") for part in raw_path.split("/")[1:]]
+
+
 def _label(value: object) -> str:
     text = "" if value is None else str(value)
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
@@ -1369,11 +1400,14 @@ class AdminProtocol(asyncio.Protocol):
                     request = await self._next_request()
                 except BadRequest as exc:
                     await self._send(response_for_error(exc), keep=False, http11=True, head=False)
-                    self.server.by_status[exc.status] = self.server.by_status.get(exc.status, 0) + 1
+                    self.server.count(exc.status)
                     return
                 if request is None:
                     return
                 req, body = request
+                if isinstance(body, Response):  # refused before its body was read
+                    await self._send(body, keep=False, http11=req.http11, head=False)
+                    return
                 result = await self.server.dispatch(req, body)
                 head_only = req.method == b"HEAD"
                 if isinstance(result, Stream):
@@ -1398,18 +1432,21 @@ class AdminProtocol(asyncio.Protocol):
             return False
         return True
 
-    async def _next_request(self) -> tuple[Request, bytes] | None:
-        """The next whole request (head and body), or None when the connection is done."""
+    async def _next_request(self) -> tuple[Request, bytes | Response] | None:
+        """The next request and its body (or, when it may not go on, the answer that ends
+        the connection), or None when the connection is done. The head is searched once
+        per byte (HeadScanner), authorized before any of its body is read, and the body
+        consumed as it arrives (BodyReader): work linear in the bytes received."""
         keep_alive_s = self.server.config.keep_alive_timeout_s
         started: float | None = None
+        scanner = HeadScanner()
         self.idle = True
         while True:
             if self.transport is None:
                 return None
-            parsed = parse_head(self.buf)
-            if parsed is not None:
-                break
             if self.buf:
+                if scanner.advance(self.buf) >= 0:
+                    break
                 self.idle = False
                 if started is None:
                     started = time.monotonic()
@@ -1426,15 +1463,19 @@ class AdminProtocol(asyncio.Protocol):
                     raise BadRequest("the request did not arrive in time", 408)
         self.idle = False
         started = started or time.monotonic()
+        parsed = parse_head(self.buf)
+        assert parsed is not None  # the scanner found its end
         req, end = parsed
+        denied = await self.server.authorize(req)
+        if denied is not None:
+            return req, denied
         body = b""
         if req.content_length or req.chunked:
+            reader = BodyReader(req, MAX_BODY_BYTES)
+            pos = reader.feed(self.buf, end)
             sent_continue = False
-            while True:
-                got = read_body(self.buf, end, req, MAX_BODY_BYTES)
-                if got is not None:
-                    body, end = got
-                    break
+            while not reader.done:
+                self._consumed(pos)
                 if self.transport is None or self.eof:
                     raise BadRequest("the connection ended inside the request body")
                 if req.expect_continue and req.http11 and not sent_continue:
@@ -1443,11 +1484,18 @@ class AdminProtocol(asyncio.Protocol):
                 left = started + REQUEST_TIMEOUT_S - time.monotonic()
                 if left <= 0 or not await self._wait_data(left):
                     raise BadRequest("the request body did not arrive in time", 408)
+                pos = reader.feed(self.buf, 0)
+            body = reader.body
+            end = pos
+        self._consumed(end)
+        return req, body
+
+    def _consumed(self, end: int) -> None:
+        """Drop the first `end` buffered bytes; resume reading once there is room."""
         del self.buf[:end]
         if self.reading_paused and len(self.buf) < MAX_BUFFERED_BYTES and self.transport:
             self.transport.resume_reading()
             self.reading_paused = False
-        return req, body
 
     def _serialize(self, response: Response, *, keep: bool, http11: bool, head: bool) -> bytes:
         headers: list[tuple[str, str]] = list(response.headers)

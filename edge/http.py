@@ -198,20 +198,62 @@ def _parse_field_line(line: bytes) -> tuple[bytes, bytes]:
 
 def _check_incomplete(buf: bytes | bytearray, start: int) -> None:
     """Refuse what can never become a valid head, before waiting for more bytes."""
-    size = len(buf) - start
-    line_end = buf.find(b"\r\n", start)
-    if line_end < 0:
-        if size > MAX_REQUEST_LINE_BYTES:
-            raise BadRequest("request line too long", 414)
-    elif line_end - start > MAX_REQUEST_LINE_BYTES:
-        raise BadRequest("request line too long", 414)
-    if size > MAX_HEAD_BYTES:
-        raise BadRequest("request header section too large", 431)
-    if size and buf[start] not in TCHAR:
+    HeadScanner(start).advance(buf)
+
+
+class HeadScanner:
+    """Finds the end of a request head arriving in pieces, looking at each byte once.
+
+    h11's receive-buffer rule: reading a head trickled in small reads out of a growing
+    buffer must cost O(bytes received), not O(bytes^2). `advance(buf)` looks only at what
+    was added to `buf` since its last call (plus the 3 bytes before, for a CRLFCRLF split
+    across reads), refuses at once what can never become a valid head (too long, bare LF,
+    not starting with a method), and returns the offset just past the head once it is
+    complete, else -1. `examined` counts the bytes looked at (the linearity test reads it).
+    The caller then parses the head once with `parse_head(buf, start)`.
+    """
+
+    __slots__ = ("start", "scanned", "line_end", "examined")
+
+    def __init__(self, start: int = 0) -> None:
+        self.start = start  # where the head begins in the caller's buffer
+        self.scanned = start  # bytes before this offset were looked at
+        self.line_end = -1  # offset of the request line's CRLF once seen
+        self.examined = 0
+
+    def advance(self, buf: bytes | bytearray) -> int:
+        start, old, size = self.start, self.scanned, len(buf)
+        if size <= old:
+            return -1
         # A TLS ClientHello (0x16), a NUL or garbage: no method starts like this.
-        raise BadRequest("request does not start with a method")
-    if buf.count(b"\n", start) != buf.count(b"\r\n", start):
-        raise BadRequest("bare LF in request head")
+        first = buf[start : start + 2]
+        if old == start and first[0] not in TCHAR and first != b"\r\n"[: len(first)]:
+            raise BadRequest("request does not start with a method")
+        head_from = start + 2 if buf[start : start + 2] == b"\r\n" else start  # RFC 9112 2.2
+        search = max(head_from, old - 3)
+        end = buf.find(b"\r\n\r\n", search)
+        self.examined += size - search
+        self.scanned = size
+        if self.line_end < 0 and size - head_from >= 2:
+            line_end = buf.find(
+                b"\r\n", max(head_from, old - 1), head_from + MAX_REQUEST_LINE_BYTES + 2
+            )
+            if line_end >= 0:
+                self.line_end = line_end
+            elif size - head_from > MAX_REQUEST_LINE_BYTES:
+                raise BadRequest("request line too long", 414)
+        if end >= 0:
+            if end - head_from > MAX_HEAD_BYTES:
+                raise BadRequest("request header section too large", 431)
+            return end + 4
+        if size - head_from > MAX_HEAD_BYTES:
+            raise BadRequest("request header section too large", 431)
+        # A bare LF among the new bytes: every LF must close a CRLF (one that straddles
+        # the previous read has its CR at old - 1).
+        lf_from = max(head_from, old)
+        if buf.count(b"\n", lf_from) != buf.count(b"\r\n", max(head_from, lf_from - 1)):
+            raise BadRequest("bare LF in request head")
+        return -1
 
 
 def parse_head(buf: bytes | bytearray, start: int = 0) -> tuple[Request, int] | None:
@@ -220,16 +262,17 @@ def parse_head(buf: bytes | bytearray, start: int = 0) -> tuple[Request, int] | 
     Returns None when the head is not complete yet, or (request, offset just past the head).
     Raises BadRequest (with the status to answer) for an invalid or oversized head.
     """
+    origin = start
     # RFC 9112 2.2: a server SHOULD ignore at least one empty line before the request-line.
     if buf[start : start + 2] == b"\r\n":
         start += 2
     end = buf.find(b"\r\n\r\n", start)
     if end < 0:
-        if start < len(buf):
-            _check_incomplete(buf, start)
+        if origin < len(buf):
+            _check_incomplete(buf, origin)
         return None
     if end - start > MAX_HEAD_BYTES:
-        _check_incomplete(buf, start)
+        _check_incomplete(buf, origin)
         raise BadRequest("request header section too large", 431)
     lines = bytes(buf[start:end]).split(b"\r\n")
     if len(lines) > MAX_HEADER_COUNT + 1:
@@ -419,77 +462,162 @@ def _check_percent_encoding(target: bytes) -> None:
         i = target.find(b"%", i + 3)
 
 
+# A chunk-size line with its extensions. Nothing legitimate sends more than a few bytes of
+# extensions; without a cap, 1-byte chunks with kilobytes of extensions each make a body
+# of a few bytes cost megabytes of parsing (the hardening probe's attack).
+MAX_CHUNK_LINE_BYTES: Final = 256
+
+# BodyReader states.
+_SIZE_LINE, _DATA, _DATA_END, _TRAILER, _DONE = range(5)
+
+
+class BodyReader:
+    """Reads one request body as it arrives: Content-Length or chunked (RFC 9112 6.3, 7.1).
+
+    `feed(buf, pos)` consumes what it can of buf[pos:] and returns the offset just past
+    what it consumed; `done` is True once the body is complete, and `body` then holds it
+    (when `keep`; the edge discards bodies). Work is linear in the bytes fed: data is
+    skipped or copied once, a line split across reads is searched only in its new bytes
+    (and validated once, when complete). Every byte of the body on the wire counts against
+    `limit` (data, chunk-size lines, extensions, CRLFs, trailers): past it, 413. Bad
+    framing is BadRequest(400); nothing else is raised.
+    """
+
+    __slots__ = (
+        "chunked",
+        "keep",
+        "limit",
+        "wire",
+        "state",
+        "remaining",
+        "parts",
+        "line",
+        "trailers",
+        "examined",
+    )
+
+    def __init__(self, req: Request, limit: int, *, keep: bool = True) -> None:
+        self.chunked = req.chunked
+        self.keep = keep
+        self.limit = limit
+        self.wire = 0  # body bytes consumed so far, framing included
+        self.parts: list[bytes] = []
+        self.line = bytearray()  # a chunk-size or trailer line not complete yet
+        self.trailers = 0
+        self.examined = 0
+        if self.chunked:
+            self.state = _SIZE_LINE
+            self.remaining = 0
+        else:
+            length = req.content_length or 0
+            if length > limit:
+                raise BadRequest(f"request body too large (the limit is {limit} bytes)", 413)
+            self.remaining = length
+            self.state = _DATA if length else _DONE
+
+    @property
+    def done(self) -> bool:
+        return self.state == _DONE
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(self.parts)
+
+    def _count(self, n: int) -> None:
+        self.wire += n
+        self.examined += n
+        if self.wire > self.limit:
+            raise BadRequest(f"request body too large (the limit is {self.limit} bytes)", 413)
+
+    def feed(self, buf: bytes | bytearray, pos: int = 0) -> int:
+        end = len(buf)
+        while pos < end and self.state != _DONE:
+            if self.state == _DATA:
+                n = min(self.remaining, end - pos)
+                self._count(n)
+                if self.keep:
+                    self.parts.append(bytes(buf[pos : pos + n]))
+                pos += n
+                self.remaining -= n
+                if not self.remaining:
+                    self.state = _DATA_END if self.chunked else _DONE
+                continue
+            line, pos = self._line(buf, pos, end)
+            if line is None:
+                break
+            if self.state == _SIZE_LINE:
+                size = _chunk_size(line)
+                if self.wire + size > self.limit:  # refused before its data is sent
+                    self._count(size)
+                if size:
+                    self.remaining = size
+                    self.state = _DATA
+                else:
+                    self.state = _TRAILER
+            elif self.state == _DATA_END:
+                if line:
+                    raise BadRequest("chunk data not followed by CRLF")
+                self.state = _SIZE_LINE
+            elif not line:  # the empty line that ends the trailer section
+                self.state = _DONE
+            else:  # trailer fields are validated and dropped
+                self.trailers += 1
+                if self.trailers > MAX_HEADER_COUNT:
+                    raise BadRequest("too many trailer fields", 431)
+                _parse_field_line(line)
+        return pos
+
+    def _line(self, buf: bytes | bytearray, pos: int, end: int) -> tuple[bytes | None, int]:
+        """The next CRLF-terminated line (without its CRLF), or None with everything up to
+        `end` kept for later. Only new bytes are searched for the LF."""
+        cap = MAX_CHUNK_LINE_BYTES if self.state != _TRAILER else MAX_HEAD_BYTES
+        room = cap + 2 - len(self.line)
+        lf = buf.find(b"\n", pos, min(end, pos + room))
+        if lf < 0:
+            taken = min(end, pos + room) - pos
+            self._count(taken)
+            self.line += buf[pos : pos + taken]
+            if len(self.line) > cap:
+                raise BadRequest(
+                    "chunk-size line too long"
+                    if self.state != _TRAILER
+                    else "trailer line too long",
+                    400 if self.state != _TRAILER else 431,
+                )
+            return None, pos + taken
+        self._count(lf + 1 - pos)
+        if self.line:
+            self.line += buf[pos : lf + 1]
+            raw = bytes(self.line)
+            self.line.clear()
+        else:
+            raw = bytes(buf[pos : lf + 1])
+        if raw[-2:] != b"\r\n" or b"\r" in raw[:-2]:
+            raise BadRequest("bare CR or LF in chunked framing")
+        return raw[:-2], lf + 1
+
+
+def _chunk_size(line: bytes) -> int:
+    size_text, _, ext = line.partition(b";")
+    if ext and ext.translate(None, FIELD_VALUE_CHARS):
+        raise BadRequest("invalid chunk extension")
+    if (
+        not size_text
+        or len(size_text) > MAX_CHUNK_SIZE_DIGITS
+        or size_text.translate(None, HEX_DIGITS)
+    ):
+        raise BadRequest("invalid chunk size")
+    return int(size_text, 16)
+
+
 def read_body(
     buf: bytes | bytearray, start: int, req: Request, limit: int
 ) -> tuple[bytes, int] | None:
-    """Read the request body framed by `req` from buf[start:].
-
-    Returns None when more bytes are needed, or (body, offset just past the body). Raises
-    BadRequest(413) past `limit` bytes and BadRequest(400) for bad chunked framing.
-    """
-    if req.chunked:
-        return _read_chunked(buf, start, limit)
-    length = req.content_length or 0
-    if length > limit:
-        raise BadRequest("request body too large", 413)
-    if len(buf) - start < length:
-        return None
-    return bytes(buf[start : start + length]), start + length
-
-
-def _read_chunked(buf: bytes | bytearray, start: int, limit: int) -> tuple[bytes, int] | None:
-    """Decode a whole chunked body (RFC 9112 7.1), or None if it is not complete yet."""
-    parts: list[bytes] = []
-    total = 0
-    pos = start
-    while True:
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            if len(buf) - pos > MAX_CHUNK_SIZE_DIGITS + 1024:
-                raise BadRequest("chunk-size line too long")
-            if b"\n" in buf[pos:] or b"\r" in buf[pos:-1]:
-                raise BadRequest("bad chunk-size line")
-            return None
-        line = bytes(buf[pos:line_end])
-        size_text, _, ext = line.partition(b";")
-        if ext and ext.translate(None, FIELD_VALUE_CHARS):
-            raise BadRequest("invalid chunk extension")
-        if (
-            not size_text
-            or len(size_text) > MAX_CHUNK_SIZE_DIGITS
-            or size_text.translate(None, HEX_DIGITS)
-        ):
-            raise BadRequest("invalid chunk size")
-        size = int(size_text, 16)
-        pos = line_end + 2
-        if size == 0:
-            break
-        total += size
-        if total > limit:
-            raise BadRequest("request body too large", 413)
-        if len(buf) < pos + size + 2:
-            return None
-        if buf[pos + size : pos + size + 2] != b"\r\n":
-            raise BadRequest("chunk data not followed by CRLF")
-        parts.append(bytes(buf[pos : pos + size]))
-        pos += size + 2
-    # Trailer section: field lines up to an empty line. Trailers are validated and dropped.
-    trailer_lines = 0
-    while True:
-        line_end = buf.find(b"\r\n", pos)
-        if line_end < 0:
-            if len(buf) - pos > MAX_HEAD_BYTES:
-                raise BadRequest("trailer section too large", 431)
-            if b"\n" in buf[pos:]:
-                raise BadRequest("bare LF in trailer section")
-            return None
-        if line_end == pos:
-            return b"".join(parts), pos + 2
-        trailer_lines += 1
-        if trailer_lines > MAX_HEADER_COUNT:
-            raise BadRequest("too many trailer fields", 431)
-        _parse_field_line(bytes(buf[pos:line_end]))
-        pos = line_end + 2
+    """The whole body framed by `req` at buf[start:]: (body, offset just past it), or None
+    when more bytes are needed (BodyReader in one call; raises what it raises)."""
+    reader = BodyReader(req, limit)
+    end = reader.feed(buf, start)
+    return (reader.body, end) if reader.done else None
 
 
 # --- responses -----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from email.utils import formatdate
 from typing import Any, Final, Protocol, cast
 
 from edge.config import Config
-from edge.http import STATUS_REASONS, BadRequest, Request, parse_head, read_body
+from edge.http import STATUS_REASONS, BadRequest, BodyReader, HeadScanner, Request, parse_head
 from edge.links import (
     DISABLED,
     GONE_BODY,
@@ -285,7 +285,10 @@ class EdgeProtocol(asyncio.Protocol):
         "transport",
         "peer_ip",
         "trusted_peer",
-        "buf",
+        "pending",
+        "scanner",
+        "body",
+        "body_req",
         "deadline",
         "head_started",
         "closing",
@@ -300,7 +303,12 @@ class EdgeProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer_ip = ""
         self.trusted_peer = False
-        self.buf = b""  # bytes of a request not complete yet
+        # a request arriving in pieces: its head's bytes so far and their scanner, or the
+        # reader of its body (the parsed head waits in body_req)
+        self.pending: bytearray | None = None
+        self.scanner: HeadScanner | None = None
+        self.body: BodyReader | None = None
+        self.body_req: Request | None = None
         self.closing = False  # close after the answers already queued
         self.paused = False  # reading paused by flow control
         # timeouts: `deadline` is when the sweep acts; `head_started` is set while a
@@ -355,7 +363,8 @@ class EdgeProtocol(asyncio.Protocol):
     def shutdown(self) -> None:
         """Server stopping: close now if idle, else after the request being received."""
         self.closing = True
-        if not self.buf and self.transport is not None and not self.paused:
+        idle = self.pending is None and self.body is None
+        if idle and self.transport is not None and not self.paused:
             self.transport.close()
 
     def abort(self) -> None:
@@ -377,28 +386,50 @@ class EdgeProtocol(asyncio.Protocol):
     # --- requests ------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        pos = 0
-        out: list[bytes] = []
+        # Work is linear in the bytes received: a complete request in one read (the common
+        # case) is parsed straight from `data`; a head arriving in pieces is searched only
+        # in its new bytes (HeadScanner) and parsed once; a body is consumed as it comes.
         server = self.server
+        out: list[bytes] = []
+        buf: bytes | bytearray = data
+        pos = 0
         close = False
         try:
-            while True:
+            if self.body is not None:  # the rest of a body: its request waits for it
+                body, req = self.body, self.body_req
+                pos = body.feed(data)
+                if not body.done:
+                    self._wait_for_rest(False)
+                    return
+                self.body = self.body_req = None
+                assert req is not None
+                keep = req.keep_alive and not self.closing
+                out.append(self._respond(req, keep))
+                close = not keep
+            elif self.pending is not None:  # more of a head
+                pending, scanner = self.pending, self.scanner
+                assert scanner is not None
+                pending += data
+                if scanner.advance(pending) < 0:
+                    self._wait_for_rest(False)
+                    return
+                buf = pending
+                self.pending = self.scanner = None
+            limit = server.config.max_edge_body_bytes
+            while not close:
                 parsed = parse_head(buf, pos)
                 if parsed is None:
                     break
-                req, end = parsed
+                req, pos = parsed
                 if req.content_length or req.chunked:
-                    body = read_body(buf, end, req, server.config.max_edge_body_bytes)
-                    if body is None:
-                        break  # wait for the rest of the body; the head is parsed again
-                    end = body[1]
-                pos = end
+                    body = BodyReader(req, limit, keep=False)
+                    pos = body.feed(buf, pos)
+                    if not body.done:
+                        self.body, self.body_req = body, req
+                        break
                 keep = req.keep_alive and not self.closing
                 out.append(self._respond(req, keep))
-                if not keep:
-                    close = True
-                    break
+                close = not keep
         except BadRequest as exc:
             server.metrics.bad_requests += 1
             server.metrics.count(exc.status)
@@ -413,21 +444,28 @@ class EdgeProtocol(asyncio.Protocol):
             if click_buffer is not None and len(click_buffer) >= server.flush_max_clicks:
                 server.clicks.nudge()  # type: ignore[union-attr]
         if close:
-            self.buf = b""
+            self.pending = self.scanner = self.body = self.body_req = None
             transport.close()
             return
-        rest = buf[pos:] if pos < len(buf) else b""
-        self.buf = rest
-        now = time.monotonic()
-        if rest:
-            if self.head_started is None or pos:
-                self.head_started = now
-            self.deadline = self.head_started + server.config.header_timeout_s
-        else:
-            self.head_started = None
-            self.deadline = now + server.config.keep_alive_timeout_s
-            if self.closing:
-                transport.close()
+        if self.body is None and pos < len(buf):
+            # the start of the next request's head (parse_head found it incomplete)
+            self.pending = bytearray(buf[pos:])
+            self.scanner = HeadScanner()
+            self.scanner.advance(self.pending)
+        if self.body is not None or self.pending is not None:
+            self._wait_for_rest(bool(out))
+            return
+        self.head_started = None
+        self.deadline = time.monotonic() + server.config.keep_alive_timeout_s
+        if self.closing:
+            transport.close()
+
+    def _wait_for_rest(self, new_request: bool) -> None:
+        """A request is incomplete: it must be whole within header_timeout_s of its first
+        byte (`new_request`: it started in this read, after answered ones)."""
+        if self.head_started is None or new_request:
+            self.head_started = time.monotonic()
+        self.deadline = self.head_started + self.server.config.header_timeout_s
 
     def _respond(self, req: Request, keep: bool) -> bytes:
         """The whole answer to one request; captures the click of a served redirect."""

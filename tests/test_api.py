@@ -604,6 +604,26 @@ def test_body_over_the_cap_is_413_before_it_is_sent(server: ServerProcess) -> No
     assert answer.startswith(b"HTTP/1.1 413 ")
 
 
+def test_unauthenticated_body_is_refused_before_it_is_read(server: ServerProcess) -> None:
+    """No token: 401 from the head alone, no 100 Continue, closed; the body is never
+    buffered (it used to read up to 1 MiB before looking at the token)."""
+    head = (
+        b"POST /api/links HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 900000\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.admin_port), timeout=5) as sock:
+        sock.sendall(head + b"{" * 1000)
+        answer = read_responses(sock, 1)[0]
+        assert answer.startswith(b"HTTP/1.1 401 ")
+        assert b"Connection: close" in answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "unauthorized"
+        sock.settimeout(5)
+        assert sock.recv(100) == b""
+    wrong = head.replace(b"Host: a\r\n", b"Host: a\r\nAuthorization: Bearer nope\r\n")
+    answer = raw_request(server.admin_port, wrong)
+    assert answer.startswith(b"HTTP/1.1 401 ")
+
+
 def test_expect_100_continue_then_body(server: ServerProcess) -> None:
     body = json.dumps({"url": "https://example.com/" + "x" * 2000, "slug": "continued"}).encode()
     head = (

@@ -7,10 +7,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.http import (
+    MAX_CHUNK_LINE_BYTES,
     MAX_HEAD_BYTES,
     MAX_HEADER_COUNT,
     MAX_REQUEST_LINE_BYTES,
     BadRequest,
+    BodyReader,
+    HeadScanner,
     Request,
     parse_head,
     read_body,
@@ -292,3 +295,104 @@ def test_valid_request_split_anywhere_parses_like_whole(data: bytes, cuts: list[
 def test_mutated_valid_request_never_crashes(data: bytes, where: int, junk: bytes) -> None:
     i = where % len(data)
     parse_all(data[:i] + junk + data[i + 1 :])
+
+
+# --- work linear in the bytes received (hardening: the chunk-extension stall) -------------
+
+CHUNKED_HEAD = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def feed_in_pieces(data: bytes, points: list[int], limit: int = 1 << 20) -> tuple[object, ...]:
+    """Feed `data` cut at `points` the way the servers do: a HeadScanner over a growing
+    buffer, one parse of the head, then a BodyReader fed each new piece. Returns
+    (request, body, bytes the scanner and reader examined)."""
+    buf = bytearray()
+    scanner = HeadScanner()
+    reader: BodyReader | None = None
+    req: Request | None = None
+    last = 0
+    for point in [*points, len(data)]:
+        piece = data[last:point]
+        last = point
+        if reader is None:
+            buf += piece
+            if scanner.advance(buf) < 0:
+                continue
+            parsed = parse_head(buf)
+            assert parsed is not None
+            req, end = parsed
+            reader = BodyReader(req, limit)
+            assert reader.feed(buf, end) <= len(buf)
+        else:
+            reader.feed(piece)
+    assert req is not None and reader is not None and reader.done
+    return req, reader.body, scanner.examined + reader.examined
+
+
+@st.composite
+def chunked_bodies(draw: st.DrawFn) -> tuple[bytes, bytes]:
+    """(wire bytes, decoded body) of a chunked body with extensions and trailers."""
+    chunks = draw(st.lists(st.binary(min_size=1, max_size=40), max_size=8))
+    wire = b""
+    for data in chunks:
+        ext = draw(st.sampled_from([b"", b";a=1", b';name="v v"', b";x" * 20]))
+        wire += b"%x" % len(data) + ext + b"\r\n" + data + b"\r\n"
+    trailers = draw(st.lists(st.tuples(_token, _value), max_size=3))
+    wire += b"0\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in trailers) + b"\r\n"
+    return wire, b"".join(chunks)
+
+
+@settings(max_examples=300, deadline=None)
+@given(valid_requests(), chunked_bodies(), st.lists(st.integers(min_value=0), max_size=40))
+def test_chunked_request_split_anywhere_costs_linear_work(
+    head: bytes, body: tuple[bytes, bytes], cuts: list[int]
+) -> None:
+    data = head.replace(b"\r\n\r\n", b"\r\nTransfer-Encoding: chunked\r\n\r\n", 1) + body[0]
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    req, decoded, examined = feed_in_pieces(data, points)
+    whole = parse_head(data)
+    assert whole is not None
+    assert _summary(req) == _summary(whole[0])  # type: ignore[arg-type]
+    assert decoded == body[1]
+    # each byte is looked at a bounded number of times, however the input was split
+    assert examined <= 2 * len(data) + 8 * (len(points) + 1)
+
+
+def test_a_head_trickled_a_byte_at_a_time_is_searched_once() -> None:
+    data = b"GET / HTTP/1.1\r\nHost: a\r\n" + b"X-Pad: " + b"p" * 15000 + b"\r\n\r\n"
+    _req, _body, examined = feed_in_pieces(data, list(range(1, len(data))))
+    assert examined <= 4 * len(data)  # the old parser looked at ~len^2/2 = 113M bytes
+
+
+def test_chunk_extensions_past_the_line_cap_are_refused_at_once() -> None:
+    req, end = parse_head(CHUNKED_HEAD) or (None, 0)
+    assert req is not None
+    reader = BodyReader(req, 1 << 20)
+    line = b"1;" + b"e" * MAX_CHUNK_LINE_BYTES
+    with pytest.raises(BadRequest) as info:
+        for byte in range(len(line)):  # a byte at a time: refused before the line ends
+            reader.feed(line[byte : byte + 1])
+    assert info.value.status == 400
+    assert reader.examined <= MAX_CHUNK_LINE_BYTES + 3
+
+
+def test_framing_bytes_count_against_the_body_limit() -> None:
+    """1-byte chunks with 200-byte extensions: 3 KiB of data is 66 KiB on the wire."""
+    req, end = parse_head(CHUNKED_HEAD) or (None, 0)
+    assert req is not None
+    chunk = b"1;" + b"e" * 200 + b"\r\nx\r\n"
+    with pytest.raises(BadRequest) as info:
+        read_body(CHUNKED_HEAD + chunk * 330 + b"0\r\n\r\n", end, req, 65536)
+    assert info.value.status == 413
+    assert "65536" in info.value.message  # the limit is stated
+    got = read_body(CHUNKED_HEAD + chunk * 300 + b"0\r\n\r\n", end, req, 65536)
+    assert got is not None and got[0] == b"x" * 300
+
+
+def test_a_chunk_size_past_the_limit_is_refused_before_its_data() -> None:
+    req, end = parse_head(CHUNKED_HEAD) or (None, 0)
+    assert req is not None
+    reader = BodyReader(req, 1000)
+    with pytest.raises(BadRequest) as info:
+        reader.feed(b"10000\r\n")
+    assert info.value.status == 413

@@ -188,6 +188,33 @@ def test_huge_body_on_get_is_413(served: ServerProcess) -> None:
     assert answer.startswith(b"HTTP/1.1 413")
 
 
+def test_chunk_extension_flood_is_refused_and_redirects_keep_flowing(
+    served: ServerProcess,
+) -> None:
+    """The hardening probe's attack: 1-byte chunks with ~1 KB extensions, trickled on one
+    connection, used to be re-parsed from the first byte on every read (13 s of CPU)."""
+    head = b"GET /launch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", served.edge_port), timeout=5) as attacker:
+        attacker.sendall(head)
+        for _ in range(20):  # small chunks with short extensions: framing counts too
+            attacker.sendall(b"1;" + b"e" * 200 + b"\r\nx\r\n")
+            with socket.create_connection(("127.0.0.1", served.edge_port)) as other:
+                other.sendall(b"GET /perm HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert read_responses(other, 1)[0].startswith(b"HTTP/1.1 301")
+        attacker.sendall(b"1;" + b"e" * 1100 + b"\r\n")  # past the chunk-line cap
+        answer = read_responses(attacker, 1)[0]
+        assert answer.startswith(b"HTTP/1.1 400")
+        assert b"chunk-size line too long" in answer
+        assert attacker.recv(100) == b""  # and closed
+
+
+def test_chunk_framing_counts_against_the_edge_body_limit(served: ServerProcess) -> None:
+    head = b"GET /launch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+    chunk = b"1;" + b"e" * 200 + b"\r\nx\r\n"  # 1 byte of data, 207 on the wire
+    answer = raw_request(served.edge_port, head + chunk * 400 + b"0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413")
+
+
 def test_slowloris_gets_408_and_close(db_path: Path) -> None:
     add(db_path, "https://example.com/", "--slug", "a")
     proc = ServerProcess(db_path, "--header-timeout-s", "1", "--keep-alive-timeout-s", "1")
