@@ -20,8 +20,8 @@ from typing import Any, Final
 
 import orjson
 
-from admin import stats
-from edge import store
+from admin import stats, timerange, velocity
+from edge import catalog
 from edge.errors import InvalidField
 
 BAR_WIDTH: Final = 40  # characters of the longest bar in `linkedge stats` series
@@ -30,7 +30,7 @@ RELATIVE_ARG_RE: Final = re.compile(r"^-\d+([smhdw]|\.\d+)?$")  # -1h, -7d (and 
 
 def open_db(args: argparse.Namespace) -> sqlite3.Connection:
     path = args.db or os.environ.get("LINKEDGE_DB_PATH") or "linkedge.db"
-    return store.open_db(path)
+    return catalog.open_db(path)
 
 
 def print_json(data: Any) -> None:
@@ -52,13 +52,13 @@ def print_table(rows: list[list[str]], headers: list[str]) -> None:
 def _token_out(token: dict[str, Any]) -> dict[str, Any]:
     out = dict(token)
     for name in ("created_at", "last_used_at", "revoked_at"):
-        out[name] = stats.iso_ms(token[name])
+        out[name] = timerange.iso_ms(token[name])
     return out
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    record, secret = store.create_token(conn, args.name)
+    record, secret = catalog.create_token(conn, args.name)
     if args.json:
         print_json({"token": _token_out(record), "secret": secret})
     else:
@@ -72,7 +72,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 def cmd_token_list(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    tokens = [_token_out(t) for t in store.list_tokens(conn)]
+    tokens = [_token_out(t) for t in catalog.list_tokens(conn)]
     if args.json:
         print_json(tokens)
         return 0
@@ -95,7 +95,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    record = store.revoke_token(conn, args.id)
+    record = catalog.revoke_token(conn, args.id)
     if args.json:
         print_json(_token_out(record))
     else:
@@ -109,7 +109,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def cmd_utm_allow(args: argparse.Namespace) -> int:
     conn = open_db(args)
     values = [v for part in args.values for v in part.split(",")]
-    cleaned = store.set_utm_allowed(conn, args.field, values)
+    cleaned = catalog.set_utm_allowed(conn, args.field, values)
     field = args.field if args.field.startswith("utm_") else "utm_" + args.field
     if args.json:
         print_json({"field": field, "values": cleaned})
@@ -127,15 +127,15 @@ def cmd_utm_clear(args: argparse.Namespace) -> int:
 
 def cmd_utm_case(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    mode = store.set_utm_case(conn, args.mode) if args.mode else store.utm_case(conn)
+    mode = catalog.set_utm_case(conn, args.mode) if args.mode else catalog.utm_case(conn)
     print(f"UTM values are stored {'lowercased' if mode == 'lower' else 'as given'} ({mode})")
     return 0
 
 
 def cmd_utm_list(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    allowed = store.utm_allowed(conn)
-    lists = {name: allowed.get(name, []) for name in store.UTM_FIELDS}
+    allowed = catalog.utm_allowed(conn)
+    lists = {name: allowed.get(name, []) for name in catalog.UTM_FIELDS}
     if args.json:
         print_json(lists)
         return 0
@@ -149,18 +149,18 @@ def cmd_utm_list(args: argparse.Namespace) -> int:
 
 def link_report(conn: sqlite3.Connection, args: argparse.Namespace) -> dict[str, Any]:
     """The same numbers as GET /api/links/{id}/stats, velocity from the minute rollup."""
-    link = store.find_link(conn, args.slug, args.domain)
+    link = catalog.find_link(conn, args.slug, args.domain)
     now = time.time()
-    rng = stats.time_range(args.from_, args.to, args.interval, args.tz, now)
-    flt = stats.LinkFilter(link_id=link["id"])
+    rng = timerange.time_range(args.from_, args.to, args.interval, args.tz, now)
+    flt = catalog.LinkFilter(link_id=link["id"])
     result = stats.selection_stats(conn, flt, rng, _check_top(args.top))
-    window = stats.parse_window(args.window)
-    velocity = stats.rollup_velocity(conn, link["id"], window, int(now))
+    window = velocity.parse_window(args.window)
+    speed = velocity.rollup_velocity(conn, link["id"], window, int(now))
     return {
         "link": stats.link_head(link),
         **rng.describe(),
         **result,
-        "velocity": velocity,
+        "velocity": speed,
         "checkpoints": stats.launch_checkpoints(
             conn, link["id"], link["created_at"], int(now * 1000)
         ),
@@ -173,7 +173,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
         return 0
-    link, totals, velocity = report["link"], report["totals"], report["velocity"]
+    link, totals, speed = report["link"], report["totals"], report["velocity"]
     print(f"{link['short_url']} -> {link['url']}")
     print(f"{report['from']} to {report['to']} by {report['interval']} ({report['tz']})")
     print(
@@ -184,8 +184,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         kinds = ", ".join(f"{k} {n}" for k, n in report["bots_by_kind"].items())
         print(f"bots by kind: {kinds}")
     print(
-        f"velocity: {velocity['label']} ({velocity['current']} clicks in the last "
-        f"{velocity['window_s'] // 60} min vs {velocity['previous']} before)"
+        f"velocity: {speed['label']} ({speed['current']} clicks in the last "
+        f"{speed['window_s'] // 60} min vs {speed['previous']} before)"
     )
     launch = report["checkpoints"]
     if launch and launch["first_click_at"]:
@@ -284,7 +284,7 @@ def add_commands(sub: Any, cmd: CommandAdder, db_option: Callable[[Any], None]) 
         "store new UTM values lowercased (default) or as given; no MODE shows the setting",
         "linkedge utm case keep",
     )
-    p.add_argument("mode", nargs="?", choices=store.UTM_CASES)
+    p.add_argument("mode", nargs="?", choices=catalog.UTM_CASES)
     db_option(p)
     p = cmd(usub, "list", cmd_utm_list, "show the allow-lists", "linkedge utm list")
     p.add_argument("--json", action="store_true")
@@ -306,7 +306,7 @@ def add_commands(sub: Any, cmd: CommandAdder, db_option: Callable[[Any], None]) 
         "--from", dest="from_", default="-24h", help="ISO 8601 or relative (default -24h)"
     )
     p.add_argument("--to", default=None, help="ISO 8601 or relative (default now)")
-    p.add_argument("--interval", choices=stats.INTERVALS, help="series step (default by range)")
+    p.add_argument("--interval", choices=timerange.INTERVALS, help="series step (default by range)")
     p.add_argument("--tz", default=None, help="IANA time zone of the series (default UTC)")
     p.add_argument("--top", type=int, default=5, help="values per breakdown (default 5)")
     p.add_argument("--window", default=None, help="velocity window (default 15m)")

@@ -22,7 +22,7 @@ Rules of this module:
   buffer a body. /healthz never
   needs one; /metrics needs one only when the listener is public (`--admin-public`):
   Prometheus scrapers on the same host usually have no token.
-- Writes go through the runtime's writer connection (edge/store.py functions); right after
+- Writes go through the runtime's writer connection (edge/catalog.py functions); right after
   a write succeeds the link table is refreshed, so the edge serves a change on the very next
   request. Reads (links, stats) use this server's own connection, so a slow stats query
   never delays link sync or click writes.
@@ -49,9 +49,9 @@ from urllib.parse import unquote
 
 import orjson
 
-from admin import auth, stats
-from edge import store
-from edge.db import Database
+from admin import auth, stats, timerange, velocity
+from edge import catalog
+from edge.db import Database, now_ms
 from edge.errors import InvalidField, LinkedgeError, NotFound
 from edge.http import (
     STATUS_REASONS,
@@ -96,8 +96,8 @@ JSON_TYPE: Final = "application/json"
 SSE_TYPE: Final = "text/event-stream"
 PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
-# Fields of a link in a request body (edge/store.py LINK_COLUMNS plus where it lives).
-LINK_FIELDS: Final = frozenset(store.LINK_COLUMNS)
+# Fields of a link in a request body (edge/catalog.py LINK_COLUMNS plus where it lives).
+LINK_FIELDS: Final = frozenset(catalog.LINK_COLUMNS)
 CREATE_FIELDS: Final = LINK_FIELDS | {"slug", "domain"}
 PATCH_FIELDS: Final = LINK_FIELDS | {"archived"}
 LINK_TIME_FIELDS: Final = ("expires_at", "archived_at", "created_at", "updated_at")
@@ -579,7 +579,7 @@ class AdminServer:
         out = dict(link)
         out["short_url"] = stats.short_url(link["domain"], link["slug"])
         for name in LINK_TIME_FIELDS:
-            out[name] = stats.iso_ms(link[name])
+            out[name] = timerange.iso_ms(link[name])
         return out
 
     def _link_ref(self, call: Call) -> LinkRef:
@@ -596,7 +596,7 @@ class AdminServer:
     def _link_fields(self, body: dict[str, Any], now_s: float) -> dict[str, Any]:
         fields = {k: v for k, v in body.items() if k in LINK_FIELDS}
         if "expires_at" in fields:
-            fields["expires_at"] = stats.time_ms(fields["expires_at"], "expires_at", now_s)
+            fields["expires_at"] = timerange.time_ms(fields["expires_at"], "expires_at", now_s)
         return fields
 
     def _create_args(self, body: dict[str, Any], now_s: float) -> tuple[Any, ...]:
@@ -652,11 +652,11 @@ class AdminServer:
         for name in ("created_from", "created_to"):
             text = call.q(name)
             if text is not None:
-                ms = round(stats.parse_instant(text, name, call.now) * 1000)
+                ms = round(timerange.parse_instant(text, name, call.now) * 1000)
                 setattr(flt, name + "_ms", ms)
         limit = call.q_int("limit", stats.DEFAULT_PAGE, 1, stats.MAX_PAGE)
         before = _decode_cursor(call.q("cursor"))
-        links, next_id = await self.db.run(stats.list_links, flt, limit, before)
+        links, next_id = await self.db.run(catalog.list_links, flt, limit, before)
         return json_response(
             200,
             {
@@ -665,8 +665,8 @@ class AdminServer:
             },
         )
 
-    def _filter(self, call: Call, archived_default: str) -> stats.LinkFilter:
-        flt = stats.LinkFilter(archived=archived_default)
+    def _filter(self, call: Call, archived_default: str) -> catalog.LinkFilter:
+        flt = catalog.LinkFilter(archived=archived_default)
         for name in ("tag", "campaign", "utm_source", "utm_medium", "utm_campaign", "q"):
             value = call.q(name)
             if value is not None:
@@ -714,8 +714,8 @@ class AdminServer:
 
     # --- stats ---------------------------------------------------------------------------
 
-    def _range(self, call: Call) -> stats.TimeRange:
-        return stats.time_range(
+    def _range(self, call: Call) -> timerange.TimeRange:
+        return timerange.time_range(
             call.q("from"), call.q("to"), call.q("interval"), call.q("tz"), call.now
         )
 
@@ -723,7 +723,7 @@ class AdminServer:
         self, link_ids: list[int] | None, window_s: int, now_s: int | None = None
     ) -> dict[str, Any]:
         now = int(time.time()) if now_s is None else now_s
-        record = stats.live_velocity(self.runtime.live, link_ids, window_s, now)
+        record = velocity.live_velocity(self.runtime.live, link_ids, window_s, now)
         # The counters start empty: until two windows have passed, "previous" is not real.
         record["warming_up"] = now - self.runtime.started_at < 2 * window_s
         return record
@@ -732,8 +732,9 @@ class AdminServer:
         cached = self._final_checkpoints.get(link["id"])
         if cached is not None:
             return cached
-        now_ms = store.now_ms()
-        result = await self.db.run(stats.launch_checkpoints, link["id"], link["created_at"], now_ms)
+        result = await self.db.run(
+            stats.launch_checkpoints, link["id"], link["created_at"], now_ms()
+        )
         if result and result["checkpoints"] and all(c["complete"] for c in result["checkpoints"]):
             self._final_checkpoints[link["id"]] = result
         return result
@@ -742,8 +743,8 @@ class AdminServer:
         link = await self._read_link(self._link_ref(call))
         rng = self._range(call)
         top = call.q_int("top", stats.DEFAULT_TOP, 1, stats.MAX_TOP)
-        window = stats.parse_window(call.q("window"))
-        flt = stats.LinkFilter(link_id=link["id"])
+        window = velocity.parse_window(call.q("window"))
+        flt = catalog.LinkFilter(link_id=link["id"])
         result = await self.db.run(stats.selection_stats, flt, rng, top)
         return json_response(
             200,
@@ -758,7 +759,7 @@ class AdminServer:
 
     async def link_velocity(self, call: Call) -> Response:
         link = await self._read_link(self._link_ref(call))
-        window = stats.parse_window(call.q("window"))
+        window = velocity.parse_window(call.q("window"))
         return json_response(
             200, {"link": stats.link_head(link), "velocity": self._velocity([link["id"]], window)}
         )
@@ -781,7 +782,7 @@ class AdminServer:
     async def group_stats(self, call: Call) -> Response:
         flt = self._filter(call, archived_default="any")
         rng = self._range(call)
-        window = stats.parse_window(call.q("window"))
+        window = velocity.parse_window(call.q("window"))
         group_by = call.q("group_by")
         live_ids = self._live_ids(window)
         if group_by is None:
@@ -817,7 +818,7 @@ class AdminServer:
             self._names.clear()
         missing = [i for i in link_ids if i not in self._names]
         if missing:
-            self._names.update(await self.db.run(stats.link_names, missing))
+            self._names.update(await self.db.run(catalog.link_names, missing))
 
     async def live_snapshot(self, top: int) -> dict[str, Any]:
         now_s = int(time.time())
@@ -825,12 +826,12 @@ class AdminServer:
         if cached is not None and cached[0] == now_s and cached[1] == top:
             return cached[2]
         live = self.runtime.live
-        ids = stats.live_top_links(live, now_s, top)
+        ids = velocity.live_top_links(live, now_s, top)
         await self._refresh_names(ids)
         links = []
         for link_id in ids:
             name = self._names.get(link_id)
-            windows = stats.live_windows(live, link_id, now_s)
+            windows = velocity.live_windows(live, link_id, now_s)
             entry: dict[str, Any] = {"id": link_id}
             if name is not None:
                 entry.update(
@@ -838,16 +839,16 @@ class AdminServer:
                 )
             entry["windows"] = windows
             entry["rate_per_min"] = windows["60s"]["clicks"]
-            entry["velocity"] = self._velocity([link_id], stats.DEFAULT_VELOCITY_WINDOW_S, now_s)
+            entry["velocity"] = self._velocity([link_id], velocity.DEFAULT_VELOCITY_WINDOW_S, now_s)
             links.append(entry)
-        overall_windows = stats.live_windows(live, None, now_s)
+        overall_windows = velocity.live_windows(live, None, now_s)
         snapshot = {
-            "now": stats.iso_local(now_s, stats.UTC),
+            "now": timerange.iso_local(now_s, timerange.UTC),
             "overall": {
                 "windows": overall_windows,
                 "rate_per_min": overall_windows["60s"]["clicks"],
                 "rate_per_s": round(live.window(None, 10, now_s)[0] / 10, 2),
-                "velocity": self._velocity(None, stats.DEFAULT_VELOCITY_WINDOW_S, now_s),
+                "velocity": self._velocity(None, velocity.DEFAULT_VELOCITY_WINDOW_S, now_s),
                 "since_start": {"clicks": live.total, "humans": live.humans},
             },
             "links": links,
@@ -873,11 +874,11 @@ class AdminServer:
         }
 
     async def live(self, call: Call) -> Response:
-        top = call.q_int("top", stats.DEFAULT_LIVE_TOP, 0, stats.MAX_LIVE_TOP)
+        top = call.q_int("top", velocity.DEFAULT_LIVE_TOP, 0, velocity.MAX_LIVE_TOP)
         return json_response(200, await self.live_snapshot(top))
 
     async def live_stream(self, call: Call) -> Stream:
-        top = call.q_int("top", stats.DEFAULT_LIVE_TOP, 0, stats.MAX_LIVE_TOP)
+        top = call.q_int("top", velocity.DEFAULT_LIVE_TOP, 0, velocity.MAX_LIVE_TOP)
         return Stream(self._live_events(top))
 
     async def _live_events(self, top: int) -> AsyncIterator[bytes]:
@@ -898,10 +899,10 @@ class AdminServer:
     # --- domains -------------------------------------------------------------------------
 
     def domain_out(self, domain: dict[str, Any]) -> dict[str, Any]:
-        return {**domain, "created_at": stats.iso_ms(domain["created_at"])}
+        return {**domain, "created_at": timerange.iso_ms(domain["created_at"])}
 
     async def list_domains(self, call: Call) -> Response:
-        domains = await self.db.run(store.list_domains)
+        domains = await self.db.run(catalog.list_domains)
         return json_response(200, {"domains": [self.domain_out(d) for d in domains]})
 
     async def create_domain(self, call: Call) -> Response:
@@ -923,7 +924,7 @@ class AdminServer:
         )
 
     async def get_domain(self, call: Call) -> Response:
-        domain = await self.db.run(stats.get_domain, call.params["host"])
+        domain = await self.db.run(catalog.get_domain, call.params["host"])
         return json_response(200, self.domain_out(domain))
 
     async def patch_domain(self, call: Call) -> Response:
@@ -935,23 +936,23 @@ class AdminServer:
         for name in ("root_url", "fallback_url"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise InvalidField(f"{name} must be a URL string or null", name)
-        domain = await self._write(store.update_domain, call.params["host"], body)
+        domain = await self._write(catalog.update_domain, call.params["host"], body)
         return json_response(200, self.domain_out(domain))
 
     async def delete_domain(self, call: Call) -> Response:
-        await self._write(store.remove_domain, call.params["host"])
+        await self._write(catalog.remove_domain, call.params["host"])
         return Response(204, b"")
 
     # --- UTM allow-lists -----------------------------------------------------------------
 
     async def utm_allow_all(self, call: Call) -> Response:
-        allowed = await self.db.run(store.utm_allowed)
-        return json_response(200, {name: allowed.get(name, []) for name in store.UTM_FIELDS})
+        allowed = await self.db.run(catalog.utm_allowed)
+        return json_response(200, {name: allowed.get(name, []) for name in catalog.UTM_FIELDS})
 
     def _utm_field(self, call: Call) -> str:
         field = call.params["field"]
         name = field if field.startswith("utm_") else "utm_" + field
-        if name not in store.UTM_FIELDS:
+        if name not in catalog.UTM_FIELDS:
             raise NotFound(
                 f"unknown UTM field {field!r}: one of source, medium, campaign, content, term",
                 "field",
@@ -960,7 +961,7 @@ class AdminServer:
 
     async def utm_allow_get(self, call: Call) -> Response:
         name = self._utm_field(call)
-        allowed = await self.db.run(store.utm_allowed)
+        allowed = await self.db.run(catalog.utm_allowed)
         return json_response(200, {"field": name, "values": allowed.get(name, [])})
 
     async def utm_allow_put(self, call: Call) -> Response:
@@ -969,12 +970,12 @@ class AdminServer:
         values = body.get("values")
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise InvalidField("values must be a list of strings ([] accepts any value)", "values")
-        cleaned = await self.runtime.writer.run(store.set_utm_allowed, name, values)
+        cleaned = await self.runtime.writer.run(catalog.set_utm_allowed, name, values)
         return json_response(200, {"field": name, "values": cleaned})
 
     async def utm_allow_delete(self, call: Call) -> Response:
         name = self._utm_field(call)
-        await self.runtime.writer.run(store.set_utm_allowed, name, [])
+        await self.runtime.writer.run(catalog.set_utm_allowed, name, [])
         return Response(204, b"")
 
     # --- tokens --------------------------------------------------------------------------
@@ -982,11 +983,11 @@ class AdminServer:
     def token_out(self, token: dict[str, Any]) -> dict[str, Any]:
         out = dict(token)
         for name in ("created_at", "last_used_at", "revoked_at"):
-            out[name] = stats.iso_ms(token[name])
+            out[name] = timerange.iso_ms(token[name])
         return out
 
     async def list_tokens(self, call: Call) -> Response:
-        tokens = await self.db.run(store.list_tokens)
+        tokens = await self.db.run(catalog.list_tokens)
         return json_response(200, {"tokens": [self.token_out(t) for t in tokens]})
 
     async def create_token(self, call: Call) -> Response:
@@ -994,12 +995,12 @@ class AdminServer:
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
             raise InvalidField("name is required: what the token is for", "name")
-        record, secret = await self.runtime.writer.run(store.create_token, name)
+        record, secret = await self.runtime.writer.run(catalog.create_token, name)
         await self.tokens.refresh()
         return json_response(201, {"token": self.token_out(record), "secret": secret})
 
     async def revoke_token(self, call: Call) -> Response:
-        record = await self.runtime.writer.run(store.revoke_token, int(call.params["id"]))
+        record = await self.runtime.writer.run(catalog.revoke_token, int(call.params["id"]))
         await self.tokens.refresh()
         return json_response(200, self.token_out(record))
 
@@ -1233,7 +1234,7 @@ def _decode_cursor(text: str | None) -> int | None:
     return int(value)
 
 
-# --- writer-thread functions (store.py calls composed; they run on the writer) -------------
+# --- writer-thread functions (catalog calls composed; they run on the writer) -------------
 
 
 def _resolve(conn: sqlite3.Connection, ref: LinkRef) -> int:
@@ -1242,17 +1243,17 @@ def _resolve(conn: sqlite3.Connection, ref: LinkRef) -> int:
             raise NotFound(f"no link with id {ref}")
         return ref
     domain, slug = ref
-    return int(store.find_link(conn, slug, domain)["id"])
+    return int(catalog.find_link(conn, slug, domain)["id"])
 
 
 def _get_link(conn: sqlite3.Connection, ref: LinkRef) -> dict[str, Any]:
-    return store.get_link(conn, _resolve(conn, ref))
+    return catalog.get_link(conn, _resolve(conn, ref))
 
 
 def _create_link(
     conn: sqlite3.Connection, fields: dict[str, Any], domain: str | None, slug: str | None
 ) -> dict[str, Any]:
-    return store.create_link(conn, fields, domain=domain, slug=slug)
+    return catalog.create_link(conn, fields, domain=domain, slug=slug)
 
 
 def _create_bulk(
@@ -1269,7 +1270,7 @@ def _create_bulk(
                 continue
             fields, domain, slug = args
             try:
-                created.append(store.create_link(conn, fields, domain=domain, slug=slug))
+                created.append(catalog.create_link(conn, fields, domain=domain, slug=slug))
             except LinkedgeError as exc:
                 errors.append(_error_item(i, exc))
     except BaseException:
@@ -1285,20 +1286,20 @@ def _patch_link(
 ) -> dict[str, Any]:
     link_id = _resolve(conn, ref)
     if archived is False:
-        store.archive_link(conn, link_id, archived=False)
+        catalog.archive_link(conn, link_id, archived=False)
     if changes:
-        store.update_link(conn, link_id, changes)
+        catalog.update_link(conn, link_id, changes)
     if archived is True:
-        store.archive_link(conn, link_id, archived=True)
-    return store.get_link(conn, link_id)
+        catalog.archive_link(conn, link_id, archived=True)
+    return catalog.get_link(conn, link_id)
 
 
 def _archive_link(conn: sqlite3.Connection, ref: LinkRef) -> dict[str, Any]:
-    return store.archive_link(conn, _resolve(conn, ref))
+    return catalog.archive_link(conn, _resolve(conn, ref))
 
 
 def _purge_link(conn: sqlite3.Connection, ref: LinkRef) -> None:
-    store.purge_link(conn, _resolve(conn, ref))
+    catalog.purge_link(conn, _resolve(conn, ref))
 
 
 def _add_domain(
@@ -1308,7 +1309,7 @@ def _add_domain(
     root_url: str | None,
     fallback_url: str | None,
 ) -> dict[str, Any]:
-    return store.add_domain(
+    return catalog.add_domain(
         conn, host, default=default, root_url=root_url, fallback_url=fallback_url
     )
 

@@ -1,7 +1,7 @@
 """Bearer tokens for the admin API.
 
 Rules of this module:
-- Only a token's SHA-256 is stored (edge/store.py `api_tokens`); the secret is shown once,
+- Only a token's SHA-256 is stored (edge/catalog.py `api_tokens`); the secret is shown once,
   when it is created. A presented token is hashed and compared with every active hash by
   `hmac.compare_digest`, without stopping at a match, so timing says nothing about which
   hash matched or how much of it did.
@@ -24,7 +24,7 @@ import sqlite3
 import time
 from typing import Final
 
-from edge import store
+from edge import catalog
 from edge.db import Database
 from edge.errors import InvalidField, LinkedgeError
 
@@ -69,11 +69,11 @@ def bootstrap(conn: sqlite3.Connection, supplied: str | None) -> str | None:
             # start leaves its threads running (reported); the token is ignored, loudly.
             log.error("ignoring %s: %s", ENV_TOKEN, exc.message)
         else:
-            if store.add_token(conn, "env", supplied) is not None:
+            if catalog.add_token(conn, "env", supplied) is not None:
                 log.info("stored the token from %s", ENV_TOKEN)
-    if store.active_token_hashes(conn):
+    if catalog.active_token_hashes(conn):
         return None
-    _record, secret = store.create_token(conn, "admin")
+    _record, secret = catalog.create_token(conn, "admin")
     return secret
 
 
@@ -90,7 +90,7 @@ class TokenCache:
         self._refreshing: asyncio.Future[None] | None = None
 
     async def refresh(self) -> None:
-        self.hashes = await self.reader.run(store.active_token_hashes)
+        self.hashes = await self.reader.run(catalog.active_token_hashes)
         self.loaded_at = time.monotonic()
 
     async def _maybe_refresh(self) -> None:
@@ -142,7 +142,7 @@ class TokenCache:
 
     async def _write_touch(self, token_id: int) -> None:
         try:
-            await self.writer.run(store.touch_token, token_id)
+            await self.writer.run(catalog.touch_token, token_id)
         except (sqlite3.Error, RuntimeError) as exc:  # RuntimeError: closed while stopping
             log.debug("could not record the use of token %d: %s", token_id, exc)
 

@@ -17,8 +17,9 @@ from typing import Any
 
 from admin import admin_cli
 from admin.admin_cli import open_db, print_json, print_table
+from edge import catalog
 from edge import config as cfg
-from edge import store
+from edge.db import now_ms
 from edge.errors import LinkedgeError
 
 EXIT_USAGE = 2
@@ -44,11 +45,11 @@ def parse_time(text: str, what: str = "time") -> int:
     """ISO 8601 (naive means UTC) or relative (+2h, -15m, +7d, now) -> Unix ms."""
     value = text.strip()
     if value == "now":
-        return store.now_ms()
+        return now_ms()
     if value[:1] in "+-" and value[1:-1].isdigit() and value[-1] in "smhdw":
         unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[value[-1]]
         seconds = int(value[1:-1]) * unit
-        return store.now_ms() + (seconds if value[0] == "+" else -seconds) * 1000
+        return now_ms() + (seconds if value[0] == "+" else -seconds) * 1000
     try:
         when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -144,11 +145,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from admin.runtime import Runtime, run
 
     _setup_logging(config.log_level)
-    conn = store.open_db(config.db_path)
+    conn = catalog.open_db(config.db_path)
     try:
-        store.find_link(conn, "demo")
+        catalog.find_link(conn, "demo")
     except LinkedgeError:
-        store.create_link(
+        catalog.create_link(
             conn,
             {"url": "https://example.com/", "title": "linkedge demo", "campaign": "demo"},
             slug="demo",
@@ -181,7 +182,7 @@ def _link_fields(args: argparse.Namespace) -> dict[str, Any]:
         fields["url"] = args.url
     if args.status is not None:
         fields["status"] = args.status
-    for name in ("title", "notes", "campaign", *store.UTM_FIELDS):
+    for name in ("title", "notes", "campaign", *catalog.UTM_FIELDS):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value
@@ -215,7 +216,7 @@ def _show_link(link: dict[str, Any], as_json: bool) -> None:
 
 def cmd_link_add(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    link = store.create_link(conn, _link_fields(args), domain=args.domain, slug=args.slug)
+    link = catalog.create_link(conn, _link_fields(args), domain=args.domain, slug=args.slug)
     _show_link(link, args.json)
     return 0
 
@@ -235,7 +236,7 @@ def cmd_link_list(args: argparse.Namespace) -> int:
         + (" WHERE " + " AND ".join(where) if where else "")
         + " ORDER BY links.id"
     )
-    links = [store.link_dict(r) for r in conn.execute(sql, params)]
+    links = [catalog.link_dict(r) for r in conn.execute(sql, params)]
     if args.json:
         print_json([{**link, "short_url": short_url(link)} for link in links])
         return 0
@@ -256,7 +257,7 @@ def cmd_link_list(args: argparse.Namespace) -> int:
 
 
 def _find(conn: Any, args: argparse.Namespace) -> dict[str, Any]:
-    return store.find_link(conn, args.slug, args.domain)
+    return catalog.find_link(conn, args.slug, args.domain)
 
 
 def cmd_link_show(args: argparse.Namespace) -> int:
@@ -271,7 +272,7 @@ def cmd_link_set(args: argparse.Namespace) -> int:
     changes = _link_fields(args)
     if not changes:
         raise CLIError("nothing to change: give --url, --status, --expires, ...")
-    _show_link(store.update_link(conn, link["id"], changes), args.json)
+    _show_link(catalog.update_link(conn, link["id"], changes), args.json)
     return 0
 
 
@@ -279,17 +280,17 @@ def cmd_link_state(args: argparse.Namespace) -> int:
     conn = open_db(args)
     link = _find(conn, args)
     if args.action == "disable":
-        link = store.update_link(conn, link["id"], {"disabled": True})
+        link = catalog.update_link(conn, link["id"], {"disabled": True})
     elif args.action == "enable":
         if link["archived_at"]:
-            link = store.archive_link(conn, link["id"], archived=False)
-        link = store.update_link(conn, link["id"], {"disabled": False})
+            link = catalog.archive_link(conn, link["id"], archived=False)
+        link = catalog.update_link(conn, link["id"], {"disabled": False})
     elif args.action == "rm":
         if args.purge:
-            store.purge_link(conn, link["id"])
+            catalog.purge_link(conn, link["id"])
             print(f"purged {link['domain']}/{link['slug']} (its clicks stay in the stats)")
             return 0
-        link = store.archive_link(conn, link["id"])
+        link = catalog.archive_link(conn, link["id"])
     _show_link(link, getattr(args, "json", False))
     return 0
 
@@ -299,7 +300,7 @@ def cmd_link_state(args: argparse.Namespace) -> int:
 
 def cmd_domain_add(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    d = store.add_domain(
+    d = catalog.add_domain(
         conn,
         args.host,
         default=args.default,
@@ -324,14 +325,14 @@ def cmd_domain_set(args: argparse.Namespace) -> int:
         changes["fallback_url"] = args.fallback_url
     if not changes:
         raise CLIError("nothing to change: give --default, --root-url or --fallback-url")
-    d = store.update_domain(conn, args.host, changes)
+    d = catalog.update_domain(conn, args.host, changes)
     print_json(d) if args.json else print(f"updated {d['host']}")
     return 0
 
 
 def cmd_domain_list(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    domains = store.list_domains(conn)
+    domains = catalog.list_domains(conn)
     if args.json:
         print_json(domains)
         return 0
@@ -352,7 +353,7 @@ def cmd_domain_list(args: argparse.Namespace) -> int:
 
 def cmd_domain_rm(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    store.remove_domain(conn, args.host)
+    catalog.remove_domain(conn, args.host)
     print(f"removed {args.host}")
     return 0
 
@@ -461,12 +462,12 @@ def _db_option(p: argparse.ArgumentParser) -> None:
 
 
 def _link_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--status", type=int, choices=store.REDIRECT_STATUSES, help="redirect status")
+    p.add_argument("--status", type=int, choices=catalog.REDIRECT_STATUSES, help="redirect status")
     p.add_argument("--title")
     p.add_argument("--notes")
     p.add_argument("--campaign")
     p.add_argument("--tag", action="append", help="a tag (repeat for several)")
-    for name in store.UTM_FIELDS:
+    for name in catalog.UTM_FIELDS:
         p.add_argument(
             "--" + name.replace("_", "-"), dest=name, help=f"{name} merged into Location"
         )

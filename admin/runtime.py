@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from edge import store
+from edge import catalog
 from edge.clicks import ClickRecorder
 from edge.config import Config
 from edge.db import Database
@@ -62,7 +62,7 @@ class Runtime:
             raise
 
     async def _start(self) -> None:
-        conn = store.open_db(self.config.db_path)
+        conn = catalog.open_db(self.config.db_path)
         conn.close()
         await self.writer.open()
         await self.reader.open()

@@ -17,14 +17,13 @@ Rules:
   past its deadline, says how many were not).
 - Rollups (per link: link_minute/hour/day, link_dim_hour, link_day_visitors; per group:
   group_minute/hour/day, group_day_visitors) are derived from the written rows by id
-  range (store.roll_up): about once a second, in the same transaction as a batch of
+  range (rollups.roll_up): about once a second, in the same transaction as a batch of
   clicks, the clicks above a watermark (the highest click id rolled up) are added and the
   watermark moves, so each click is counted exactly once even across crashes: at start
   the flusher rolls up whatever a crash left above the watermark.
 
-Privacy: no raw IP is stored. visitor_id = BLAKE2b-64 keyed with a random salt that rotates
-every UTC day (old salts are deleted) over (ip, user agent, domain): uniques work within a
-day and nobody can be followed across days. With `DNT: 1` or `Sec-GPC: 1` the click is still
+Privacy: no raw IP is stored; the visitor id is edge/visitors.py's (a keyed hash with a salt
+that rotates every UTC day). With `DNT: 1` or `Sec-GPC: 1` the click is still
 counted, but without a visitor id and without geo below country (no region, city or ASN).
 """
 
@@ -32,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import os
@@ -43,11 +41,12 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
-from edge import store
+from edge import rollups, visitors
+from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH, RawClick
 from edge.config import Config
-from edge.db import Database
+from edge.db import Database, Transaction
 from edge.live import LiveCounters
-from edge.server import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH
+from edge.visitors import VisitorIds
 from geo.bots import classify
 from geo.geoip import EMPTY_GEO, GeoDatabase, GeoResult
 from geo.language import primary_language
@@ -79,10 +78,9 @@ DROP_LOG_INTERVAL_S: Final = 10.0
 GEO_CHECK_INTERVAL_S: Final = 2.0  # how often the GeoIP file is stat()ed for replacement
 DAY_S: Final = 86400
 
-_COL = {name: i for i, name in enumerate(store.CLICK_COLUMNS)}
+_COL = {name: i for i, name in enumerate(rollups.CLICK_COLUMNS)}
 _TS = _COL["ts"]
 
-RawClick = tuple[float, int, int, str, bytes, bytes, bytes, int]
 Row = tuple[Any, ...]
 
 
@@ -96,7 +94,7 @@ def truncate_ip(ip: str) -> str | None:
 
 
 class Enricher:
-    """Raw captured clicks -> click rows in store.CLICK_COLUMNS order. Thread-confined."""
+    """Raw captured clicks -> click rows in rollups.CLICK_COLUMNS order. Thread-confined."""
 
     def __init__(self, config: Config, geo: GeoDatabase) -> None:
         self.geo = geo
@@ -105,7 +103,7 @@ class Enricher:
         self._ua_cache: dict[bytes, tuple[str | None, tuple[Any, ...]]] = {}
         self._ref_cache: dict[bytes, tuple[str | None, str | None, str]] = {}
         self._lang_cache: dict[bytes, str | None] = {}
-        self.parsed = 0
+        self._ids: dict[int, tuple[bytes, VisitorIds]] = {}
 
     def _ua(self, raw: bytes) -> tuple[str | None, tuple[Any, ...]]:
         """(bot kind from the UA alone, the 7 UA columns), cached by the raw header bytes."""
@@ -132,6 +130,14 @@ class Enricher:
             self._ua_cache.clear()
         self._ua_cache[raw] = entry
         return entry
+
+    def _visitor_ids(self, day: int, salt: bytes) -> VisitorIds:
+        """The visitor-id maker of a day (its cache lives as long as the day's salt)."""
+        known = self._ids.get(day)
+        if known is None or known[0] != salt:
+            self._ids = {d: v for d, v in self._ids.items() if d >= day - 1}
+            known = self._ids[day] = (salt, VisitorIds(salt))
+        return known[1]
 
     def _referrer(self, raw: bytes) -> tuple[str | None, str | None, str]:
         text = raw.decode("utf-8", "replace") if raw else None
@@ -164,8 +170,7 @@ class Enricher:
         human_seconds: list[tuple[int, int]] = []
         geo_lookup = self.geo.lookup
         geo_seen: dict[str, GeoResult] = {}
-        domains: dict[int, bytes] = {}  # domain id -> its bytes in the visitor hash
-        hashers = {day: hashlib.blake2b(digest_size=8, key=salt) for day, salt in salts.items()}
+        ids_of = {day: self._visitor_ids(day, salt) for day, salt in salts.items()}
         ua_cache, ref_cache, lang_cache = self._ua_cache, self._ref_cache, self._lang_cache
         truncated = self.store_truncated_ip
         for ts, link_id, domain_id, ip, ua_raw, ref_raw, lang_raw, flags in clicks:
@@ -206,19 +211,14 @@ class Enricher:
                 )
                 tail: tuple[Any, ...] = (lang, 1, None)
             else:
-                domain = domains.get(domain_id)
-                if domain is None:
-                    domain = domains[domain_id] = b"%d" % domain_id
-                hasher = hashers[second // DAY_S].copy()
-                hasher.update(ip.encode() + b"\0" + ua_raw + b"\0" + domain)
-                head = (int(ts * 1000), link_id, hasher.digest(), bot_kind, method, *geo)
+                vid = ids_of[second // DAY_S].of(ip, ua_raw, domain_id)
+                head = (int(ts * 1000), link_id, vid, bot_kind, method, *geo)
                 tail = (lang, 0, truncate_ip(ip) if truncated else None)
             append((*head, *ua[1], *ref, *tail))
             key = (link_id, second)
             seconds.append(key)
             if bot_kind is None:
                 human_seconds.append(key)
-        self.parsed += len(clicks)
         humans = Counter(human_seconds)
         live = [(k[0], k[1], n, humans.get(k, 0)) for k, n in Counter(seconds).items()]
         return rows, live
@@ -279,8 +279,8 @@ class ClickRecorder:
         self._last_rollup = 0.0
         self._rollup_cost_s = 0.0  # how long the last rollup write took
         self._rebuild_due = True  # look for stale group visitors after the next flush
-        # the rollup writer's memory (store.RollupState): used on the database thread only
-        self._rollup_state = store.RollupState()
+        # the rollup writer's memory (rollups.RollupState): used on the database thread only
+        self._rollup_state = rollups.RollupState()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="linkedge-enrich")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -488,7 +488,7 @@ class ClickRecorder:
         """The salt of a UTC day; a new day creates its salt and deletes older ones."""
         salt = self._salts.get(day)
         if salt is None:
-            salt = await self.db.run(store.salt_for_day, day, lambda: os.urandom(32))
+            salt = await self.db.run(visitors.salt_for_day, day, lambda: os.urandom(32))
             self._salts = {d: s for d, s in self._salts.items() if d >= day}
             self._salts[day] = salt
         return salt
@@ -497,7 +497,7 @@ class ClickRecorder:
         """Roll up clicks written after the watermark (a crash or kill -9), and count the
         visitor chunks of the last two days (merged later like those written from now)."""
         n = await self.db.run(_catch_up)
-        await self.db.run(self._rollup_state.load, int(time.time()) // DAY_S - 1)
+        await self.db.run(self._rollup_state.chunks.load, int(time.time()) // DAY_S - 1)
         if n:
             log.info("rolled up %d clicks written before the last stop", n)
 
@@ -535,7 +535,7 @@ def _write_batch(
     conn: sqlite3.Connection,
     rows: list[Row],
     rollup_due: bool,
-    state: store.RollupState | None = None,
+    state: rollups.RollupState | None = None,
     limit: int = 0,
 ) -> tuple[int, int, int]:
     """One transaction: insert the rows and, when `rollup_due`, roll up the clicks above
@@ -543,27 +543,27 @@ def _write_batch(
     never holds the writer for long). A failed transaction changes nothing, so the retry
     counts every click once. Returns the rows' id range and how many were rolled up."""
     if state is not None and rollup_due:
-        state.forget_days_before(int(time.time()) // DAY_S - 1)
+        state.chunks.forget_days_before(int(time.time()) // DAY_S - 1)
     rolled = 0
-    with store.Transaction(conn):
-        first, last = store.insert_clicks(conn, rows) if rows else (0, -1)
+    with Transaction(conn):
+        first, last = rollups.insert_clicks(conn, rows) if rows else (0, -1)
         if rollup_due:
-            rolled = store.roll_up(conn, state, limit)
+            rolled = rollups.roll_up(conn, state, limit)
     return first, last, rolled
 
 
 def _catch_up(conn: sqlite3.Connection) -> int:
     """Roll up the clicks written after the watermark (a crash or kill -9), in chunks."""
-    state = store.RollupState()
+    state = rollups.RollupState()
     total = 0
     while True:
-        with store.Transaction(conn):
-            n = store.roll_up(conn, state, store.ROLL_UP_MAX_CLICKS)
+        with Transaction(conn):
+            n = rollups.roll_up(conn, state, rollups.ROLL_UP_MAX_CLICKS)
         if not n:
             return total
         total += n
 
 
 def _rebuild_one_stale_group_day(conn: sqlite3.Connection) -> bool:
-    with store.Transaction(conn):
-        return store.rebuild_stale_group_day(conn)
+    with Transaction(conn):
+        return rollups.rebuild_stale_group_day(conn)

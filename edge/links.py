@@ -1,7 +1,7 @@
 """The in-memory link table: (host, slug) -> Link, with each link's response bytes prebuilt.
 
 Rules:
-- The table is built from SQLite rows (edge/store.py) and updated in place from the rows
+- The table is built from SQLite rows (edge/catalog.py) and updated in place from the rows
   that changed; unchanged links are never rebuilt.
 - Each Link carries the bytes of its answer (status line, Location, Cache-Control,
   Content-Length) built once when it loads. The server only appends the Date line.
@@ -9,6 +9,9 @@ Rules:
   once per distinct raw value and remembered; slugs are bytes keys.
 - A visit with a query string gets its Location merged per request (unavoidable); a visit
   without one uses the prebuilt bytes.
+- One path: `LinkTable.answer(req, now)` decides every GET/HEAD answer (redirect, 404,
+  410, fallbacks, robots.txt); the server adds Date, Connection and the body, and
+  captures the click when the answer carries a link id.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from collections.abc import Iterable
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
-from edge.http import response_head, status_line
+from edge.http import Request, response_head, status_line
 from edge.urls import merge_query, split_url
 
 HOST_CACHE_SIZE: Final = 4096  # distinct raw Host values remembered (ports, case variants)
+_FAVICON: Final = b"/favicon.ico"
+_ROBOTS: Final = b"/robots.txt"
 
 NOT_FOUND_BODY: Final = b"Not Found\n"
 GONE_BODY: Final = b"This link is no longer available.\n"
@@ -104,7 +109,7 @@ class Link:
         self.domain_id: int = row["domain_id"]
         self.key: bytes = row["slug"].encode()  # the slug as the edge looks it up
         self.status: int = row["status"]
-        # Written with the link (store.link_location): destination + the link's UTM tags.
+        # Written with the link (catalog.link_location): destination + the link's UTM tags.
         location: str = row["location"]
         max_age_s: int = row["cache_max_age_s"]
         self.head: bytes = redirect_head(self.status, location, max_age_s)
@@ -118,20 +123,6 @@ class Link:
         expired_url = row["expired_url"]
         # None: an expired link answers 410 Gone.
         self.expired_head: bytes | None = redirect_head(302, expired_url) if expired_url else None
-
-    @classmethod
-    def from_plain(cls, domain_id: int, key: bytes, entry: bytes) -> Link:
-        """A Link with the same answers as a plain entry (for tools and tests)."""
-        link = cls.__new__(cls)
-        link.id = int.from_bytes(entry[:4], "little")
-        link.domain_id = domain_id
-        link.key = key
-        link.status = PLAIN_STATUSES[entry[4]]
-        link.head = plain_head(entry)
-        link.flags = FORWARD_QUERY
-        link.expires_at_s = None
-        link.expired_head = None
-        return link
 
     @property
     def slug(self) -> str:
@@ -180,11 +171,12 @@ _PLAIN_INDEX: Final = {s: i for i, s in enumerate(PLAIN_STATUSES)}
 _MAX_PLAIN_ID: Final = 2**32 - 1
 
 Entry = bytes | Link  # what a domain's slug dict holds
+Answer = tuple[bytes, bytes, int, int, int]  # head, body, status, link id, domain id
 
 
 def entry_for(row: sqlite3.Row) -> Entry:
     """The table's entry for a servable link row: plain bytes when it can be, else a Link."""
-    link_id = row["id"]
+    link_id: int = row["id"]
     if (
         row["forward_query"]
         and row["query_precedence"] != "request"
@@ -197,7 +189,7 @@ def entry_for(row: sqlite3.Row) -> Entry:
         return (
             link_id.to_bytes(4, "little")
             + bytes((_PLAIN_INDEX[row["status"]],))
-            + row["location"].encode("ascii")
+            + str(row["location"]).encode("ascii")
         )
     return Link(row)
 
@@ -270,15 +262,46 @@ class LinkTable:
         self._host_cache[raw_host] = domain
         return domain
 
-    def resolve(self, raw_host: bytes, slug: bytes) -> Link | None:
-        """The link a Host and slug reach, as a Link (for tools and tests; the server reads
-        the entries itself)."""
-        domain = self.domain_for(raw_host)
-        entry = None if domain is None else domain.slugs.get(slug)
-        if entry is None or isinstance(entry, Link):
-            return entry
-        assert domain is not None
-        return Link.from_plain(domain.id, slug, entry)
+    def answer(self, req: Request, now: float) -> Answer:
+        """The answer to a GET or HEAD: (head, body, status, link id, domain id). The head
+        is the status line and headers without Date and the blank line (the server
+        appends them, then the body unless HEAD); link id is 0 for anything that is not a
+        served redirect (nothing to record). The edge serves exactly this, and tests call
+        it: one path."""
+        domain = self.domain_for(req.host)
+        path = req.path
+        entry = None
+        if domain is not None:
+            slugs = domain.slugs
+            entry = slugs.get(path[1:])
+            if entry is None and path != b"/":
+                entry = slugs.get(slug_from_path(path))
+        if entry is None:
+            if path == _ROBOTS:
+                return ROBOTS_HEAD, ROBOTS_BODY, 200, 0, 0
+            if domain is not None and path != _FAVICON:
+                fallback = domain.root_head if path == b"/" else domain.fallback_head
+                if fallback is not None:
+                    return fallback, b"", 302, 0, domain.id
+            return NOT_FOUND_HEAD, NOT_FOUND_BODY, 404, 0, 0
+        assert domain is not None  # an entry was found on it
+        if entry.__class__ is bytes:  # a plain link (entry_for): the common case
+            plain: bytes = entry
+            index = plain[4]
+            link_id = int.from_bytes(plain[:4], "little")
+            if req.query:
+                return plain_head(plain, req.query), b"", PLAIN_STATUSES[index], link_id, domain.id
+            head = PLAIN_LINES[index] + plain[5:] + PLAIN_TAIL
+            return head, b"", PLAIN_STATUSES[index], link_id, domain.id
+        link: Link = entry  # type: ignore[assignment]
+        if link.flags & DISABLED:
+            return GONE_HEAD, GONE_BODY, 410, 0, domain.id
+        if link.expires_at_s is not None and now >= link.expires_at_s:
+            if link.expired_head is None:
+                return GONE_HEAD, GONE_BODY, 410, 0, domain.id
+            return link.expired_head, b"", 302, 0, domain.id
+        head = link.head_for_query(req.query) if req.query else link.head
+        return head, b"", link.status, link.id, domain.id
 
     def apply(
         self,

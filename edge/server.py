@@ -31,40 +31,20 @@ import time
 from email.utils import formatdate
 from typing import Any, Final, Protocol, cast
 
+from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH
 from edge.config import Config
 from edge.http import STATUS_REASONS, BadRequest, BodyReader, HeadScanner, Request, parse_head
 from edge.links import (
-    DISABLED,
-    GONE_BODY,
-    GONE_HEAD,
-    NOT_FOUND_BODY,
-    NOT_FOUND_HEAD,
-    PLAIN_LINES,
-    PLAIN_STATUSES,
-    PLAIN_TAIL,
-    ROBOTS_BODY,
-    ROBOTS_HEAD,
-    Link,
     LinkTable,
-    plain_head,
-    slug_from_path,
 )
 
 log = logging.getLogger("linkedge.edge")
-
-# Click flags: bits of the last element of a captured click tuple.
-FLAG_HEAD: Final = 1
-FLAG_PREFETCH: Final = 2
-FLAG_DNT: Final = 4
-FLAG_GPC: Final = 8
 
 SWEEP_INTERVAL_S: Final = 1.0  # timeouts are checked and the Date line rebuilt this often
 LISTEN_BACKLOG: Final = 2048  # nginx uses 511 on Linux; a burst of new visitors fits here
 
 _GET: Final = b"GET"
 _HEAD: Final = b"HEAD"
-_FAVICON: Final = b"/favicon.ico"
-_ROBOTS: Final = b"/robots.txt"
 
 
 class ClickSink(Protocol):
@@ -481,44 +461,11 @@ class EdgeProtocol(asyncio.Protocol):
         if not is_head and method != _GET:
             metrics.count(405)
             return METHOD_NOT_ALLOWED_HEAD + tail + METHOD_NOT_ALLOWED_BODY
-        domain = self.table.domain_for(req.host)
-        path = req.path
-        entry = None
-        if domain is not None:
-            slugs = domain.slugs
-            entry = slugs.get(path[1:])
-            if entry is None and path != b"/":
-                entry = slugs.get(slug_from_path(path))
-        if entry is None:
-            if path == _ROBOTS:
-                metrics.count(200)
-                return ROBOTS_HEAD + tail + (b"" if is_head else ROBOTS_BODY)
-            if domain is not None and path != _FAVICON:
-                fallback = domain.root_head if path == b"/" else domain.fallback_head
-                if fallback is not None:
-                    metrics.count(302)
-                    return fallback + tail
-            metrics.count(404)
-            return NOT_FOUND_HEAD + tail + (b"" if is_head else NOT_FOUND_BODY)
         now = time.time()
-        if entry.__class__ is bytes:  # a plain link (edge/links.py entry_for)
-            plain: bytes = entry  # type: ignore[assignment]
-            link_id = int.from_bytes(plain[:4], "little")
-            status = PLAIN_STATUSES[plain[4]]
-        else:
-            link: Link = entry  # type: ignore[assignment]
-            if link.flags & DISABLED:
-                metrics.count(410)
-                return GONE_HEAD + tail + (b"" if is_head else GONE_BODY)
-            if link.expires_at_s is not None and now >= link.expires_at_s:
-                if link.expired_head is None:
-                    metrics.count(410)
-                    return GONE_HEAD + tail + (b"" if is_head else GONE_BODY)
-                metrics.count(302)
-                return link.expired_head + tail
-            link_id = link.id
-            status = link.status
+        head, body, status, link_id, domain_id = self.table.answer(req, now)
         metrics.count(status)
+        if not link_id:
+            return head + tail + (b"" if is_head else body)
         metrics.redirects += 1
         click_buffer = server.click_buffer
         if click_buffer is not None:
@@ -536,7 +483,7 @@ class EdgeProtocol(asyncio.Protocol):
                 (
                     now,
                     link_id,
-                    domain.id,  # type: ignore[union-attr]  # a link was found on it
+                    domain_id,
                     ip,
                     req.user_agent,
                     req.referer,
@@ -544,13 +491,7 @@ class EdgeProtocol(asyncio.Protocol):
                     flags,
                 )
             )
-        if entry.__class__ is bytes:
-            if req.query:
-                return plain_head(plain, req.query) + tail
-            return PLAIN_LINES[plain[4]] + plain[5:] + PLAIN_TAIL + tail
-        if req.query:
-            return link.head_for_query(req.query) + tail
-        return link.head + tail
+        return head + tail
 
 
 def install_event_loop_policy() -> str:

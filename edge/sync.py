@@ -14,8 +14,8 @@ import gc
 import logging
 import sqlite3
 
-from edge import store
-from edge.db import Database
+from edge import catalog
+from edge.db import Database, current_rev
 from edge.links import LinkTable
 
 log = logging.getLogger("linkedge.sync")
@@ -28,13 +28,13 @@ def _data_version(conn: sqlite3.Connection) -> int:
 def _load_all(conn: sqlite3.Connection, table: LinkTable) -> None:
     # The revision is read first: a change committed meanwhile has a newer one, so the
     # next poll applies it again (harmless) rather than never.
-    rev = store.current_rev(conn)
+    rev = current_rev(conn)
     table.apply(rev, [], [], conn.execute("SELECT * FROM domains").fetchall())
     # A million new objects that all stay alive: the cyclic GC would walk them again and
     # again while they are made (a third of the load time), for nothing.
     gc.disable()
     try:
-        for rows in store.servable_link_chunks(conn):
+        for rows in catalog.servable_link_chunks(conn):
             table.apply(rev, rows)
     finally:
         gc.enable()
@@ -52,7 +52,7 @@ class LinkSync:
 
     async def refresh(self) -> int:
         """Apply whatever changed since the table's revision; return links changed."""
-        rev, links, purged, domains = await self.db.run(store.changes_since, self.table.rev)
+        rev, links, purged, domains = await self.db.run(catalog.changes_since, self.table.rev)
         if rev == self.table.rev:
             return 0
         changed = self.table.apply(rev, links, purged, domains)

@@ -405,9 +405,9 @@ def classify(ua: str, ua_info: UAInfo | None, *, is_head: bool, is_prefetch: boo
 
     is_prefetch: the request carried Sec-Purpose/Purpose: prefetch (caller's decision).
     is_head: the request method was HEAD.
-    ua_info: the parsed user agent when the caller has it; its device_type "bot" (which
-    geo.useragent sets for ua-parser's "Spider" device family) makes a crawler of an
-    agent this module's own patterns do not name.
+    ua_info: the parsed user agent when the caller has it; ua-parser's "Spider" device
+    family (UAInfo.spider) makes a crawler of an agent this module's own patterns do not
+    name. This is the one place that decides whether a click is a bot.
     """
     if is_prefetch:
         return "prefetch"
@@ -416,6 +416,6 @@ def classify(ua: str, ua_info: UAInfo | None, *, is_head: bool, is_prefetch: boo
     kind = ua_kind(ua or "")  # a missing header may arrive as None
     if kind is not None:
         return kind
-    if ua_info is not None and ua_info.device_type == "bot":
+    if ua_info is not None and ua_info.spider:
         return "crawler"
     return None

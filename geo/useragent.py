@@ -14,8 +14,10 @@
 # - Thread confinement: the LRU is a plain OrderedDict without a lock. One parser object
 #   must be used by one thread at a time (the click flusher's worker thread); build
 #   another parser for another thread.
+# - Whether an agent is a bot is not decided here: geo.bots.classify does, once, weighing
+#   its own patterns and ua-parser's "Spider" device family (UAInfo.spider).
 # - Device type is decided from the lowercased string with a few tokens, in this order:
-#   bot (ua-parser's "Spider" family, or geo.bots names the agent), other (TVs,
+#   other (TVs,
 #   consoles, headsets, cars), tablet (iPad, Kindle, "Tablet", Android browsers without
 #   "Mobile" -- the convention Google documents for Chrome), mobile ("Mobi", iPhone,
 #   iPod, Windows Phone, feature phones, other Android), desktop (Windows, macOS, X11,
@@ -29,8 +31,6 @@ from collections import OrderedDict
 from typing import Final, Literal, NamedTuple
 
 from ua_parser import Domain, Resolver, load_builtins, load_lazy_builtins
-
-from geo.bots import ua_kind
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class UAInfo(NamedTuple):
     os_major: str | None
     device_brand: str | None
     device_model: str | None
-    device_type: str  # one of "desktop", "mobile", "tablet", "bot", "other"
+    device_type: str  # one of "desktop", "mobile", "tablet", "other"
+    # ua-parser's "Spider" device family: one of the signals geo.bots.classify weighs
+    spider: bool = False
 
 
 EMPTY_UA: Final = UAInfo(None, None, None, None, None, None, "other")
@@ -109,10 +111,8 @@ _DESKTOP_OS: Final = frozenset(
 )
 
 
-def device_type_of(ua: str, spider: bool, os_family: str | None) -> str:
+def device_type_of(ua: str, os_family: str | None) -> str:
     """The device type of a non-empty string (see the module comment for the order)."""
-    if spider or ua_kind(ua) is not None:
-        return "bot"
     text = ua.lower()
     if _OTHER_DEVICE.search(text):
         return "other"
@@ -215,7 +215,8 @@ class UserAgentParser:
             os_major=os_.major if os_ and os_family else None,
             device_brand=device.brand if device and has_device else None,
             device_model=device.model if device and has_device else None,
-            device_type=device_type_of(ua, spider, os_family),
+            device_type=device_type_of(ua, os_family),
+            spider=spider,
         )
 
     def cache_info(self) -> dict[str, int]:

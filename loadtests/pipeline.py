@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from edge import clicks as clicks_mod
-from edge import store
+from edge import rollups, schema, visitors
 from edge.clicks import Enricher, _write_batch
 from edge.config import Config
+from edge.db import connect
 from edge.live import LiveCounters
 from geo.geoip import GeoDatabase
 from loadtests import geodb, workload
@@ -107,16 +108,16 @@ def measure(
 ) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     db = workload.copy_db(links_db, work / "pipeline.db")
-    conn = store.connect(str(db))
-    store.migrate(conn)
+    conn = connect(str(db))
+    schema.migrate(conn)
     geo = GeoDatabase(str(mmdb))
     enricher = Enricher(Config(db_path=str(db)), geo)
     live = LiveCounters()
     day = int(clicks[0][0]) // 86400
-    salt = store.salt_for_day(conn, day, lambda: os.urandom(32))
+    salt = visitors.salt_for_day(conn, day, lambda: os.urandom(32))
     params = inspect.signature(enricher.enrich).parameters
     salt_arg: Any = {day: salt, day + 1: salt} if "salts" in params else salt
-    state = store.RollupState()
+    state = rollups.RollupState()
     policy = RollupPolicy(batch / RATE_PER_S)
     t_enrich = t_write = t_loop = 0.0
     written = rollup_writes = 0
@@ -207,7 +208,7 @@ def run(
 
 def _link_ids(db: Path) -> list[tuple[int, int]]:
     """(link id, domain id) of every link."""
-    conn = store.connect(str(db))
+    conn = connect(str(db))
     try:
         return [(r[0], r[1]) for r in conn.execute("SELECT id, domain_id FROM links ORDER BY id")]
     finally:

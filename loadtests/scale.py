@@ -1,14 +1,14 @@
 # loadtests/scale: how linkedge behaves with many links and many stored clicks.
 #
 # Links in memory: `linkedge serve` (pinned to core 0, GeoIP on, admin off) is started on a
-# copy of a database holding N links (created with edge.store.create_link, cached); load
+# copy of a database holding N links (created with edge.catalog.create_link, cached); load
 # time is from process start to its "listening" line, RSS (VmRSS) is read from /proc once
 # it listens and has settled for 0.5 s, peak RSS (VmHWM) alongside; one probe request must
 # get its 302. Median of `repeats` starts.
 #
 # Stats queries: a database with the bench's 10,000 links and N synthetic clicks spread
 # evenly over the 30 days before a fixed end time, links chosen Zipf-like (the busiest link
-# gets ~10% of the clicks, as real campaigns do), rows in store.CLICK_COLUMNS order with
+# gets ~10% of the clicks, as real campaigns do), rows in rollups.CLICK_COLUMNS order with
 # field values produced by the real Enricher from the bench's visitors; inserted with
 # executemany in 500k-row transactions, then the rollups are filled by edge.clicks'
 # own catch-up (`_catch_up`, what a restarted server runs). Cached under
@@ -35,7 +35,9 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from edge import store
+from admin import timerange
+from edge import catalog, rollups, schema
+from edge.db import Transaction, connect
 from loadtests import geodb, machine, workload
 
 STATS_LINKS: Final = 10_000
@@ -147,8 +149,8 @@ def _visitor_pool(count: int, seed: int) -> list[bytes]:
 def create_clicks_db(path: Path, links_db: Path, mmdb: Path, clicks: int, seed: int = 17) -> None:
     tmp = path.with_name(path.name + ".tmp")
     workload.copy_db(links_db, tmp)
-    conn = store.connect(str(tmp))
-    store.migrate(conn)
+    conn = connect(str(tmp))
+    schema.migrate(conn)
     link_ids = [r[0] for r in conn.execute("SELECT id FROM links ORDER BY id")]
     rng = random.Random(seed)
     ranked = link_ids[:]
@@ -163,8 +165,11 @@ def create_clicks_db(path: Path, links_db: Path, mmdb: Path, clicks: int, seed: 
     step = DAYS * 86400 * 1000 / clicks
     t0 = time.monotonic()
     rand = rng.random
-    dnt = store.CLICK_COLUMNS.index("dnt") - 3  # profiles hold the columns after visitor_id
-    sql = store.INSERT_CLICK_SQL
+    dnt = rollups.CLICK_COLUMNS.index("dnt") - 3  # profiles hold the columns after visitor_id
+    sql = (
+        f"INSERT INTO clicks ({', '.join(rollups.CLICK_COLUMNS)}) "
+        f"VALUES ({', '.join('?' for _ in rollups.CLICK_COLUMNS)})"
+    )
     for first in range(0, clicks, CHUNK):
         rows = []
         for i in range(first, min(first + CHUNK, clicks)):
@@ -173,7 +178,7 @@ def create_clicks_db(path: Path, links_db: Path, mmdb: Path, clicks: int, seed: 
             link = ranked[bisect.bisect(cum, rand() * total_w)]
             vid = None if profile[dnt] else visitors[v]  # DNT clicks carry no visitor id
             rows.append((int(start_ms + i * step), link, vid, *profile))
-        with store.Transaction(conn):
+        with Transaction(conn):
             conn.executemany(sql, rows)
         done = min(first + CHUNK, clicks)
         print(
@@ -228,38 +233,38 @@ def _queries(conn: sqlite3.Connection, meta: dict[str, Any]) -> dict[str, tuple[
     try:
         from admin import stats
 
-        day = stats.time_range(None, None, None, None, end)
-        month = stats.time_range(f"-{DAYS}d", None, None, None, end)
+        day = timerange.time_range(None, None, None, None, end)
+        month = timerange.time_range(f"-{DAYS}d", None, None, None, end)
         # a zone whose hours are not UTC hours: its hour buckets are read from minute rows
-        kolkata = stats.time_range(None, None, None, "Asia/Kolkata", end)
+        kolkata = timerange.time_range(None, None, None, "Asia/Kolkata", end)
         src = "admin.stats"
         return {
             "link stats 24 h (busiest link)": (
-                lambda: stats.selection_stats(conn, stats.LinkFilter(link_id=top_link), day),
+                lambda: stats.selection_stats(conn, catalog.LinkFilter(link_id=top_link), day),
                 f"{src}.selection_stats",
             ),
             "link stats 24 h (median link)": (
-                lambda: stats.selection_stats(conn, stats.LinkFilter(link_id=median_link), day),
+                lambda: stats.selection_stats(conn, catalog.LinkFilter(link_id=median_link), day),
                 f"{src}.selection_stats",
             ),
             "campaign stats 24 h (one campaign)": (
-                lambda: stats.selection_stats(conn, stats.LinkFilter(campaign=campaign), day),
+                lambda: stats.selection_stats(conn, catalog.LinkFilter(campaign=campaign), day),
                 f"{src}.selection_stats",
             ),
             "group by campaign 24 h (all links)": (
-                lambda: stats.group_stats(conn, stats.LinkFilter(), "campaign", day),
+                lambda: stats.group_stats(conn, catalog.LinkFilter(), "campaign", day),
                 f"{src}.group_stats",
             ),
             "group by campaign 30 d (all links)": (
-                lambda: stats.group_stats(conn, stats.LinkFilter(), "campaign", month),
+                lambda: stats.group_stats(conn, catalog.LinkFilter(), "campaign", month),
                 f"{src}.group_stats",
             ),
             "group by link 24 h (top 100 of all links)": (
-                lambda: stats.group_stats(conn, stats.LinkFilter(), "link", day),
+                lambda: stats.group_stats(conn, catalog.LinkFilter(), "link", day),
                 f"{src}.group_stats",
             ),
             "group by campaign 24 h, Asia/Kolkata (all links)": (
-                lambda: stats.group_stats(conn, stats.LinkFilter(), "campaign", kolkata),
+                lambda: stats.group_stats(conn, catalog.LinkFilter(), "campaign", kolkata),
                 f"{src}.group_stats",
             ),
         }
@@ -316,7 +321,7 @@ def stats_latency(
     clicks: int, cache: Path, runs: int = 30, budget_s: float = 60.0
 ) -> dict[str, Any]:
     db, meta = ensure_clicks_db(cache, clicks)
-    conn = store.connect(str(db))
+    conn = connect(str(db))
     try:
         sizes = {
             t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]

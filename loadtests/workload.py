@@ -1,6 +1,6 @@
 # loadtests/workload: the links and the traffic every server under test gets, all seeded.
 #
-# - Links: N links on one domain (go.example.com), created with edge.store.create_link in
+# - Links: N links on one domain (go.example.com), created with edge.catalog.create_link in
 #   one transaction, into a SQLite file cached under loadtests/.cache/ (each linkedge run
 #   serves a fresh copy of it). Half carry UTM fields, all belong to one of 40 campaigns.
 # - The same set for the peers: each link's Location exactly as linkedge serves it
@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from edge import store
+from edge import catalog, schema
+from edge.db import connect
 
 HOST: Final = "go.example.com"
 CAMPAIGNS: Final = tuple(
@@ -306,8 +307,8 @@ def create_links_db(path: Path, count: int, seed: int = 1) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(str(tmp) + suffix).unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = store.open_db(str(tmp))
-    store.add_domain(conn, HOST, default=True)
+    conn = catalog.open_db(str(tmp))
+    catalog.add_domain(conn, HOST, default=True)
     conn.execute("BEGIN IMMEDIATE")
     for i, slug in enumerate(_slugs(count, seed)):
         fields: dict[str, object] = {
@@ -319,7 +320,7 @@ def create_links_db(path: Path, count: int, seed: int = 1) -> None:
             fields["utm_source"] = rng.choice(UTM_SOURCES)
             fields["utm_medium"] = rng.choice(UTM_MEDIUMS)
             fields["utm_campaign"] = fields["campaign"]
-        store.create_link(conn, fields, slug=slug)
+        catalog.create_link(conn, fields, slug=slug)
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
@@ -340,12 +341,12 @@ def ensure_schema(path: Path) -> Path:
     """Bring a cached database up to the current schema once, in place, so that no server
     start in a measured run pays for a migration (delete loadtests/.cache/ when a
     migration changes what the cached data means)."""
-    latest = store.MIGRATIONS[-1][0]
-    conn = store.connect(str(path))
+    latest = schema.MIGRATIONS[-1][0]
+    conn = connect(str(path))
     try:
         if conn.execute("PRAGMA user_version").fetchone()[0] < latest:
             print(f"bench: migrating cached {path.name} to schema {latest}", flush=True)
-            store.migrate(conn)
+            schema.migrate(conn)
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         conn.close()
@@ -364,10 +365,10 @@ def locations(db: Path) -> dict[str, str]:
     """slug -> Location, exactly as linkedge serves it (from the link table's own code)."""
     from edge.links import Link, is_servable
 
-    conn = store.connect(str(db))
+    conn = connect(str(db))
     try:
         out = {}
-        for row in store.all_links(conn):
+        for row in catalog.all_links(conn):
             if is_servable(row):
                 link = Link(row)
                 out[link.slug] = link.location

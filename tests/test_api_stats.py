@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from edge import store
+from edge import rollups
+from edge.db import Transaction, connect
 from tests.conftest import ServerProcess, cli
 from tests.geo_fixtures import build_city_mmdb
 from tests.test_api import TOKEN, Api, assert_error
@@ -159,18 +160,18 @@ def insert_history(db: Path, link_id: int, rows_in: list[tuple[str, int, int]]) 
     its own waiting at that point): the test's only way to have clicks on other days."""
     import datetime as dt
 
-    conn = store.connect(str(db))
-    with store.Transaction(conn):
+    conn = connect(str(db))
+    with Transaction(conn):
         rows = []
         for when, clicks, humans in rows_in:
             unix = int(dt.datetime.fromisoformat(when).timestamp())
             for i in range(clicks):
-                row = dict.fromkeys(store.CLICK_COLUMNS)
+                row = dict.fromkeys(rollups.CLICK_COLUMNS)
                 row.update(ts=unix * 1000, link_id=link_id, method="GET", country="NZ", dnt=0)
                 row["bot_kind"] = None if i < humans else "crawler"
-                rows.append(tuple(row[c] for c in store.CLICK_COLUMNS))
-        store.insert_clicks(conn, rows)
-        store.roll_up(conn)
+                rows.append(tuple(row[c] for c in rollups.CLICK_COLUMNS))
+        rollups.insert_clicks(conn, rows)
+        rollups.roll_up(conn)
     conn.close()
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from edge import store
+from edge import catalog, rollups, visitors
 from edge.clicks import DAY_S, ClickRecorder
 from edge.config import Config
-from edge.db import Database
+from edge.db import Database, Transaction, connect
 from edge.links import LinkTable
 from edge.live import LiveCounters
 from edge.server import FLAG_DNT, FLAG_HEAD
@@ -340,7 +340,7 @@ def test_missing_geoip_database_never_breaks_redirects(db_path: Path, tmp_path: 
 
 
 def _pipeline(db: Path) -> tuple[ClickRecorder, Database, LinkTable]:
-    conn = store.open_db(str(db))
+    conn = catalog.open_db(str(db))
     conn.close()
     database = Database(str(db))
     table = LinkTable()
@@ -350,8 +350,8 @@ def _pipeline(db: Path) -> tuple[ClickRecorder, Database, LinkTable]:
 
 def test_uniques_per_day_and_salt_rotation(tmp_path: Path) -> None:
     db = tmp_path / "u.db"
-    conn = store.open_db(str(db))
-    link = store.create_link(conn, {"url": "https://example.com/"}, slug="u")
+    conn = catalog.open_db(str(db))
+    link = catalog.create_link(conn, {"url": "https://example.com/"}, slug="u")
     conn.close()
 
     async def run() -> None:
@@ -382,7 +382,7 @@ def test_uniques_per_day_and_salt_rotation(tmp_path: Path) -> None:
         "SELECT day, ids, bot_ids FROM link_day_visitors WHERE link_id = ?", (link["id"],)
     ):
         entry = per_day.setdefault(chunk_day, (set(), set()))
-        chunk_ids, chunk_humans = store.chunk_sets(ids, bot_ids)
+        chunk_ids, chunk_humans = visitors.chunk_sets(ids, bot_ids)
         entry[0].update(chunk_ids)
         entry[1].update(chunk_humans)
     day = int(time.time()) // DAY_S
@@ -415,18 +415,18 @@ def test_uniques_per_day_and_salt_rotation(tmp_path: Path) -> None:
         ).fetchall()
     )
     assert dims == {"": 21, "head": 1}
-    assert store.rollup_watermark(conn) == 22
+    assert rollups.rollup_watermark(conn) == 22
 
 
 def test_rollups_catch_up_after_a_crash(tmp_path: Path) -> None:
     db = tmp_path / "c.db"
-    conn = store.open_db(str(db))
-    link = store.create_link(conn, {"url": "https://example.com/"}, slug="c")
+    conn = catalog.open_db(str(db))
+    link = catalog.create_link(conn, {"url": "https://example.com/"}, slug="c")
     now_ms = int(time.time() * 1000)
-    cols = store.CLICK_COLUMNS
+    cols = rollups.CLICK_COLUMNS
     row = {c: None for c in cols} | {"ts": now_ms, "link_id": link["id"], "method": "GET", "dnt": 0}
-    with store.Transaction(conn):
-        store.insert_clicks(conn, [tuple(row[c] for c in cols)] * 7)  # written, never rolled up
+    with Transaction(conn):
+        rollups.insert_clicks(conn, [tuple(row[c] for c in cols)] * 7)  # written, never rolled up
     conn.close()
 
     async def run() -> None:
@@ -439,16 +439,16 @@ def test_rollups_catch_up_after_a_crash(tmp_path: Path) -> None:
     asyncio.run(run())
     conn = sqlite3.connect(db)
     assert conn.execute("SELECT sum(clicks) FROM link_minute").fetchone()[0] == 7
-    assert store.rollup_watermark(conn) == 7
+    assert rollups.rollup_watermark(conn) == 7
     asyncio.run(run())  # running again adds nothing
     assert conn.execute("SELECT sum(clicks) FROM link_minute").fetchone()[0] == 7
 
 
 def test_the_flusher_rebuilds_groups_a_purged_link_left(tmp_path: Path) -> None:
     db = tmp_path / "g.db"
-    conn = store.open_db(str(db))
-    keep = store.create_link(conn, {"url": "https://example.com/", "campaign": "c"}, slug="k")
-    gone = store.create_link(conn, {"url": "https://example.com/", "campaign": "c"}, slug="g")
+    conn = catalog.open_db(str(db))
+    keep = catalog.create_link(conn, {"url": "https://example.com/", "campaign": "c"}, slug="k")
+    gone = catalog.create_link(conn, {"url": "https://example.com/", "campaign": "c"}, slug="g")
     conn.close()
 
     async def clicks_then_purge() -> None:
@@ -461,8 +461,8 @@ def test_the_flusher_rebuilds_groups_a_purged_link_left(tmp_path: Path) -> None:
         await recorder.flush()
         assert await recorder.close() == 0
         await database.close()
-        purge = store.connect(str(db))
-        store.purge_link(purge, gone["id"])
+        purge = connect(str(db))
+        catalog.purge_link(purge, gone["id"])
         purge.close()
 
     async def run_a_while() -> None:

@@ -17,9 +17,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from admin import stats
-from edge import store
+from admin import stats, timerange
+from edge import catalog, rollups, schema, visitors
 from edge.clicks import _catch_up
+from edge.db import Transaction, connect
 
 DAY = 86400
 END = 1_717_243_200 + 1234  # 2024-06-01T12:20:34Z: ranges never start on a round hour
@@ -28,7 +29,7 @@ BOTS = (None, None, None, None, "crawler", "preview", "head")
 
 
 def _click(rng: random.Random, ts_ms: int, link_id: int, visitors: list[bytes]) -> tuple:
-    row: dict[str, Any] = dict.fromkeys(store.CLICK_COLUMNS)
+    row: dict[str, Any] = dict.fromkeys(rollups.CLICK_COLUMNS)
     row.update(
         ts=ts_ms,
         link_id=link_id,
@@ -46,11 +47,11 @@ def _click(rng: random.Random, ts_ms: int, link_id: int, visitors: list[bytes]) 
         language=rng.choice(("en", "fr", None)),
         dnt=0,
     )
-    return tuple(row[c] for c in store.CLICK_COLUMNS)
+    return tuple(row[c] for c in rollups.CLICK_COLUMNS)
 
 
 def _links(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    store.add_domain(conn, "go.example.com")
+    catalog.add_domain(conn, "go.example.com")
     links = []
     for i in range(12):
         fields: dict[str, Any] = {"url": f"https://example.com/{i}"}
@@ -60,7 +61,7 @@ def _links(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             fields["tags"] = ["alpha", "beta"] if i % 8 == 0 else ["alpha"]
         fields["utm_source"] = ("mail", "social", None)[i % 3]
         domain = "go.example.com" if i % 2 else None
-        links.append(store.create_link(conn, fields, slug=f"l{i}", domain=domain))
+        links.append(catalog.create_link(conn, fields, slug=f"l{i}", domain=domain))
     return links
 
 
@@ -74,16 +75,16 @@ def _fill(conn: sqlite3.Connection, links: list[dict[str, Any]], n: int, seed: i
     rows = [_click(rng, t, rng.choice(links)["id"], visitors) for t in times]
     cut = int(n * 0.9)
     for part in (rows[: cut // 2], rows[cut // 2 : cut]):
-        with store.Transaction(conn):
-            store.insert_clicks(conn, part)
+        with Transaction(conn):
+            rollups.insert_clicks(conn, part)
         _catch_up(conn)  # in two writes: visitor chunks of a (link, day) are unioned
-    with store.Transaction(conn):
-        store.insert_clicks(conn, rows[cut:])  # the tail
+    with Transaction(conn):
+        rollups.insert_clicks(conn, rows[cut:])  # the tail
 
 
 @pytest.fixture
 def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    c = store.open_db(str(tmp_path / "r.db"))
+    c = catalog.open_db(str(tmp_path / "r.db"))
     yield c
     c.close()
 
@@ -108,11 +109,11 @@ def _group_keys(conn: sqlite3.Connection, group_by: str) -> dict[int, list[Any]]
 
 
 def _truth(
-    conn: sqlite3.Connection, rng: stats.TimeRange, group_by: str
+    conn: sqlite3.Connection, rng: timerange.TimeRange, group_by: str
 ) -> tuple[dict[Any, dict[str, Any]], dict[str, int]]:
     """Every group's numbers by brute force over `clicks`."""
     keys_of = _group_keys(conn, group_by)
-    starts = stats.bucket_starts(rng.from_s, rng.to_s, rng.interval, rng.tz)
+    starts = timerange.bucket_starts(rng.from_s, rng.to_s, rng.interval, rng.tz)
     m_first, m_last = rng.minutes
     h_first, h_last = rng.hours
     d_first, d_last = rng.days
@@ -174,10 +175,10 @@ def _expected(g: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_group_by(conn: sqlite3.Connection, rng: stats.TimeRange, group_by: str) -> None:
+def _check_group_by(conn: sqlite3.Connection, rng: timerange.TimeRange, group_by: str) -> None:
     truth, overall = _truth(conn, rng, group_by)
-    every = stats.LinkFilter()
-    per_link = stats.LinkFilter(created_from_ms=0)  # same links, through the link rollups
+    every = catalog.LinkFilter()
+    per_link = catalog.LinkFilter(created_from_ms=0)  # same links, through the link rollups
     for flt in (every, per_link):
         answer = stats.group_stats(conn, flt, group_by, rng)
         got = {g["key"]: _answer(g) for g in answer["groups"]}
@@ -198,7 +199,7 @@ def test_group_stats_equal_the_raw_clicks(
 ) -> None:
     links = _links(conn)
     _fill(conn, links, 3000, seed=len(tz) + len(span))
-    rng = stats.time_range(span, None, interval, tz, END)
+    rng = timerange.time_range(span, None, interval, tz, END)
     for group_by in ("campaign", "utm_source", "tag", "domain", "link"):
         _check_group_by(conn, rng, group_by)
 
@@ -206,10 +207,10 @@ def test_group_stats_equal_the_raw_clicks(
 def test_link_and_selection_stats_equal_the_raw_clicks(conn: sqlite3.Connection) -> None:
     links = _links(conn)
     _fill(conn, links, 2000, seed=3)
-    rng = stats.time_range("-40h", "-1h", "hour", "Asia/Kolkata", END)
+    rng = timerange.time_range("-40h", "-1h", "hour", "Asia/Kolkata", END)
     truth, _ = _truth(conn, rng, "link")
     for link in links:
-        answer = stats.selection_stats(conn, stats.LinkFilter(link_id=link["id"]), rng)
+        answer = stats.selection_stats(conn, catalog.LinkFilter(link_id=link["id"]), rng)
         expected = _expected(truth[link["id"]])
         assert [p["clicks"] for p in answer["series"]] == expected["series"]
         assert answer["bots_by_kind"] == expected["kinds"]
@@ -219,7 +220,7 @@ def test_link_and_selection_stats_equal_the_raw_clicks(conn: sqlite3.Connection)
     # every breakdown list, from the combined dimension rows, equals the raw clicks'
     h_first, h_last = rng.hours
     link_id = links[0]["id"]
-    answer = stats.selection_stats(conn, stats.LinkFilter(link_id=link_id), rng, top=100)
+    answer = stats.selection_stats(conn, catalog.LinkFilter(link_id=link_id), rng, top=100)
     for column, name in stats.DIMENSION_NAMES.items():
         expected_top: dict[Any, list[int]] = {}
         for value, bot in conn.execute(
@@ -237,17 +238,17 @@ def test_link_and_selection_stats_equal_the_raw_clicks(conn: sqlite3.Connection)
 def test_editing_a_link_moves_its_history_between_groups(conn: sqlite3.Connection) -> None:
     links = _links(conn)
     _fill(conn, links, 2000, seed=5)
-    rng = stats.time_range("-3d", None, "day", "UTC", END)
-    store.update_link(conn, links[1]["id"], {"campaign": "camp-2", "tags": ["gamma"]})
-    store.update_link(conn, links[4]["id"], {"campaign": None, "utm_source": "social"})
-    store.update_link(conn, links[8]["id"], {"tags": []})
-    store.purge_link(conn, links[5]["id"])
+    rng = timerange.time_range("-3d", None, "day", "UTC", END)
+    catalog.update_link(conn, links[1]["id"], {"campaign": "camp-2", "tags": ["gamma"]})
+    catalog.update_link(conn, links[4]["id"], {"campaign": None, "utm_source": "social"})
+    catalog.update_link(conn, links[8]["id"], {"tags": []})
+    catalog.purge_link(conn, links[5]["id"])
     assert conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0] > 0
     for group_by in ("campaign", "utm_source", "tag", "domain"):
         _check_group_by(conn, rng, group_by)  # stale group-days counted from their links
     while True:  # what the flusher does after each roll-up, one group-day at a time
-        with store.Transaction(conn):
-            if not store.rebuild_stale_group_day(conn):
+        with Transaction(conn):
+            if not rollups.rebuild_stale_group_day(conn):
                 break
     for group_by in ("campaign", "utm_source", "tag", "domain"):
         _check_group_by(conn, rng, group_by)  # and from the rebuilt group rollups
@@ -261,64 +262,64 @@ def test_a_new_link_never_inherits_a_purged_links_clicks(conn: sqlite3.Connectio
     links = _links(conn)
     _fill(conn, links, 500, seed=7)
     last = links[-1]
-    store.purge_link(conn, last["id"])
-    fresh = store.create_link(conn, {"url": "https://example.com/new"}, slug="new")
+    catalog.purge_link(conn, last["id"])
+    fresh = catalog.create_link(conn, {"url": "https://example.com/new"}, slug="new")
     assert fresh["id"] > last["id"]
-    rng = stats.time_range("-3d", None, "day", "UTC", END)
-    answer = stats.selection_stats(conn, stats.LinkFilter(link_id=fresh["id"]), rng)
+    rng = timerange.time_range("-3d", None, "day", "UTC", END)
+    answer = stats.selection_stats(conn, catalog.LinkFilter(link_id=fresh["id"]), rng)
     assert answer["totals"]["clicks"] == 0
 
 
 def test_visitor_chunks_are_merged_and_stay_exact(conn: sqlite3.Connection) -> None:
     links = _links(conn)[:2]
     rng_ = random.Random(9)
-    visitors = [rng_.randbytes(8) for _ in range(30)]
-    state = store.RollupState()
+    people = [rng_.randbytes(8) for _ in range(30)]
+    state = rollups.RollupState()
     day_ms = (END // DAY) * DAY * 1000
-    for i in range(store.VISITOR_CHUNKS_MERGE * 2 + 3):  # more writes than the merge limit
-        rows = [_click(rng_, day_ms + i * 1000 + j, links[j % 2]["id"], visitors) for j in range(5)]
+    for i in range(visitors.CHUNKS_MERGE_AT * 2 + 3):  # more writes than the merge limit
+        rows = [_click(rng_, day_ms + i * 1000 + j, links[j % 2]["id"], people) for j in range(5)]
         _write(conn, rows, state)
     chunks = conn.execute(
         "SELECT link_id, count(*) FROM link_day_visitors GROUP BY link_id"
     ).fetchall()
-    assert all(n < store.VISITOR_CHUNKS_MERGE for _l, n in chunks)
-    rng = stats.time_range("-1h", "+1h", "minute", "UTC", day_ms // 1000 + 60)
+    assert all(n < visitors.CHUNKS_MERGE_AT for _l, n in chunks)
+    rng = timerange.time_range("-1h", "+1h", "minute", "UTC", day_ms // 1000 + 60)
     _check_group_by(conn, rng, "campaign")
     _check_group_by(conn, rng, "link")
 
 
 def _old_schema_db(path: str, seed: int) -> sqlite3.Connection:
     """A database as migrations 0001-0004 left it, rollups written the way they were."""
-    conn = store.connect(path)
+    conn = connect(path)
     conn.execute(
         "CREATE TABLE schema_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
         "applied_at INTEGER NOT NULL)"
     )
-    for number, name, apply in store.MIGRATIONS[:4]:
-        with store.Transaction(conn):
+    for number, name, apply in schema.MIGRATIONS[:4]:
+        with Transaction(conn):
             apply(conn)
             conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (number, name))
-    store.ensure_default_domain(conn)
+    catalog.ensure_default_domain(conn)
     return conn
 
 
 def test_migration_0005_keeps_every_number(tmp_path: Path) -> None:
     conn = _old_schema_db(str(tmp_path / "old.db"), 1)
     # links created through the current code path, minus the tables 0005 adds
-    store.add_domain(conn, "go.example.com")
+    catalog.add_domain(conn, "go.example.com")
     links = []
     for i in range(6):
         fields: dict[str, Any] = {"url": f"https://example.com/{i}", "campaign": f"c{i % 2}"}
         if i % 2:
             fields["tags"] = ["alpha"]
-        links.append(store.create_link(conn, fields, slug=f"l{i}"))
+        links.append(catalog.create_link(conn, fields, slug=f"l{i}"))
     rng_ = random.Random(11)
     visitors = [rng_.randbytes(8) for _ in range(40)]
     start_ms = (END - 2 * DAY) * 1000
     times = sorted(rng_.randrange(start_ms, END * 1000) for _ in range(1500))
     rows = [_click(rng_, t, rng_.choice(links)["id"], visitors) for t in times]
-    with store.Transaction(conn):
-        last = store.insert_clicks(conn, rows)[1]
+    with Transaction(conn):
+        last = rollups.insert_clicks(conn, rows)[1]
         # the old rollups, as the old flusher wrote them
         conn.execute(
             "INSERT INTO link_minute SELECT link_id, ts / 60000, count(*), "
@@ -346,12 +347,12 @@ def test_migration_0005_keeps_every_number(tmp_path: Path) -> None:
             "max(bot_kind IS NULL) FROM clicks WHERE visitor_id IS NOT NULL GROUP BY 1, 2, 3"
         )
         conn.execute("UPDATE meta SET value = ? WHERE key = 'rollup_click_id'", (last,))
-    assert store.migrate(conn) == ["0005_rollups_for_big_ranges"]
+    assert schema.migrate(conn) == ["0005_rollups_for_big_ranges"]
     for span, interval, tz in (("-2d", "day", "UTC"), ("-30h", "hour", "Asia/Kolkata")):
-        rng = stats.time_range(span, None, interval, tz, END)
+        rng = timerange.time_range(span, None, interval, tz, END)
         for group_by in ("campaign", "tag", "link"):
             _check_group_by(conn, rng, group_by)
-        answer = stats.selection_stats(conn, stats.LinkFilter(link_id=links[0]["id"]), rng)
+        answer = stats.selection_stats(conn, catalog.LinkFilter(link_id=links[0]["id"]), rng)
         truth, _ = _truth(conn, rng, "link")
         assert (
             answer["top"]["countries"]
@@ -372,8 +373,8 @@ def test_pieces_cover_each_minute_once_within_one_bucket(
     from_s = 1_717_000_000 + start
     if interval == "minute":
         length = min(length, 2 * DAY)
-    rng = stats.TimeRange(from_s, from_s + length, interval, stats.zone(tz), tz)
-    starts = stats.bucket_starts(rng.from_s, rng.to_s, interval, rng.tz)
+    rng = timerange.TimeRange(from_s, from_s + length, interval, timerange.zone(tz), tz)
+    starts = timerange.bucket_starts(rng.from_s, rng.to_s, interval, rng.tz)
     sizes = {"minute": [1], "hour": [60, 15, 1], "day": [1440, 60, 15, 1]}[interval]
     pieces = stats._pieces(rng, starts, sizes)
     covered: list[int] = []
@@ -391,26 +392,26 @@ def test_pieces_cover_each_minute_once_within_one_bucket(
 
 
 def test_pieces_use_coarse_rows_in_the_middle() -> None:
-    rng = stats.time_range("-3d", None, "day", "UTC", END)
-    starts = stats.bucket_starts(rng.from_s, rng.to_s, "day", rng.tz)
+    rng = timerange.time_range("-3d", None, "day", "UTC", END)
+    starts = timerange.bucket_starts(rng.from_s, rng.to_s, "day", rng.tz)
     days, hours, minutes = stats._pieces(rng, starts, [1440, 60, 1])
     assert len(days) == 1 and days[0][1] - days[0][0] == 1  # two whole UTC days
     assert len(hours) == 2 and len(minutes) == 2
     assert dt.datetime.fromtimestamp(days[0][0] * 86400, dt.UTC).hour == 0
 
 
-def _write(conn: sqlite3.Connection, rows: list[tuple], state: store.RollupState) -> None:
+def _write(conn: sqlite3.Connection, rows: list[tuple], state: rollups.RollupState) -> None:
     """One flusher write: the rows, then a roll-up of everything above the watermark."""
-    with store.Transaction(conn):
-        store.insert_clicks(conn, rows)
-        store.roll_up(conn, state)
+    with Transaction(conn):
+        rollups.insert_clicks(conn, rows)
+        rollups.roll_up(conn, state)
 
 
 def test_a_finished_days_chunks_are_merged_into_one(conn: sqlite3.Connection) -> None:
     links = _links(conn)[:3]
     rand = random.Random(12)
     visitors = [rand.randbytes(8) for _ in range(20)]
-    state = store.RollupState()
+    state = rollups.RollupState()
     day_ms = (END // DAY) * DAY * 1000
     for i, when in enumerate((day_ms - 3000, day_ms - 2000, day_ms - 1000, day_ms + 1000)):
         rows = [_click(rand, when + j, links[j % 3]["id"], visitors) for j in range(9)]
@@ -429,9 +430,9 @@ def test_a_finished_days_chunks_are_merged_into_one(conn: sqlite3.Connection) ->
     ).fetchall()
     assert rows and all(n > 0 and size == 0 for n, size in rows)
     # a late click of that day, not rolled up yet: counted from the links plus the tail
-    with store.Transaction(conn):
-        store.insert_clicks(conn, [_click(rand, day_ms - 100, links[1]["id"], visitors)])
-    rng = stats.time_range("-2d", "+1d", "day", "UTC", day_ms // 1000)
+    with Transaction(conn):
+        rollups.insert_clicks(conn, [_click(rand, day_ms - 100, links[1]["id"], visitors)])
+    rng = timerange.time_range("-2d", "+1d", "day", "UTC", day_ms // 1000)
     for group_by in ("campaign", "link", "domain"):
         _check_group_by(conn, rng, group_by)
 
@@ -441,32 +442,32 @@ def test_chunks_written_twice_under_one_key_are_still_counted_exactly(
 ) -> None:
     links = _links(conn)[:2]
     rand = random.Random(13)
-    visitors = [rand.randbytes(8) for _ in range(10)]
+    people = [rand.randbytes(8) for _ in range(10)]
     when = (END - 600) * 1000
-    first = [_click(rand, when + j, links[j % 2]["id"], visitors) for j in range(30)]
-    second = [_click(rand, when + 100 + j, links[j % 2]["id"], visitors) for j in range(30)]
-    state = store.RollupState()
+    first = [_click(rand, when + j, links[j % 2]["id"], people) for j in range(30)]
+    second = [_click(rand, when + 100 + j, links[j % 2]["id"], people) for j in range(30)]
+    state = rollups.RollupState()
     _write(conn, first, state)
-    seq = store.rollup_watermark(conn)
+    seq = rollups.rollup_watermark(conn)
     # the second clicks' visitors written under the same chunk keys (link, day, seq): the
     # writer must union them into the stored chunks, sorted and distinct
-    visitors: store.VisitorSets = {}
+    sets: dict[tuple[int, int], visitors.ChunkSets] = {}
     for row in second:
         if row[2] is not None:
-            entry = visitors.setdefault((row[1], row[0] // 86400000), (set(), set()))
-            entry[0].add(store.visitor_int(row[2]))
+            entry = sets.setdefault((row[1], row[0] // 86400000), (set(), set()))
+            entry[0].add(visitors.visitor_int(row[2]))
             if row[3] is None:
-                entry[1].add(store.visitor_int(row[2]))
-    with store.Transaction(conn):
-        store.insert_clicks(conn, second)
-        store._write_visitor_chunks(conn, "link_day_visitors", ("link_id",), visitors, seq, state)
+                entry[1].add(visitors.visitor_int(row[2]))
+    with Transaction(conn):
+        rollups.insert_clicks(conn, second)
+        visitors.write_chunks(conn, "link_day_visitors", ("link_id",), sets, seq, state.chunks)
         conn.execute(
             "UPDATE meta SET value = (SELECT max(id) FROM clicks) WHERE key = 'rollup_click_id'"
         )
     assert conn.execute("SELECT count(*) FROM link_day_visitors").fetchone()[0] == 2
-    rng = stats.time_range("-1h", None, "minute", "UTC", END)
+    rng = timerange.time_range("-1h", None, "minute", "UTC", END)
     truth, _ = _truth(conn, rng, "link")
-    answer = stats.group_stats(conn, stats.LinkFilter(created_from_ms=0), "link", rng)
+    answer = stats.group_stats(conn, catalog.LinkFilter(created_from_ms=0), "link", rng)
     got = {g["key"]: (g["uniques"], g["human_uniques"]) for g in answer["groups"]}
     assert got == {k: (g["uniques"], g["human_uniques"]) for k, g in truth.items()}
 
@@ -480,11 +481,11 @@ def test_every_stats_query_seeks_its_time_range(conn: sqlite3.Connection) -> Non
     conn.set_trace_callback(statements.append)
     for tz in ("UTC", "Asia/Kolkata"):
         for span, interval in (("-24h", "hour"), ("-3d", "day"), ("-2h", "minute")):
-            rng = stats.time_range(span, None, interval, tz, END)
+            rng = timerange.time_range(span, None, interval, tz, END)
             for group_by in ("campaign", "tag", "link"):
-                stats.group_stats(conn, stats.LinkFilter(), group_by, rng)
-            stats.group_stats(conn, stats.LinkFilter(created_from_ms=0), "campaign", rng)
-            stats.selection_stats(conn, stats.LinkFilter(link_id=links[0]["id"]), rng)
+                stats.group_stats(conn, catalog.LinkFilter(), group_by, rng)
+            stats.group_stats(conn, catalog.LinkFilter(created_from_ms=0), "campaign", rng)
+            stats.selection_stats(conn, catalog.LinkFilter(link_id=links[0]["id"]), rng)
     conn.set_trace_callback(None)
     rollups = re.compile(r"\b(link|group)_(minute|quarter|hour|day|dim_hour|day_visitors)\b")
     whole_history = re.compile(
@@ -509,11 +510,11 @@ def test_chunks_written_before_a_restart_are_merged_at_day_end(
     rand = random.Random(31)
     visitors = [rand.randbytes(8) for _ in range(10)]
     day_ms = (END // DAY) * DAY * 1000
-    before = store.RollupState()
+    before = rollups.RollupState()
     for i in range(3):
         _write(conn, [_click(rand, day_ms - 5000 + i, links[0]["id"], visitors)], before)
-    after = store.RollupState()  # a restart: counts read back from the database
-    after.load(conn, day_ms // 86400000 - 1)
+    after = rollups.RollupState()  # a restart: counts read back from the database
+    after.chunks.load(conn, day_ms // 86400000 - 1)
     _write(conn, [_click(rand, day_ms + 10, links[0]["id"], visitors)], after)
     per_day = dict(
         conn.execute(
@@ -533,20 +534,20 @@ def test_a_bounded_roll_up_leaves_the_rest_to_the_next_one(conn: sqlite3.Connect
     rows = [
         _click(rand, (END - 900) * 1000 + i, rand.choice(links)["id"], visitors) for i in range(30)
     ]
-    state = store.RollupState()
+    state = rollups.RollupState()
     first, last, rolled = _write_batch(conn, rows, True, state, 12)
-    assert (first, last, rolled) == (1, 30, 12) and store.rollup_watermark(conn) == 12
-    rng = stats.time_range("-1h", None, "minute", "UTC", END)
+    assert (first, last, rolled) == (1, 30, 12) and rollups.rollup_watermark(conn) == 12
+    rng = timerange.time_range("-1h", None, "minute", "UTC", END)
     _check_group_by(conn, rng, "campaign")  # the other 18 are counted as the tail
     assert _write_batch(conn, [], True, state, 12)[2] == 12
     assert _write_batch(conn, [], True, state, 12)[2] == 6
-    assert store.rollup_watermark(conn) == 30
+    assert rollups.rollup_watermark(conn) == 30
     _check_group_by(conn, rng, "link")
 
 
 def test_half_hour_zones_read_quarter_hours_not_minutes() -> None:
-    rng = stats.time_range("-24h", None, "hour", "Asia/Kolkata", END)
-    starts = stats.bucket_starts(rng.from_s, rng.to_s, "hour", rng.tz)
+    rng = timerange.time_range("-24h", None, "hour", "Asia/Kolkata", END)
+    starts = timerange.bucket_starts(rng.from_s, rng.to_s, "hour", rng.tz)
     hours, quarters, minutes = stats._pieces(rng, starts, [60, 15, 1])
     assert quarters and sum(hi - lo + 1 for lo, hi in minutes) < 30  # only at the edges
 
@@ -566,13 +567,13 @@ def test_counting_chunks_matches_sets(
         if i == big % max(1, len(parts)):
             ids = ids | set(range(1000, 1000 + 200))  # a big merged chunk: the search path
         humans &= ids
-        _seq, n, n_human, blob, bots = store.chunk(0, ids, humans)
-        chunks.append((n, n_human, store.unpack_ids(blob), store.unpack_ids(bots)))
+        _seq, n, n_human, blob, bots = visitors.chunk(0, ids, humans)
+        chunks.append((n, n_human, visitors.unpack_ids(blob), visitors.unpack_ids(bots)))
     extra_humans = extra - extra_bots
     every = set(extra)
     humans_all = set(extra_humans)
     for _n, _h, ids, bots in chunks:
         every |= set(ids)
         humans_all |= set(ids) - set(bots)
-    got = stats._count_chunks(chunks, (set(extra), set(extra_humans)))
+    got = visitors.count_chunks(chunks, (set(extra), set(extra_humans)))
     assert got == (len(every), len(humans_all))

@@ -13,8 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from admin import stats
-from edge import store
+from admin import stats, timerange, velocity
+from edge import catalog, rollups
+from edge.db import Transaction, now_ms
 from edge.errors import InvalidField
 from edge.live import LiveCounters
 
@@ -46,27 +47,27 @@ def ts(text: str) -> int:
     ],
 )
 def test_parse_instant_accepts_iso_relative_and_unix_ms(text: str, expected: int) -> None:
-    assert stats.parse_instant(text, "from", NOW) == expected
+    assert timerange.parse_instant(text, "from", NOW) == expected
 
 
 def test_parse_instant_reads_a_time_without_offset_in_the_requested_zone() -> None:
-    assert stats.parse_instant("2024-06-01T14:00", "from", NOW, PARIS) == NOW
-    assert stats.parse_instant("2024-06-01", "from", NOW, PARIS) == ts("2024-06-01T00:00+02:00")
-    assert stats.parse_instant("2024-06-01T12:00", "from", NOW) == NOW  # UTC by default
+    assert timerange.parse_instant("2024-06-01T14:00", "from", NOW, PARIS) == NOW
+    assert timerange.parse_instant("2024-06-01", "from", NOW, PARIS) == ts("2024-06-01T00:00+02:00")
+    assert timerange.parse_instant("2024-06-01T12:00", "from", NOW) == NOW  # UTC by default
 
 
 @pytest.mark.parametrize("text", ["yesterday", "-15x", "15m", "2024-13-01", ""])
 def test_parse_instant_refuses_garbage_naming_the_field(text: str) -> None:
     with pytest.raises(InvalidField) as err:
-        stats.parse_instant(text, "to", NOW)
+        timerange.parse_instant(text, "to", NOW)
     assert err.value.field == "to"
 
 
 def test_time_range_defaults_to_the_last_24_hours_by_the_hour() -> None:
-    rng = stats.time_range(None, None, None, None, NOW)
+    rng = timerange.time_range(None, None, None, None, NOW)
     assert (rng.from_s, rng.to_s, rng.interval, rng.tz_name) == (NOW - 86400, NOW, "hour", "UTC")
-    assert stats.time_range("-1h", None, None, None, NOW).interval == "minute"
-    assert stats.time_range("-30d", None, None, None, NOW).interval == "day"
+    assert timerange.time_range("-1h", None, None, None, NOW).interval == "minute"
+    assert timerange.time_range("-30d", None, None, None, NOW).interval == "day"
 
 
 @pytest.mark.parametrize(
@@ -80,16 +81,16 @@ def test_time_range_defaults_to_the_last_24_hours_by_the_hour() -> None:
 )
 def test_time_range_errors_name_the_field(args: tuple[Any, ...], field: str) -> None:
     with pytest.raises(InvalidField) as err:
-        stats.time_range(*args, NOW)
+        timerange.time_range(*args, NOW)
     assert err.value.field == field
 
 
 def test_day_buckets_follow_local_midnight_across_a_dst_change() -> None:
     # Europe/Paris springs forward on 2024-03-31: that day has 23 hours.
-    starts = stats.bucket_starts(
+    starts = timerange.bucket_starts(
         ts("2024-03-30T00:00+01:00"), ts("2024-04-02T00:00+02:00"), "day", PARIS
     )
-    labels = [stats.iso_local(t, PARIS) for t in starts]
+    labels = [timerange.iso_local(t, PARIS) for t in starts]
     assert labels == [
         "2024-03-30T00:00:00+01:00",
         "2024-03-31T00:00:00+01:00",
@@ -99,19 +100,19 @@ def test_day_buckets_follow_local_midnight_across_a_dst_change() -> None:
 
 
 def test_hour_buckets_skip_and_repeat_local_hours_at_dst_changes() -> None:
-    spring = stats.bucket_starts(
+    spring = timerange.bucket_starts(
         ts("2024-03-31T00:00+01:00"), ts("2024-03-31T05:00+02:00"), "hour", PARIS
     )
-    assert [stats.iso_local(t, PARIS)[11:] for t in spring] == [
+    assert [timerange.iso_local(t, PARIS)[11:] for t in spring] == [
         "00:00:00+01:00",
         "01:00:00+01:00",
         "03:00:00+02:00",  # 02:00 does not exist that night
         "04:00:00+02:00",
     ]
-    autumn = stats.bucket_starts(
+    autumn = timerange.bucket_starts(
         ts("2024-10-27T01:00+02:00"), ts("2024-10-27T04:00+01:00"), "hour", PARIS
     )
-    assert [stats.iso_local(t, PARIS)[11:] for t in autumn] == [
+    assert [timerange.iso_local(t, PARIS)[11:] for t in autumn] == [
         "01:00:00+02:00",
         "02:00:00+02:00",
         "02:00:00+01:00",  # 02:00 happens twice
@@ -122,20 +123,20 @@ def test_hour_buckets_skip_and_repeat_local_hours_at_dst_changes() -> None:
 
 def test_hour_buckets_in_half_and_quarter_hour_zones() -> None:
     start = ts("2024-06-01T00:00:00Z")
-    kolkata = stats.bucket_starts(start, start + 3 * 3600, "hour", ZoneInfo("Asia/Kolkata"))
+    kolkata = timerange.bucket_starts(start, start + 3 * 3600, "hour", ZoneInfo("Asia/Kolkata"))
     assert [t % 3600 for t in kolkata] == [1800] * 4  # local hours start at :30 UTC
-    nepal = stats.bucket_starts(start, start + 3600, "hour", ZoneInfo("Asia/Kathmandu"))
+    nepal = timerange.bucket_starts(start, start + 3600, "hour", ZoneInfo("Asia/Kathmandu"))
     assert [t % 3600 for t in nepal] == [900, 900]  # and at :15 UTC in Nepal (+5:45)
 
 
 # --- a database with rollups and a tail ---------------------------------------------------
 
-_COLUMN = {name: i for i, name in enumerate(store.CLICK_COLUMNS)}
+_COLUMN = {name: i for i, name in enumerate(rollups.CLICK_COLUMNS)}
 
 
 def click(at: int, link_id: int, visitor: bytes | None = b"v1", **fields: Any) -> tuple[Any, ...]:
-    """A click row in store.CLICK_COLUMNS order (a human Chrome click unless told)."""
-    row: list[Any] = [None] * len(store.CLICK_COLUMNS)
+    """A click row in rollups.CLICK_COLUMNS order (a human Chrome click unless told)."""
+    row: list[Any] = [None] * len(rollups.CLICK_COLUMNS)
     values = {
         "ts": at * 1000,
         "link_id": link_id,
@@ -153,32 +154,34 @@ def click(at: int, link_id: int, visitor: bytes | None = b"v1", **fields: Any) -
 
 
 def write_clicks(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    with store.Transaction(conn):
-        store.insert_clicks(conn, rows)
+    with Transaction(conn):
+        rollups.insert_clicks(conn, rows)
 
 
 def roll_up(conn: sqlite3.Connection) -> None:
     """What the flusher does once a second: roll up the clicks past the watermark."""
-    with store.Transaction(conn):
-        store.roll_up(conn)
+    with Transaction(conn):
+        rollups.roll_up(conn)
 
 
 @pytest.fixture
 def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    c = store.open_db(str(tmp_path / "stats.db"))
+    c = catalog.open_db(str(tmp_path / "stats.db"))
     yield c
     c.close()
 
 
 def link(conn: sqlite3.Connection, slug: str, **fields: Any) -> int:
-    return int(store.create_link(conn, {"url": "https://example.com/", **fields}, slug=slug)["id"])
+    return int(
+        catalog.create_link(conn, {"url": "https://example.com/", **fields}, slug=slug)["id"]
+    )
 
 
 def one_link_stats(
     conn: sqlite3.Connection, link_id: int, frm: str, to: str, interval: str, tz: str = "UTC"
 ) -> dict[str, Any]:
-    rng = stats.time_range(frm, to, interval, tz, NOW)
-    return stats.selection_stats(conn, stats.LinkFilter(link_id=link_id), rng)
+    rng = timerange.time_range(frm, to, interval, tz, NOW)
+    return stats.selection_stats(conn, catalog.LinkFilter(link_id=link_id), rng)
 
 
 def test_link_stats_count_rollups_and_the_tail_exactly_once(conn: sqlite3.Connection) -> None:
@@ -287,8 +290,8 @@ def test_group_by_campaign_tag_and_link(conn: sqlite3.Connection) -> None:
     )
     roll_up(conn)
     write_clicks(conn, [click(base + 4, c, b"v4"), click(base + 5, c, b"v5")])  # tail
-    rng = stats.time_range("-2h", None, "hour", None, NOW)
-    by_campaign = stats.group_stats(conn, stats.LinkFilter(), "campaign", rng)
+    rng = timerange.time_range("-2h", None, "hour", None, NOW)
+    by_campaign = stats.group_stats(conn, catalog.LinkFilter(), "campaign", rng)
     groups = {g["key"]: g for g in by_campaign["groups"]}
     assert [g["key"] for g in by_campaign["groups"]] == ["autumn", "spring"]
     assert groups["spring"]["links"] == 3
@@ -300,15 +303,15 @@ def test_group_by_campaign_tag_and_link(conn: sqlite3.Connection) -> None:
     assert sum(p["clicks"] for p in groups["spring"]["series"]) == 3
     assert by_campaign["totals"] == {"clicks": 6, "humans": 5, "bots": 1}
 
-    by_tag = stats.group_stats(conn, stats.LinkFilter(), "tag", rng)
+    by_tag = stats.group_stats(conn, catalog.LinkFilter(), "tag", rng)
     assert {g["key"]: g["clicks"] for g in by_tag["groups"]} == {"x": 3, "news": 1}
     assert by_tag["totals"]["clicks"] == 6  # a click of a link with two tags counts once
 
-    by_link = stats.group_stats(conn, stats.LinkFilter(campaign="spring"), "link", rng, limit=1)
+    by_link = stats.group_stats(conn, catalog.LinkFilter(campaign="spring"), "link", rng, limit=1)
     assert [(g["key"], g["slug"], g["clicks"]) for g in by_link["groups"]] == [(b, "b", 2)]
     assert by_link["groups"][0]["short_url"] == "https://localhost/b"
 
-    by_source = stats.group_stats(conn, stats.LinkFilter(), "utm_source", rng)
+    by_source = stats.group_stats(conn, catalog.LinkFilter(), "utm_source", rng)
     assert {g["key"]: g["clicks"] for g in by_source["groups"]} == {"": 5, "newsletter": 1}
 
 
@@ -319,23 +322,23 @@ def test_list_links_pages_newest_first_with_filters(conn: sqlite3.Connection) ->
     before = None
     pages = 0
     while True:
-        page, before = stats.list_links(conn, stats.LinkFilter(campaign="page"), 3, before)
+        page, before = catalog.list_links(conn, catalog.LinkFilter(campaign="page"), 3, before)
         seen += [item["id"] for item in page]
         pages += 1
         if before is None:
             break
     assert pages == 3
     assert seen == sorted(ids, reverse=True)
-    tagged, _ = stats.list_links(conn, stats.LinkFilter(tag="T"), 50, None)
+    tagged, _ = catalog.list_links(conn, catalog.LinkFilter(tag="T"), 50, None)
     assert [item["slug"] for item in tagged] == ["p5", "p3", "p1"]
     # q is a substring search; LIKE wildcards in it are literal characters.
-    found, _ = stats.list_links(conn, stats.LinkFilter(q="sale 100%"), 50, None)
+    found, _ = catalog.list_links(conn, catalog.LinkFilter(q="sale 100%"), 50, None)
     assert [item["slug"] for item in found] == ["other"]
-    assert stats.list_links(conn, stats.LinkFilter(q="_"), 50, None)[0][0]["slug"] == "other"
+    assert catalog.list_links(conn, catalog.LinkFilter(q="_"), 50, None)[0][0]["slug"] == "other"
 
 
 def test_launch_checkpoints_count_from_the_first_click(conn: sqlite3.Connection) -> None:
-    created = store.now_ms() // 1000 - 7200
+    created = now_ms() // 1000 - 7200
     a = link(conn, "a")
     conn.execute("UPDATE links SET created_at = ? WHERE id = ?", (created * 1000, a))
     first = created + 600
@@ -349,13 +352,13 @@ def test_launch_checkpoints_count_from_the_first_click(conn: sqlite3.Connection)
             click(first + 61 * 60, a, b"v4"),
         ],
     )
-    now_ms = (created + 3 * 3600) * 1000
-    tail_only = stats.launch_checkpoints(conn, a, created * 1000, now_ms)
+    at_ms = (created + 3 * 3600) * 1000
+    tail_only = stats.launch_checkpoints(conn, a, created * 1000, at_ms)
     roll_up(conn)
-    result = stats.launch_checkpoints(conn, a, created * 1000, now_ms)
+    result = stats.launch_checkpoints(conn, a, created * 1000, at_ms)
     assert tail_only == result
     assert result is not None
-    assert result["first_click_at"] == stats.iso_ms(first * 1000)
+    assert result["first_click_at"] == timerange.iso_ms(first * 1000)
     marks = {c["minutes"]: (c["clicks"], c["humans"], c["uniques"]) for c in result["checkpoints"]}
     assert marks == {15: (2, 2, 2), 30: (3, 3, 2), 60: (4, 3, 3)}
     assert all(c["complete"] for c in result["checkpoints"])
@@ -383,7 +386,7 @@ def test_launch_checkpoints_count_from_the_first_click(conn: sqlite3.Connection)
     ],
 )
 def test_velocity_labels(current: int, previous: int, label: str) -> None:
-    assert stats.velocity_label(current, previous) == label
+    assert velocity.velocity_label(current, previous) == label
 
 
 def feed(live: LiveCounters, link_id: int, start: int, seconds: int, per_minute: float) -> None:
@@ -415,37 +418,60 @@ def test_velocity_from_constructed_live_histories(before: float, after: float, l
     feed(live, 7, now - 2399, 1500, before)  # the previous 15 minutes (and 10 before them)
     feed(live, 7, now - 899, 900, after)  # the last 15 minutes
     feed(live, 8, now - 1799, 1800, 5)  # another link, steady, in the overall numbers
-    velocity = stats.live_velocity(live, [7], 900, now)
-    assert velocity["label"] == label
-    assert velocity["current"] == pytest.approx(after * 15, abs=1)
-    assert velocity["previous"] == pytest.approx(before * 15, abs=1)
-    assert velocity["rate_per_min"] == pytest.approx(after, abs=0.1)
-    assert velocity["slope_per_min2"] == pytest.approx((after - before) / 15, abs=0.01)
-    both = stats.live_velocity(live, None, 900, now)
+    speed = velocity.live_velocity(live, [7], 900, now)
+    assert speed["label"] == label
+    assert speed["current"] == pytest.approx(after * 15, abs=1)
+    assert speed["previous"] == pytest.approx(before * 15, abs=1)
+    assert speed["rate_per_min"] == pytest.approx(after, abs=0.1)
+    assert speed["slope_per_min2"] == pytest.approx((after - before) / 15, abs=0.01)
+    both = velocity.live_velocity(live, None, 900, now)
     assert both["current"] == pytest.approx((after + 5) * 15, abs=2)
 
 
-def test_rollup_velocity_matches_the_live_label(conn: sqlite3.Connection) -> None:
+@pytest.mark.parametrize("offset", [0, 1, 17, 59])
+def test_cli_and_api_velocity_count_the_same_windows(conn: sqlite3.Connection, offset: int) -> None:
+    """One definition: the CLI (rollups and clicks) and the API (live counters) give the
+    same numbers for the same clicks, the current second and minute included."""
     a = link(conn, "a")
-    now = store.now_ms() // 1000
-    last_minute_end = now - now % 60
-    rows = [click(last_minute_end - 1800 + i * 60, a) for i in range(15)]  # 1/min before
-    rows += [click(last_minute_end - 900 + i * 20, a) for i in range(45)]  # 3/min lately
+    now = (now_ms() // 60000) * 60 + offset  # `offset` seconds into the current minute
+    times = [now - 1799 + i * 60 for i in range(15)]  # 1/min in the window before
+    times += [now - 899 + i * 20 for i in range(45)]  # 3/min lately
+    times += [now, now - 1, now - 900, now - 901, now - 1800]  # on and around the edges
+    rows = [click(t, a) for t in times]
     write_clicks(conn, rows[:30])
     roll_up(conn)
     write_clicks(conn, rows[30:])  # the rest only in the tail
-    velocity = stats.rollup_velocity(conn, a, 900, now)
-    assert (velocity["current"], velocity["previous"]) == (45, 15)
-    assert velocity["label"] == "accelerating"
+    cli_speed = velocity.rollup_velocity(conn, a, 900, now)
+    live = LiveCounters()
+    live.add([(a, t, 1, 1) for t in sorted(times)])
+    api_speed = velocity.live_velocity(live, [a], 900, now)
+    current = sum(1 for t in times if now - 900 < t <= now)
+    previous = sum(1 for t in times if now - 1800 < t <= now - 900)
+    assert (cli_speed["current"], cli_speed["previous"]) == (current, previous) == (47, 17)
+    assert api_speed["current"] == current
+    # the live counters keep seconds for 15 minutes and minutes beyond: a window reaching
+    # further back prorates the one minute it cuts (LiveCounters.window_between)
+    assert abs(api_speed["previous"] - previous) <= 3
+    assert cli_speed["label"] == api_speed["label"] == "accelerating"
+
+
+def test_cli_velocity_sees_a_click_of_the_current_minute(conn: sqlite3.Connection) -> None:
+    """`linkedge stats` said "stalled" seconds after clicks: it left out the current minute."""
+    a = link(conn, "a")
+    now = now_ms() // 1000
+    write_clicks(conn, [click(now - 2, a), click(now, a)])
+    speed = velocity.rollup_velocity(conn, a, 900, now)
+    assert speed["current"] == 2
+    assert speed["label"] != "stalled"
 
 
 def test_parse_window_limits() -> None:
-    assert stats.parse_window(None) == 900
-    assert stats.parse_window("5m") == 300
-    assert stats.parse_window("120") == 120
+    assert velocity.parse_window(None) == 900
+    assert velocity.parse_window("5m") == 300
+    assert velocity.parse_window("120") == 120
     for bad in ("2h", "31m", "10s", "soon"):
         with pytest.raises(InvalidField):
-            stats.parse_window(bad)
+            velocity.parse_window(bad)
 
 
 def test_live_top_links_ranks_by_the_last_minute() -> None:
@@ -453,9 +479,9 @@ def test_live_top_links_ranks_by_the_last_minute() -> None:
     feed(live, 1, NOW - 600, 540, 60)  # busy earlier, quiet in the last minute
     feed(live, 2, NOW - 59, 60, 10)
     feed(live, 3, NOW - 59, 60, 30)
-    assert stats.live_top_links(live, NOW, 2) == [3, 2]
-    assert stats.live_top_links(live, NOW, 10) == [3, 2, 1]
-    windows = stats.live_windows(live, 3, NOW)
+    assert velocity.live_top_links(live, NOW, 2) == [3, 2]
+    assert velocity.live_top_links(live, NOW, 10) == [3, 2, 1]
+    windows = velocity.live_windows(live, 3, NOW)
     assert windows["60s"] == {"clicks": 30, "humans": 30, "bots": 0}
 
 
@@ -478,6 +504,6 @@ def test_velocity_sees_clicks_of_the_current_minute() -> None:
     live = LiveCounters()
     now = NOW + 30  # half a minute into a minute
     live.add([(5, s, 2, 2) for s in range(now - 29, now + 1)])
-    velocity = stats.live_velocity(live, [5], 900, now)
-    assert (velocity["current"], velocity["previous"], velocity["label"]) == (60, 0, "accelerating")
-    assert stats.live_windows(live, 5, now)["60m"] == {"clicks": 60, "humans": 60, "bots": 0}
+    speed = velocity.live_velocity(live, [5], 900, now)
+    assert (speed["current"], speed["previous"], speed["label"]) == (60, 0, "accelerating")
+    assert velocity.live_windows(live, 5, now)["60m"] == {"clicks": 60, "humans": 60, "bots": 0}

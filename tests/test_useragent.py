@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from geo.bots import classify
 from geo.useragent import EMPTY_UA, MAX_UA_CHARS, UAInfo, UserAgentParser
 from tests.geo_fixtures import HUMAN_UAS, UAP_DIR, UAP_MISSING_REASON, load_uap_cases
 
@@ -26,9 +27,7 @@ BOT_UAS = (
     "Xenu Link Sleuth/1.3.8",  # named only by ua-parser's Spider rules
 )
 
-ALL_CASES = [(kind, ua) for kind, uas in HUMAN_UAS.items() for ua in uas] + [
-    ("bot", ua) for ua in BOT_UAS
-]
+ALL_CASES = [(kind, ua) for kind, uas in HUMAN_UAS.items() for ua in uas]
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +40,26 @@ def test_device_type_of_real_user_agents(
     parser: UserAgentParser, device_type: str, ua: str
 ) -> None:
     assert parser.parse(ua).device_type == device_type
+
+
+@pytest.mark.parametrize("ua", BOT_UAS)
+def test_bots_are_decided_by_classify_with_the_parsed_agent(
+    parser: UserAgentParser, ua: str
+) -> None:
+    """The parser reports what it sees (ua-parser's Spider family as `spider`); whether a
+    click is a bot is decided once, by geo.bots.classify."""
+    info = parser.parse(ua)
+    assert info.device_type != "bot"
+    assert classify(ua, info, is_head=False, is_prefetch=False) is not None
+
+
+def test_an_agent_only_ua_parser_knows_is_a_crawler_through_spider(
+    parser: UserAgentParser,
+) -> None:
+    ua = BOT_UAS[-1]  # Xenu: none of geo.bots' own patterns
+    assert classify(ua, None, is_head=False, is_prefetch=False) is None
+    assert parser.parse(ua).spider is True
+    assert classify(ua, parser.parse(ua), is_head=False, is_prefetch=False) == "crawler"
 
 
 def test_fields_of_a_desktop_chrome(parser: UserAgentParser) -> None:
@@ -125,7 +144,7 @@ def test_very_long_string_is_parsed_on_its_head(parser: UserAgentParser) -> None
 @given(st.text(max_size=300))
 def test_parse_of_any_text_never_raises(parser: UserAgentParser, ua: str) -> None:
     info = parser.parse(ua)
-    assert info.device_type in ("desktop", "mobile", "tablet", "bot", "other")
+    assert info.device_type in ("desktop", "mobile", "tablet", "other")
 
 
 # -- agreement with uap-core's own expectations (the wiring of fields) -----------------------
@@ -168,6 +187,6 @@ def test_device_brand_model_match_uap_core_and_spiders_are_bots(parser: UserAgen
         expected = (None, None) if c["family"] == "Other" else (c["brand"], c["model"])
         if (info.device_brand, info.device_model) != expected:
             wrong.append((c["user_agent_string"], expected, info))
-        if c["family"] == "Spider" and info.device_type != "bot":
+        if c["family"] == "Spider" and not info.spider:
             wrong.append((c["user_agent_string"], "Spider", info))
     assert wrong == []

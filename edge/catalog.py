@@ -1,0 +1,731 @@
+"""The catalog: links, domains, UTM allow-lists and API tokens; their writes and reads.
+
+Rules:
+- Every write here is one `Transaction` (edge/db.py): standing alone it commits, inside
+  a caller's Transaction it is a savepoint of it (bulk creates, the API's composed edits).
+  No write function depends on its caller having opened a transaction.
+- Every change to a link or domain bumps the global revision and stamps the row with it
+  (`next_rev`), so running servers reload exactly the rows that changed
+  (`changes_since`); a link's edit that changes its groups moves its rolled-up history in
+  the same transaction (edge/rollups.py move_link_groups).
+- Values are validated and normalised here, once, for every way in (API, CLI, imports):
+  an error is an edge/errors.py class naming the field.
+- Functions take a plain `sqlite3.Connection` and are synchronous: the CLI calls them on
+  the file, a server runs them on its writer thread (edge/db.py Database).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+
+from edge.db import Transaction, connect, current_rev, next_rev, now_ms
+from edge.errors import Conflict, InvalidField, NotFound
+from edge.rollups import link_group_keys, move_link_groups
+from edge.schema import migrate
+from edge.urls import (
+    generate_slug,
+    normalize_destination,
+    normalize_host,
+    validate_slug,
+    with_params,
+)
+
+REDIRECT_STATUSES: Final = (301, 302, 303, 307, 308)
+UTM_FIELDS: Final = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
+MAX_TEXT_FIELD: Final = 2000  # title, notes, campaign, UTM values
+MAX_TAGS: Final = 50
+SLUG_ATTEMPTS: Final = 20  # retries of a generated slug on collision before giving up
+DEFAULT_DOMAIN: Final = "localhost"
+
+
+def link_location(url: str, fields: Any) -> str:
+    """The destination with the link's UTM tags set: they replace same-named parameters
+    of the destination, since the operator set them on purpose for this placement."""
+    utm = [(f, fields[f]) for f in UTM_FIELDS if fields[f]]
+    return with_params(url, utm) if utm else url
+
+
+def open_db(path: str) -> sqlite3.Connection:
+    """Connect, migrate, and make sure a default domain exists."""
+    conn = connect(path)
+    migrate(conn)
+    ensure_default_domain(conn)
+    return conn
+
+
+# --- domains -----------------------------------------------------------------------------
+
+
+def ensure_default_domain(conn: sqlite3.Connection, host: str = DEFAULT_DOMAIN) -> None:
+    if conn.execute("SELECT 1 FROM domains WHERE is_default = 1").fetchone():
+        return
+    with Transaction(conn):
+        if conn.execute("SELECT 1 FROM domains WHERE is_default = 1").fetchone():
+            return
+        rev = next_rev(conn)
+        existing = conn.execute("SELECT id FROM domains ORDER BY id LIMIT 1").fetchone()
+        if existing:
+            conn.execute(
+                "UPDATE domains SET is_default = 1, rev = ? WHERE id = ?", (rev, existing[0])
+            )
+        else:
+            conn.execute(
+                "INSERT INTO domains (host, is_default, created_at, rev) VALUES (?, 1, ?, ?)",
+                (host, now_ms(), rev),
+            )
+
+
+def domain_row(conn: sqlite3.Connection, host: str | None) -> sqlite3.Row:
+    """The domain by host, or the default domain when host is None."""
+    if host is None:
+        row = conn.execute("SELECT * FROM domains WHERE is_default = 1").fetchone()
+        if row is None:
+            raise NotFound("no default domain: add one with `linkedge domain add HOST`")
+        return row  # type: ignore[no-any-return]
+    row = conn.execute("SELECT * FROM domains WHERE host = ?", (normalize_host(host),)).fetchone()
+    if row is None:
+        raise NotFound(f"unknown domain {host!r}: add it with `linkedge domain add`", "domain")
+    return row  # type: ignore[no-any-return]
+
+
+def domain_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "host": row["host"],
+        "default": bool(row["is_default"]),
+        "root_url": row["root_url"],
+        "fallback_url": row["fallback_url"],
+        "created_at": row["created_at"],
+    }
+
+
+def list_domains(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [domain_dict(r) for r in conn.execute("SELECT * FROM domains ORDER BY host")]
+
+
+def _optional_url(value: Any, field: str) -> str | None:
+    if value is None or value == "":
+        return None
+    return normalize_destination(value, field)
+
+
+def add_domain(
+    conn: sqlite3.Connection,
+    host: str,
+    *,
+    default: bool = False,
+    root_url: str | None = None,
+    fallback_url: str | None = None,
+) -> dict[str, Any]:
+    name = normalize_host(host)
+    root = _optional_url(root_url, "root_url")
+    fallback = _optional_url(fallback_url, "fallback_url")
+    with Transaction(conn):
+        if conn.execute("SELECT 1 FROM domains WHERE host = ?", (name,)).fetchone():
+            raise Conflict(f"domain {name!r} already exists", "host")
+        rev = next_rev(conn)
+        if default:
+            conn.execute("UPDATE domains SET is_default = 0, rev = ? WHERE is_default = 1", (rev,))
+        cur = conn.execute(
+            "INSERT INTO domains (host, is_default, root_url, fallback_url, created_at, rev) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (name, int(default), root, fallback, now_ms(), rev),
+        )
+        row = conn.execute("SELECT * FROM domains WHERE id = ?", (cur.lastrowid,)).fetchone()
+    return domain_dict(row)
+
+
+def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) -> dict[str, Any]:
+    allowed = {"default", "root_url", "fallback_url"}
+    unknown = set(changes) - allowed
+    if unknown:
+        field = sorted(unknown)[0]
+        raise InvalidField(f"unknown domain field {field!r}", field)
+    with Transaction(conn):
+        row = domain_row(conn, host)
+        rev = next_rev(conn)
+        sets: dict[str, Any] = {}
+        if "root_url" in changes:
+            sets["root_url"] = _optional_url(changes["root_url"], "root_url")
+        if "fallback_url" in changes:
+            sets["fallback_url"] = _optional_url(changes["fallback_url"], "fallback_url")
+        if "default" in changes:
+            if changes["default"] is not True:
+                raise InvalidField(
+                    "a domain stops being the default when another one becomes it", "default"
+                )
+            conn.execute("UPDATE domains SET is_default = 0, rev = ? WHERE is_default = 1", (rev,))
+            sets["is_default"] = 1
+        sets["rev"] = rev
+        assignments = ", ".join(f"{k} = ?" for k in sets)
+        conn.execute(f"UPDATE domains SET {assignments} WHERE id = ?", (*sets.values(), row["id"]))
+        row = conn.execute("SELECT * FROM domains WHERE id = ?", (row["id"],)).fetchone()
+    return domain_dict(row)
+
+
+def remove_domain(conn: sqlite3.Connection, host: str) -> None:
+    with Transaction(conn):
+        row = domain_row(conn, host)
+        if row["is_default"]:
+            raise Conflict(
+                f"{row['host']} is the default domain: make another domain the default first",
+                "host",
+            )
+        count = conn.execute(
+            "SELECT count(*) FROM links WHERE domain_id = ?", (row["id"],)
+        ).fetchone()[0]
+        if count:
+            raise Conflict(
+                f"domain {row['host']} still has {count} link(s): remove or purge them first",
+                "host",
+            )
+        next_rev(conn)
+        conn.execute("DELETE FROM domains WHERE id = ?", (row["id"],))
+
+
+# --- links ---------------------------------------------------------------------------------
+
+LINK_COLUMNS: Final = (
+    "url",
+    "status",
+    "title",
+    "notes",
+    "tags",
+    "campaign",
+    *UTM_FIELDS,
+    "forward_query",
+    "query_precedence",
+    "cache_max_age_s",
+    "disabled",
+    "expires_at",
+    "expired_url",
+)
+_LINK_SELECT: Final = (
+    "SELECT links.*, domains.host AS domain FROM links JOIN domains ON domains.id = links.domain_id"
+)
+
+
+def _text(value: Any, field: str, *, lower: bool = False) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidField(f"{field} must be a string", field)
+    text = value.strip()
+    if len(text) > MAX_TEXT_FIELD:
+        raise InvalidField(f"{field} is longer than {MAX_TEXT_FIELD} characters", field)
+    if any(ord(c) < 0x20 for c in text):
+        raise InvalidField(f"{field} contains control characters", field)
+    if lower:
+        text = text.lower()
+    return text or None
+
+
+def _validate_link_value(name: str, value: Any, utm_lower: bool = True) -> Any:
+    """One link field, validated and normalised to its stored form."""
+    if name == "url":
+        return normalize_destination(value, "url")
+    if name == "expired_url":
+        return _optional_url(value, "expired_url")
+    if name == "status":
+        if value is None:
+            return 302
+        if isinstance(value, bool) or not isinstance(value, int) or value not in REDIRECT_STATUSES:
+            raise InvalidField("status must be one of 301, 302, 303, 307, 308", "status")
+        return value
+    if name in ("title", "notes", "campaign"):
+        return _text(value, name)
+    if name in UTM_FIELDS:
+        return _text(value, name, lower=utm_lower)
+    if name == "tags":
+        if value is None:
+            return "[]"
+        if isinstance(value, str):
+            value = [t for t in value.split(",")]
+        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+            raise InvalidField("tags must be a list of strings", "tags")
+        tags: list[str] = []
+        for tag in value:
+            text = _text(tag, "tags", lower=True)
+            if text and text not in tags:
+                tags.append(text)
+        if len(tags) > MAX_TAGS:
+            raise InvalidField(f"at most {MAX_TAGS} tags", "tags")
+        return orjson.dumps(tags).decode()
+    if name in ("forward_query", "disabled"):
+        if value is None:
+            return 1 if name == "forward_query" else 0
+        if not isinstance(value, bool):
+            raise InvalidField(f"{name} must be true or false", name)
+        return int(value)
+    if name == "query_precedence":
+        if value is None:
+            return "destination"
+        if value not in ("destination", "request"):
+            raise InvalidField("query_precedence must be 'destination' or 'request'", name)
+        return value
+    if name == "cache_max_age_s":
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 31536000:
+            raise InvalidField("cache_max_age_s must be an integer from 0 to 31536000", name)
+        return value
+    if name == "expires_at":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidField("expires_at must be a time", name)
+        return value
+    raise InvalidField(f"unknown link field {name!r}", name)
+
+
+def link_dict(row: sqlite3.Row) -> dict[str, Any]:
+    out = {
+        "id": row["id"],
+        "domain": row["domain"],
+        "slug": row["slug"],
+        "url": row["url"],
+        "status": row["status"],
+        "title": row["title"],
+        "notes": row["notes"],
+        "tags": orjson.loads(row["tags"]),
+        "campaign": row["campaign"],
+        **{f: row[f] for f in UTM_FIELDS},
+        "forward_query": bool(row["forward_query"]),
+        "query_precedence": row["query_precedence"],
+        "cache_max_age_s": row["cache_max_age_s"],
+        "disabled": bool(row["disabled"]),
+        "expires_at": row["expires_at"],
+        "expired_url": row["expired_url"],
+        "archived_at": row["archived_at"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+    }
+    return out
+
+
+def create_link(
+    conn: sqlite3.Connection,
+    fields: dict[str, Any],
+    *,
+    domain: str | None = None,
+    slug: str | None = None,
+    slug_length: int = 7,
+) -> dict[str, Any]:
+    """Insert one link (a savepoint of the caller's transaction when one is open)."""
+    lower = utm_case(conn) == "lower"
+    values = {name: _validate_link_value(name, fields.get(name), lower) for name in LINK_COLUMNS}
+    check_utm_allowed(conn, values)
+    if slug is not None:
+        slug = validate_slug(slug)
+    with Transaction(conn):
+        row = _insert_link(conn, values, domain, slug, slug_length)
+    return link_dict(row)
+
+
+def _insert_link(
+    conn: sqlite3.Connection,
+    values: dict[str, Any],
+    domain: str | None,
+    slug: str | None,
+    slug_length: int,
+) -> sqlite3.Row:
+    drow = domain_row(conn, domain)
+    if slug is None:
+        for _ in range(SLUG_ATTEMPTS):
+            candidate = generate_slug(slug_length)
+            if not conn.execute(
+                "SELECT 1 FROM links WHERE domain_id = ? AND slug = ?", (drow["id"], candidate)
+            ).fetchone():
+                slug = candidate
+                break
+        else:
+            raise Conflict("could not generate a free slug; try a longer length", "slug")
+    elif conn.execute(
+        "SELECT archived_at FROM links WHERE domain_id = ? AND slug = ?", (drow["id"], slug)
+    ).fetchone():
+        raise Conflict(f"slug {slug!r} is already taken on {drow['host']}", "slug")
+    rev = next_rev(conn)
+    ts = now_ms()
+    columns = ", ".join(LINK_COLUMNS)
+    marks = ", ".join("?" for _ in LINK_COLUMNS)
+    cur = conn.execute(
+        # The id is past every purged one too: a purged link's clicks and rollups stay in
+        # place, and a new link must not inherit them (SQLite would reuse max(id) + 1).
+        f"INSERT INTO links (id, domain_id, slug, {columns}, location, created_at, updated_at, "
+        f"rev) VALUES ({_NEXT_LINK_ID}, ?, ?, {marks}, ?, ?, ?, ?)",
+        (drow["id"], slug, *values.values(), link_location(values["url"], values), ts, ts, rev),
+    )
+    return conn.execute(f"{_LINK_SELECT} WHERE links.id = ?", (cur.lastrowid,)).fetchone()  # type: ignore[no-any-return]
+
+
+_NEXT_LINK_ID: Final = (
+    "(SELECT max(coalesce((SELECT max(id) FROM links), 0), "
+    "coalesce((SELECT max(id) FROM purged_links), 0)) + 1)"
+)
+
+
+def get_link(conn: sqlite3.Connection, link_id: int) -> dict[str, Any]:
+    row = conn.execute(f"{_LINK_SELECT} WHERE links.id = ?", (link_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no link with id {link_id}")
+    return link_dict(row)
+
+
+def find_link(conn: sqlite3.Connection, slug: str, domain: str | None = None) -> dict[str, Any]:
+    drow = domain_row(conn, domain)
+    row = conn.execute(
+        f"{_LINK_SELECT} WHERE links.domain_id = ? AND links.slug = ?", (drow["id"], slug)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"no link {slug!r} on {drow['host']}", "slug")
+    return link_dict(row)
+
+
+def update_link(conn: sqlite3.Connection, link_id: int, changes: dict[str, Any]) -> dict[str, Any]:
+    lower = utm_case(conn) == "lower"
+    sets = {name: _validate_link_value(name, value, lower) for name, value in changes.items()}
+    check_utm_allowed(conn, sets)
+    if "url" in sets and sets["url"] is None:
+        raise InvalidField("url cannot be empty", "url")
+    with Transaction(conn):
+        row = conn.execute("SELECT archived_at FROM links WHERE id = ?", (link_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no link with id {link_id}")
+        if row["archived_at"] is not None:
+            raise Conflict(f"link {link_id} is archived; restore it first")
+        groups_before = link_group_keys(conn, link_id)
+        sets["rev"] = next_rev(conn)
+        sets["updated_at"] = now_ms()
+        assignments = ", ".join(f"{k} = ?" for k in sets)
+        conn.execute(f"UPDATE links SET {assignments} WHERE id = ?", (*sets.values(), link_id))
+        move_link_groups(conn, link_id, groups_before, link_group_keys(conn, link_id))
+        row = conn.execute("SELECT * FROM links WHERE id = ?", (link_id,)).fetchone()
+        conn.execute(
+            "UPDATE links SET location = ? WHERE id = ?", (link_location(row["url"], row), link_id)
+        )
+    return get_link(conn, link_id)
+
+
+def archive_link(conn: sqlite3.Connection, link_id: int, archived: bool = True) -> dict[str, Any]:
+    """Archive (stop serving, keep history, keep the slug taken) or restore a link."""
+    with Transaction(conn):
+        if not conn.execute("SELECT 1 FROM links WHERE id = ?", (link_id,)).fetchone():
+            raise NotFound(f"no link with id {link_id}")
+        conn.execute(
+            "UPDATE links SET archived_at = ?, updated_at = ?, rev = ? WHERE id = ?",
+            (now_ms() if archived else None, now_ms(), next_rev(conn), link_id),
+        )
+    return get_link(conn, link_id)
+
+
+def purge_link(conn: sqlite3.Connection, link_id: int) -> None:
+    """Delete a link row for good (its slug becomes free; its clicks stay, unattached, and
+    leave the group totals)."""
+    with Transaction(conn):
+        if not conn.execute("SELECT 1 FROM links WHERE id = ?", (link_id,)).fetchone():
+            raise NotFound(f"no link with id {link_id}")
+        groups_before = link_group_keys(conn, link_id)
+        rev = next_rev(conn)
+        # the servers' link tables find the purged link by its domain and slug
+        conn.execute(
+            "INSERT OR REPLACE INTO purged_links (id, rev, domain_id, slug) "
+            "SELECT id, ?, domain_id, slug FROM links WHERE id = ?",
+            (rev, link_id),
+        )
+        conn.execute("DELETE FROM links WHERE id = ?", (link_id,))
+        move_link_groups(conn, link_id, groups_before, ())
+
+
+def changes_since(
+    conn: sqlite3.Connection, rev: int
+) -> tuple[int, list[sqlite3.Row], list[tuple[int, Any, Any]], list[sqlite3.Row] | None]:
+    """What changed after `rev`: (new rev, changed link rows, purged (id, domain id, slug),
+    all domains or None)."""
+    new_rev = current_rev(conn)
+    if new_rev == rev:
+        return rev, [], [], None
+    links = conn.execute(f"{_LINK_SELECT} WHERE links.rev > ?", (rev,)).fetchall()
+    purged = [
+        (r[0], r[1], r[2])
+        for r in conn.execute("SELECT id, domain_id, slug FROM purged_links WHERE rev > ?", (rev,))
+    ]
+    # Domains are a handful of rows, and a removed one leaves nothing with a newer rev:
+    # reload them all whenever anything changed.
+    domains = conn.execute("SELECT * FROM domains").fetchall()
+    return new_rev, links, purged, domains
+
+
+LOAD_CHUNK_ROWS: Final = 10000  # rows fetched at a time when loading every link
+# What the edge's link table needs of a link (edge/links.py Link), nothing more: loading a
+# million links is dominated by fetching rows, so the fewer columns the better.
+SERVED_COLUMNS: Final = (
+    "id",
+    "domain_id",
+    "slug",
+    "status",
+    "location",
+    "cache_max_age_s",
+    "forward_query",
+    "query_precedence",
+    "disabled",
+    "expires_at",
+    "expired_url",
+    "archived_at",
+)
+
+
+def servable_link_chunks(conn: sqlite3.Connection) -> Iterator[list[sqlite3.Row]]:
+    """Every link not archived, a chunk at a time (a million rows never sit in memory)."""
+    cur = conn.execute(f"SELECT {', '.join(SERVED_COLUMNS)} FROM links WHERE archived_at IS NULL")
+    while True:
+        rows = cur.fetchmany(LOAD_CHUNK_ROWS)
+        if not rows:
+            return
+        yield rows
+
+
+def all_links(conn: sqlite3.Connection) -> Iterable[sqlite3.Row]:
+    return conn.execute(_LINK_SELECT)
+
+
+# --- UTM allow-lists -----------------------------------------------------------------------
+
+
+def utm_allowed(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """The allow-list per UTM field (a field without entries accepts any value)."""
+    out: dict[str, list[str]] = {}
+    for row in conn.execute("SELECT field, value FROM utm_allow ORDER BY field, value"):
+        out.setdefault(row[0], []).append(row[1])
+    return out
+
+
+def set_utm_allowed(conn: sqlite3.Connection, field: str, values: Sequence[str]) -> list[str]:
+    """Replace the allow-list of one UTM field (`source` or `utm_source`); [] clears it."""
+    name = field if field.startswith("utm_") else "utm_" + field
+    if name not in UTM_FIELDS:
+        raise InvalidField(
+            f"unknown UTM field {field!r}: one of source, medium, campaign, content, term", "field"
+        )
+    lower = utm_case(conn) == "lower"
+    cleaned = sorted({v.strip().lower() if lower else v.strip() for v in values if v.strip()})
+    with Transaction(conn):
+        conn.execute("DELETE FROM utm_allow WHERE field = ?", (name,))
+        conn.executemany(
+            "INSERT INTO utm_allow (field, value) VALUES (?, ?)", [(name, v) for v in cleaned]
+        )
+    return cleaned
+
+
+UTM_CASES: Final = ("lower", "keep")
+
+
+def utm_case(conn: sqlite3.Connection) -> str:
+    """'lower' (the default: UTM values are lowercased so dashboards group them) or 'keep'."""
+    row = conn.execute("SELECT value FROM meta WHERE key = 'utm_case'").fetchone()
+    return "lower" if row is None else str(row[0])
+
+
+def set_utm_case(conn: sqlite3.Connection, mode: str) -> str:
+    """Choose how new UTM values are stored; existing links keep their values."""
+    if mode not in UTM_CASES:
+        raise InvalidField("UTM case must be 'lower' or 'keep'", "case")
+    with Transaction(conn):
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('utm_case', ?)", (mode,))
+    return mode
+
+
+def check_utm_allowed(conn: sqlite3.Connection, values: dict[str, Any]) -> None:
+    for name in UTM_FIELDS:
+        value = values.get(name)
+        if value is None:
+            continue
+        allowed = [
+            r[0] for r in conn.execute("SELECT value FROM utm_allow WHERE field = ?", (name,))
+        ]
+        if allowed and value not in allowed:
+            raise InvalidField(
+                f"{name} {value!r} is not in the allowed list: {', '.join(allowed)}", name
+            )
+
+
+# --- API tokens ----------------------------------------------------------------------------
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def create_token(conn: sqlite3.Connection, name: str) -> tuple[dict[str, Any], str]:
+    """A new bearer token: returns (its record, the secret shown once; only its hash is kept)."""
+    secret = "le_" + secrets.token_urlsafe(32)
+    label = _text(name, "name") or "token"
+    with Transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO api_tokens (name, token_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
+            (label, token_hash(secret), secret[:7], now_ms()),
+        )
+        row = conn.execute("SELECT * FROM api_tokens WHERE id = ?", (cur.lastrowid,)).fetchone()
+    return token_dict(row), secret
+
+
+def add_token(conn: sqlite3.Connection, name: str, secret: str) -> dict[str, Any] | None:
+    """Store a token chosen by the operator (its hash only); None when it is already stored."""
+    digest = token_hash(secret)
+    with Transaction(conn):
+        if conn.execute("SELECT 1 FROM api_tokens WHERE token_hash = ?", (digest,)).fetchone():
+            return None
+        cur = conn.execute(
+            "INSERT INTO api_tokens (name, token_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
+            (_text(name, "name") or "token", digest, secret[:7], now_ms()),
+        )
+        row = conn.execute("SELECT * FROM api_tokens WHERE id = ?", (cur.lastrowid,)).fetchone()
+    return token_dict(row)
+
+
+def token_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "prefix": row["prefix"],
+        "created_at": row["created_at"],
+        "last_used_at": row["last_used_at"],
+        "revoked_at": row["revoked_at"],
+    }
+
+
+def list_tokens(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [token_dict(r) for r in conn.execute("SELECT * FROM api_tokens ORDER BY id")]
+
+
+def revoke_token(conn: sqlite3.Connection, token_id: int) -> dict[str, Any]:
+    with Transaction(conn):
+        row = conn.execute("SELECT * FROM api_tokens WHERE id = ?", (token_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no token with id {token_id}")
+        conn.execute(
+            "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ?",
+            (now_ms(), token_id),
+        )
+        row = conn.execute("SELECT * FROM api_tokens WHERE id = ?", (token_id,)).fetchone()
+    return token_dict(row)
+
+
+def active_token_hashes(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
+    return [
+        (r[0], bytes(r[1]))
+        for r in conn.execute("SELECT id, token_hash FROM api_tokens WHERE revoked_at IS NULL")
+    ]
+
+
+def touch_token(conn: sqlite3.Connection, token_id: int) -> None:
+    conn.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now_ms(), token_id))
+
+
+# --- reads ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class LinkFilter:
+    """A selection of links, as SQL over `links l` (shared by listings and stats)."""
+
+    link_id: int | None = None
+    domain: str | None = None
+    tag: str | None = None
+    campaign: str | None = None
+    utm_source: str | None = None
+    utm_medium: str | None = None
+    utm_campaign: str | None = None
+    q: str | None = None
+    created_from_ms: int | None = None
+    created_to_ms: int | None = None
+    archived: str = "any"  # "false": live links only, "true": archived only, "any"
+
+    def where(self) -> tuple[str, list[Any]]:
+        clauses: list[str] = []
+        params: list[Any] = []
+        if self.link_id is not None:
+            clauses.append("l.id = ?")
+            params.append(self.link_id)
+        if self.domain is not None:
+            clauses.append("l.domain_id = (SELECT id FROM domains WHERE host = ?)")
+            params.append(self.domain)
+        if self.tag is not None:
+            clauses.append("EXISTS (SELECT 1 FROM json_each(l.tags) WHERE value = ?)")
+            params.append(self.tag.strip().lower())
+        if self.campaign is not None:
+            clauses.append("l.campaign = ?")
+            params.append(self.campaign.strip())
+        for name in ("utm_source", "utm_medium", "utm_campaign"):
+            value = getattr(self, name)
+            if value is not None:
+                clauses.append(f"l.{name} = ?")
+                params.append(value.strip().lower())
+        if self.q:
+            pattern = "%" + _like_escape(self.q.strip()) + "%"
+            columns = ("l.slug", "l.url", "l.title", "l.notes", "l.campaign")
+            clauses.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in columns) + ")")
+            params.extend([pattern] * 5)
+        if self.created_from_ms is not None:
+            clauses.append("l.created_at >= ?")
+            params.append(self.created_from_ms)
+        if self.created_to_ms is not None:
+            clauses.append("l.created_at < ?")
+            params.append(self.created_to_ms)
+        if self.archived == "false":
+            clauses.append("l.archived_at IS NULL")
+        elif self.archived == "true":
+            clauses.append("l.archived_at IS NOT NULL")
+        return (" AND ".join(clauses) or "1"), params
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_LINKS_SELECT: Final = (
+    "SELECT l.*, d.host AS domain FROM links l JOIN domains d ON d.id = l.domain_id"
+)
+
+
+def list_links(
+    conn: sqlite3.Connection, flt: LinkFilter, limit: int, before_id: int | None
+) -> tuple[list[dict[str, Any]], int | None]:
+    """A page of links, newest first (by id: stable while links are added); and the id to
+    continue before, or None on the last page."""
+    where, params = flt.where()
+    if before_id is not None:
+        where += " AND l.id < ?"
+        params.append(before_id)
+    rows = conn.execute(
+        f"{_LINKS_SELECT} WHERE {where} ORDER BY l.id DESC LIMIT ?", (*params, limit + 1)
+    ).fetchall()
+    links = [link_dict(r) for r in rows[:limit]]
+    more = len(rows) > limit
+    return links, (links[-1]["id"] if more and links else None)
+
+
+def link_names(conn: sqlite3.Connection, link_ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+    """(domain, slug) of each link id that still exists."""
+    if not link_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT l.id, d.host, l.slug FROM links l JOIN domains d ON d.id = l.domain_id "
+        "WHERE l.id IN (SELECT value FROM json_each(?))",
+        (orjson.dumps(list(link_ids)).decode(),),
+    ).fetchall()
+    return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
+
+
+def domain_hosts(conn: sqlite3.Connection) -> dict[int, str]:
+    return {int(r[0]): str(r[1]) for r in conn.execute("SELECT id, host FROM domains")}
+
+
+def get_domain(conn: sqlite3.Connection, host: str) -> dict[str, Any]:
+    return domain_dict(domain_row(conn, host))

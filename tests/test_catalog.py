@@ -1,0 +1,111 @@
+"""edge/catalog.py: links, domains, UTM allow-lists and tokens, their validation and writes."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from edge import catalog, visitors
+from edge.errors import Conflict, InvalidField, InvalidURL, NotFound
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    return catalog.open_db(str(tmp_path / "t.db"))
+
+
+def test_default_domain_exists(conn: sqlite3.Connection) -> None:
+    domains = catalog.list_domains(conn)
+    assert [(d["host"], d["default"]) for d in domains] == [("localhost", True)]
+
+
+def test_create_link_validates_and_normalises(conn: sqlite3.Connection) -> None:
+    link = catalog.create_link(
+        conn,
+        {
+            "url": "https://Example.com/ü",
+            "tags": ["Launch", "launch", " spring "],
+            "utm_source": " NewsLetter ",
+            "status": 308,
+        },
+        slug="spring",
+    )
+    assert link["url"] == "https://example.com/%C3%BC"
+    assert link["tags"] == ["launch", "spring"]
+    assert link["utm_source"] == "newsletter"
+    assert link["status"] == 308
+    assert link["domain"] == "localhost"
+    with pytest.raises(Conflict):
+        catalog.create_link(conn, {"url": "https://example.com/"}, slug="spring")
+    with pytest.raises(InvalidURL):
+        catalog.create_link(conn, {"url": "javascript:alert(1)"})
+    with pytest.raises(InvalidField) as info:
+        catalog.create_link(conn, {"url": "https://example.com/", "status": 200})
+    assert info.value.field == "status"
+    with pytest.raises(NotFound):
+        catalog.create_link(conn, {"url": "https://example.com/"}, domain="nope.example")
+
+
+def test_generated_slugs_are_random_and_unique(conn: sqlite3.Connection) -> None:
+    slugs = {catalog.create_link(conn, {"url": "https://example.com/"})["slug"] for _ in range(50)}
+    assert len(slugs) == 50
+
+
+def test_domain_rules(conn: sqlite3.Connection) -> None:
+    catalog.add_domain(conn, "go.example.com", default=True)
+    assert [d["host"] for d in catalog.list_domains(conn) if d["default"]] == ["go.example.com"]
+    with pytest.raises(Conflict):
+        catalog.add_domain(conn, "GO.example.com")
+    with pytest.raises(Conflict):
+        catalog.remove_domain(conn, "go.example.com")  # the default
+    catalog.create_link(conn, {"url": "https://example.com/"}, slug="x", domain="localhost")
+    with pytest.raises(Conflict):
+        catalog.remove_domain(conn, "localhost")  # has links
+
+
+def test_utm_allow_list(conn: sqlite3.Connection) -> None:
+    catalog.set_utm_allowed(conn, "source", ["Newsletter", "twitter"])
+    catalog.create_link(conn, {"url": "https://example.com/", "utm_source": "NEWSLETTER"})
+    with pytest.raises(InvalidField) as info:
+        catalog.create_link(conn, {"url": "https://example.com/", "utm_source": "tiktok"})
+    assert info.value.field == "utm_source"
+    catalog.set_utm_allowed(conn, "utm_source", [])
+    catalog.create_link(conn, {"url": "https://example.com/", "utm_source": "tiktok"})
+
+
+def test_tokens_store_only_hashes(conn: sqlite3.Connection) -> None:
+    record, secret = catalog.create_token(conn, "ci")
+    assert secret.startswith("le_") and len(secret) > 40
+    dump = "\n".join(conn.iterdump())
+    assert secret not in dump
+    assert (record["id"], catalog.token_hash(secret)) in catalog.active_token_hashes(conn)
+    catalog.revoke_token(conn, record["id"])
+    assert catalog.active_token_hashes(conn) == []
+
+
+def test_utm_case_lower_by_default_or_kept(conn: sqlite3.Connection) -> None:
+    assert catalog.utm_case(conn) == "lower"
+    assert (
+        catalog.create_link(conn, {"url": "https://e.com/", "utm_source": "NewsLetter"})[
+            "utm_source"
+        ]
+        == "newsletter"
+    )
+    catalog.set_utm_case(conn, "keep")
+    link = catalog.create_link(conn, {"url": "https://e.com/", "utm_source": " NewsLetter "})
+    assert link["utm_source"] == "NewsLetter"
+    catalog.set_utm_allowed(conn, "source", ["NewsLetter"])
+    with pytest.raises(InvalidField):
+        catalog.create_link(conn, {"url": "https://e.com/", "utm_source": "newsletter"})
+    with pytest.raises(InvalidField):
+        catalog.set_utm_case(conn, "upper")
+
+
+def test_salts_rotate_and_old_ones_are_deleted(conn: sqlite3.Connection) -> None:
+    s1 = visitors.salt_for_day(conn, 100, lambda: b"a" * 32)
+    assert visitors.salt_for_day(conn, 100, lambda: b"b" * 32) == s1
+    s2 = visitors.salt_for_day(conn, 101, lambda: b"c" * 32)
+    assert s2 != s1
+    assert [r[0] for r in conn.execute("SELECT day FROM salts")] == [101]

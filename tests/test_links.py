@@ -1,0 +1,114 @@
+"""edge/links.py: the link table as the edge serves it (LinkTable.answer), kept in step with
+the catalog's changes."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from edge import catalog
+from edge.db import current_rev
+from edge.errors import Conflict
+from edge.http import parse_head
+from edge.links import Answer, LinkTable, slug_from_path
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> sqlite3.Connection:
+    return catalog.open_db(str(tmp_path / "t.db"))
+
+
+def answer(table: LinkTable, host: bytes, target: bytes, now: float | None = None) -> Answer:
+    """What the edge answers to `GET target` with this Host."""
+    parsed = parse_head(b"GET " + target + b" HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert parsed is not None
+    return table.answer(parsed[0], time.time() if now is None else now)
+
+
+def location(table: LinkTable, host: bytes, target: bytes) -> str | None:
+    """The Location of a served redirect, or None when the answer is not one."""
+    head, _body, status, link_id, _domain = answer(table, host, target)
+    if not link_id:
+        return None
+    assert status in (301, 302, 303, 307, 308)
+    start = head.index(b"\r\nLocation: ") + 12
+    return head[start : head.index(b"\r\n", start)].decode()
+
+
+def test_every_change_bumps_the_revision_and_only_changed_rows_reload(
+    conn: sqlite3.Connection,
+) -> None:
+    a = catalog.create_link(conn, {"url": "https://example.com/a"}, slug="a")
+    catalog.create_link(conn, {"url": "https://example.com/b"}, slug="b")
+    table = LinkTable()
+    rev, links, purged, domains = catalog.changes_since(conn, 0)
+    table.apply(rev, links, purged, domains)
+    assert len(table) == 2
+    catalog.update_link(conn, a["id"], {"url": "https://example.com/a2"})
+    rev2, links, purged, domains = catalog.changes_since(conn, rev)
+    assert rev2 > rev and [r["slug"] for r in links] == ["a"]
+    assert table.apply(rev2, links, purged, domains) == 1
+    assert location(table, b"localhost:8080", b"/a") == "https://example.com/a2"
+    # archive: leaves the table; purge: frees the slug
+    catalog.archive_link(conn, a["id"])
+    rev3, links, purged, domains = catalog.changes_since(conn, rev2)
+    table.apply(rev3, links, purged, domains)
+    assert location(table, b"localhost", b"/a") is None
+    with pytest.raises(Conflict):
+        catalog.create_link(conn, {"url": "https://example.com/"}, slug="a")
+    catalog.purge_link(conn, a["id"])
+    rev4, links, purged, domains = catalog.changes_since(conn, rev3)
+    assert purged == [(a["id"], 1, "a")]
+    table.apply(rev4, links, purged, domains)
+    again = catalog.create_link(conn, {"url": "https://example.com/again"}, slug="a")
+    assert catalog.changes_since(conn, current_rev(conn))[1] == []
+    rev5, links, purged, domains = catalog.changes_since(conn, rev4)
+    table.apply(rev5, links, purged, domains)
+    assert answer(table, b"localhost", b"/a")[3] == again["id"] and len(table) == 2
+    # a purge of a served link takes it out of the table, found by its domain and slug
+    catalog.purge_link(conn, again["id"])
+    table.apply(*catalog.changes_since(conn, rev5))
+    assert location(table, b"localhost", b"/a") is None and len(table) == 1
+
+
+def test_plain_and_full_entries_answer_alike(conn: sqlite3.Connection) -> None:
+    from edge.links import Link, entry_for, plain_head
+
+    fields = {"url": "https://example.com/p?x=1", "utm_source": "mail", "status": 301}
+    catalog.create_link(conn, fields, slug="p")
+    catalog.create_link(conn, {**fields, "cache_max_age_s": 60}, slug="q")
+    rows = {r["slug"]: r for r in catalog.all_links(conn)}
+    plain = entry_for(rows["p"])
+    assert isinstance(plain, bytes) and isinstance(entry_for(rows["q"]), Link)
+    full = Link(rows["p"])
+    assert plain_head(plain) == full.head
+    assert plain_head(plain, b"y=2&x=9") == full.head_for_query(b"y=2&x=9")
+
+
+def test_link_table_hosts_and_utm(conn: sqlite3.Connection) -> None:
+    catalog.add_domain(conn, "go.example.com")
+    catalog.create_link(
+        conn,
+        {"url": "https://example.com/p?utm_source=old&x=1", "utm_source": "mail"},
+        slug="p",
+        domain="go.example.com",
+    )
+    table = LinkTable()
+    table.apply(*catalog.changes_since(conn, 0))
+    assert location(table, b"GO.EXAMPLE.COM.", b"/p") == "https://example.com/p?x=1&utm_source=mail"
+    head = answer(table, b"go.example.com:8080", b"/p")[0]
+    assert b"Location: https://example.com/p?x=1&utm_source=mail\r\n" in head
+    assert answer(table, b"elsewhere", b"/p")[2] == 404  # the default domain has no "p"
+    strict = LinkTable(unknown_host_404=True)
+    strict.apply(*catalog.changes_since(conn, 0))
+    assert strict.domain_for(b"elsewhere") is None
+
+
+def test_slug_from_path() -> None:
+    assert slug_from_path(b"/abc") == b"abc"
+    assert slug_from_path(b"/abc/") == b"abc"
+    assert slug_from_path(b"/%61bc") == b"abc"
+    assert slug_from_path(b"/") == b""
