@@ -1,33 +1,17 @@
-"""The admin API: JSON over HTTP/1.1 on its own listener, Server-Sent Events, /healthz, /metrics.
+"""The admin API's routes: links, stats, live and SSE, domains, UTM lists, tokens, health.
 
 Rules of this module:
-- Raw asyncio like the edge, reusing its strict parser (edge/http.py): a head found by
-  `HeadScanner` (each byte looked at once) and parsed by `parse_head`, its body read by
-  `BodyReader` as it arrives (Content-Length or chunked, at most MAX_BODY_BYTES of it on
-  the wire, framing included, else 413). `Expect: 100-continue` gets its interim
-  `100 Continue` only when the body is wanted: after every earlier request on the
-  connection has been answered, and once the request is authorized.
-- One task per connection takes requests in order (keep-alive and pipelining), awaits its
-  handler, writes the answer, then takes the next one. Handlers are async and may wait for
-  SQLite; the edge's event loop never does: every query runs on an aiosqlite thread.
-- JSON in and out (orjson). A request body must say `Content-Type: application/json`
-  (415 otherwise). Unknown JSON fields and unknown query parameters are 400 with the field
-  named: a typo is an error, not a silent default.
-- Every error, whatever raised it, is answered by `error_response()` as
-  `{"error": {"code", "message", "field"}}` with its status. Unexpected exceptions are logged
-  with their traceback and answered 500 without one.
+- Handlers get a `Call` (admin/http.py) and return a Response or a Stream; errors are
+  raised as LinkedgeError classes and rendered by admin/http.py in one JSON shape.
 - Auth: every `/api/` route needs `Authorization: Bearer <token>` (admin/auth.py), checked
-  from the head before the body is read (refused: the answer, then close) and before
-  routing, so an unauthenticated client learns nothing about routes and cannot make us
-  buffer a body. /healthz never
-  needs one; /metrics needs one only when the listener is public (`--admin-public`):
-  Prometheus scrapers on the same host usually have no token.
-- Writes go through the runtime's writer connection (edge/catalog.py functions); right after
-  a write succeeds the link table is refreshed, so the edge serves a change on the very next
-  request. Reads (links, stats) use this server's own connection, so a slow stats query
-  never delays link sync or click writes.
-- Shutdown: stop accepting, close idle connections and every event stream, let requests in
-  flight finish within SHUTDOWN_TIMEOUT_S, then abort what is left.
+  from the head before routing and before the body is read. /healthz never needs one;
+  /metrics needs one only when the listener is public (`--admin-public`): Prometheus
+  scrapers on the same host usually have no token.
+- Writes go through the runtime's writer connection (edge/catalog.py functions); right
+  after a write succeeds the link table is refreshed, so the edge serves a change on the
+  very next request. Reads (links, stats) use this server's own connection, so a slow
+  stats query never delays link sync or click writes.
+- Nothing here blocks the event loop: every query runs on an aiosqlite thread.
 """
 
 from __future__ import annotations
@@ -35,66 +19,44 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ipaddress
 import logging
 import os
 import sqlite3
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from email.utils import formatdate
-from typing import Any, Final, cast
-from urllib.parse import unquote
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
 
 import orjson
 
-from admin import auth, stats, timerange, velocity
-from edge import catalog
-from edge.db import Database, now_ms
-from edge.errors import InvalidField, LinkedgeError, NotFound
-from edge.http import (
-    STATUS_REASONS,
-    BadRequest,
-    BodyReader,
-    HeadScanner,
-    Request,
-    parse_head,
-    response_head,
+from admin import auth, metrics, stats, timerange, velocity
+from admin.http import (
+    BulkFailed,
+    Call,
+    JsonListener,
+    Response,
+    Router,
+    Stream,
+    is_loopback,
+    json_response,
 )
+from admin.metrics import FLUSH_BUCKETS_S, Histogram
+from edge import catalog
+from edge.db import Database, Transaction, now_ms
+from edge.errors import InvalidField, LinkedgeError, NotFound
+from edge.http import Request
 from edge.urls import normalize_host
 
 log = logging.getLogger("linkedge.admin")
 
-# --- limits --------------------------------------------------------------------------------
-
-# 1,000 links with titles, notes and tags (the bulk maximum) take ~500 KiB of JSON; nothing
-# else comes close. nginx's client_max_body_size defaults to 1 MiB as well.
-MAX_BODY_BYTES: Final = 1024 * 1024
 MAX_BULK_LINKS: Final = 1000
-# Reading pauses while this much is buffered and unanswered (one largest request and change).
-MAX_BUFFERED_BYTES: Final = MAX_BODY_BYTES + 64 * 1024
-# A request's head and body must arrive within this many seconds of its first byte (408).
-REQUEST_TIMEOUT_S: Final = 30.0
-# Admin clients are a handful of curl sessions, scripts and dashboards.
-MAX_CONNECTIONS: Final = 256
-SHUTDOWN_TIMEOUT_S: Final = 5.0
-# Event streams push once a second; one whose client stops reading is closed when this
-# much is waiting in its transport (a minute of snapshots or more).
+# Event streams push once a second.
 STREAM_INTERVAL_S: Final = 1.0
-STREAM_MAX_BUFFER_BYTES: Final = 256 * 1024
 STREAM_RETRY_MS: Final = 2000  # EventSource reconnection delay we suggest
 # /healthz probes the writer at most this often, and gives it this long to answer.
 HEALTH_CACHE_S: Final = 1.0
 HEALTH_DB_TIMEOUT_S: Final = 2.0
-# The flush-duration histogram's upper bounds (seconds): a healthy flush of a 100 ms batch
-# takes 1-20 ms; the top buckets show a disk or lock in trouble.
-FLUSH_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 METRICS_TICK_S: Final = 1.0  # the histogram takes new flush durations this often
-
-JSON_TYPE: Final = "application/json"
-SSE_TYPE: Final = "text/event-stream"
-PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 # Fields of a link in a request body (edge/catalog.py LINK_COLUMNS plus where it lives).
 LINK_FIELDS: Final = frozenset(catalog.LINK_COLUMNS)
@@ -102,112 +64,6 @@ CREATE_FIELDS: Final = LINK_FIELDS | {"slug", "domain"}
 PATCH_FIELDS: Final = LINK_FIELDS | {"archived"}
 LINK_TIME_FIELDS: Final = ("expires_at", "archived_at", "created_at", "updated_at")
 DOMAIN_FIELDS: Final = frozenset({"host", "default", "root_url", "fallback_url"})
-
-_CODES_BY_STATUS: Final = {
-    400: "bad_request",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    413: "payload_too_large",
-    414: "uri_too_long",
-    415: "unsupported_media_type",
-    417: "expectation_failed",
-    431: "headers_too_large",
-    500: "internal",
-    501: "not_implemented",
-    503: "unavailable",
-    505: "http_version_not_supported",
-}
-
-
-class MethodNotAllowed(LinkedgeError):
-    status = 405
-    code = "method_not_allowed"
-
-    def __init__(self, message: str, allow: Sequence[str]) -> None:
-        super().__init__(message)
-        self.allow = ", ".join(allow)
-
-
-class UnsupportedMediaType(LinkedgeError):
-    status = 415
-    code = "unsupported_media_type"
-
-
-class InvalidJSON(LinkedgeError):
-    code = "invalid_json"
-
-
-class BulkFailed(LinkedgeError):
-    """Some items of a bulk create were refused: nothing was created."""
-
-    code = "bulk_failed"
-
-    def __init__(self, message: str, items: list[dict[str, Any]], status: int) -> None:
-        super().__init__(message, "links")
-        self.items = items
-        self.status = status
-
-
-# --- responses -----------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    body: bytes
-    content_type: str = JSON_TYPE
-    headers: tuple[tuple[str, str], ...] = ()
-    close: bool = False
-
-
-@dataclass(slots=True)
-class Stream:
-    """An endless answer: `events` yields chunks until the client or the server leaves."""
-
-    events: AsyncIterator[bytes]
-
-
-def json_response(status: int, data: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return Response(status, orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE), headers=headers)
-
-
-def error_response(
-    status: int,
-    code: str,
-    message: str,
-    field: str | None = None,
-    *,
-    items: list[dict[str, Any]] | None = None,
-    headers: tuple[tuple[str, str], ...] = (),
-    close: bool = False,
-) -> Response:
-    """The one shape of every error: {"error": {"code", "message", "field"}}."""
-    error: dict[str, Any] = {"code": code, "message": message, "field": field}
-    if items is not None:
-        error["items"] = items
-    response = json_response(status, {"error": error}, headers)
-    response.close = close
-    return response
-
-
-def response_for_error(exc: Exception) -> Response:
-    """Any exception -> its error response (an unexpected one is logged, never shown)."""
-    if isinstance(exc, LinkedgeError):
-        headers: tuple[tuple[str, str], ...] = ()
-        if isinstance(exc, MethodNotAllowed):
-            headers = (("Allow", exc.allow),)
-        elif isinstance(exc, auth.Unauthorized):
-            headers = (("WWW-Authenticate", 'Bearer realm="linkedge"'),)
-        items = exc.items if isinstance(exc, BulkFailed) else None
-        return error_response(
-            exc.status, exc.code, exc.message, exc.field, items=items, headers=headers
-        )
-    if isinstance(exc, BadRequest):
-        code = _CODES_BY_STATUS.get(exc.status, "bad_request")
-        return error_response(exc.status, code, exc.message, close=True)
-    log.error("admin API: unexpected error", exc_info=exc)
-    return error_response(500, "internal", "internal error: the server log has the details")
 
 
 def _error_item(index: int, exc: LinkedgeError) -> dict[str, Any]:
@@ -218,162 +74,6 @@ def _error_item(index: int, exc: LinkedgeError) -> dict[str, Any]:
         "message": exc.message,
         "field": exc.field,
     }
-
-
-# --- requests ------------------------------------------------------------------------------
-
-
-class Call:
-    """One request as a handler sees it: path parameters, query, body."""
-
-    __slots__ = ("req", "params", "query", "body", "now")
-
-    def __init__(
-        self, req: Request, params: dict[str, str], query: dict[str, str], body: bytes
-    ) -> None:
-        self.req = req
-        self.params = params
-        self.query = query
-        self.body = body
-        self.now = time.time()
-
-    def json(self) -> Any:
-        content_type = (self.req.header(b"content-type") or b"").decode("latin-1")
-        media = content_type.partition(";")[0].strip().lower()
-        if not self.body:
-            raise InvalidJSON("a JSON body is required")
-        if media != JSON_TYPE and not (
-            media.startswith("application/") and media.endswith("+json")
-        ):
-            raise UnsupportedMediaType(
-                f"send the body as JSON with `Content-Type: {JSON_TYPE}` "
-                f"(got {content_type or 'no Content-Type'})"
-            )
-        try:
-            return orjson.loads(self.body)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidJSON(f"the body is not valid JSON: {exc}") from None
-
-    def json_object(self, allowed: frozenset[str]) -> dict[str, Any]:
-        data = self.json()
-        if not isinstance(data, dict):
-            raise InvalidJSON("the body must be a JSON object")
-        for name in data:
-            if name not in allowed:
-                raise InvalidField(f"unknown field {name!r}", name)
-        return data
-
-    def q(self, name: str) -> str | None:
-        return self.query.get(name)
-
-    def q_int(self, name: str, default: int, low: int, high: int) -> int:
-        text = self.query.get(name)
-        if text is None:
-            return default
-        if not text.isdigit() or not low <= int(text) <= high:
-            raise InvalidField(f"{name} must be an integer from {low} to {high}", name)
-        return int(text)
-
-    def q_bool(self, name: str) -> bool:
-        text = self.query.get(name)
-        if text is None or text in ("false", "0"):
-            return False
-        if text in ("true", "1", ""):
-            return True
-        raise InvalidField(f"{name} must be true or false", name)
-
-
-Handler = Callable[[Call], Awaitable["Response | Stream"]]
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    method: str
-    pattern: tuple[str, ...]  # literal segments, "{name}" (any) or "{id}" (digits)
-    handler: Handler
-    query: frozenset[str]  # the query parameters it accepts
-
-
-class Router:
-    def __init__(self) -> None:
-        self.routes: list[Route] = []
-
-    def add(self, method: str, path: str, handler: Handler, query: Sequence[str] = ()) -> None:
-        pattern = tuple(path.strip("/").split("/"))
-        self.routes.append(Route(method, pattern, handler, frozenset(query)))
-
-    def match(self, method: str, segments: list[str]) -> tuple[Route, dict[str, str]]:
-        allowed: list[str] = []
-        for route in self.routes:
-            params = _match(route.pattern, segments)
-            if params is None:
-                continue
-            if route.method == method or (method == "HEAD" and route.method == "GET"):
-                return route, params
-            if route.method not in allowed:
-                allowed.append(route.method)
-        if allowed:
-            raise MethodNotAllowed(
-                f"{method} is not allowed here; use {', '.join(allowed)}", allowed
-            )
-        raise NotFound("no such route: see docs/api.md for the routes")
-
-
-def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
-    if len(pattern) != len(segments):
-        return None
-    params: dict[str, str] = {}
-    for want, got in zip(pattern, segments, strict=True):
-        if want.startswith("{"):
-            if not got or (want == "{id}" and not got.isdigit()):
-                return None
-            params[want[1:-1]] = got
-        elif want != got:
-            return None
-    return params
-
-
-# --- metrics -------------------------------------------------------------------------------
-
-
-class Histogram:
-    """A cumulative Prometheus histogram (bucket counts only ever grow)."""
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        for i, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.counts[i] += 1
-                break
-        else:
-            self.counts[-1] += 1
-        self.total += value
-        self.count += 1
-
-    def lines(self, name: str) -> list[str]:
-        out = []
-        cumulative = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
-            cumulative += n
-            out.append(f'{name}_bucket{{le="{bound:g}"}} {cumulative}')
-        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        out.append(f"{name}_sum {self.total:.6f}")
-        out.append(f"{name}_count {self.count}")
-        return out
-
-
-def _metric(
-    out: list[str], name: str, kind: str, help_text: str, samples: Sequence[tuple[str, Any]]
-) -> None:
-    out.append(f"# HELP {name} {help_text}")
-    out.append(f"# TYPE {name} {kind}")
-    for labels, value in samples:
-        out.append(f"{name}{labels} {value}")
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -393,21 +93,19 @@ class AdminServer:
         self.tokens = auth.TokenCache(self.db, runtime.writer)
         self.router = Router()
         self._add_routes()
-        # listener and connections
-        self.server: asyncio.AbstractServer | None = None
-        self.connections: set[AdminProtocol] = set()
-        self.stopping = False
-        self.stop_event = asyncio.Event()
-        self.public = False  # listening beyond loopback (--admin-public)
+        self.public = not is_loopback(self.config.admin_host)  # --admin-public
+        self.http = JsonListener(
+            self.router,
+            self._authorize,
+            host=self.config.admin_host,
+            port=self.config.admin_port,
+            keep_alive_timeout_s=self.config.keep_alive_timeout_s,
+        )
         # metrics
-        self.by_status: dict[int, int] = {}
-        self.connections_total = 0
         self.flush_histogram = Histogram(FLUSH_BUCKETS_S)
         self._flushes_seen = 0
         self._ticker: asyncio.TimerHandle | None = None
         # caches
-        self._date = b""
-        self._date_s = 0
         self._health: tuple[float, Response] | None = None
         self._live: tuple[int, int, dict[str, Any]] | None = None
         self._names_rev = -1
@@ -416,13 +114,14 @@ class AdminServer:
 
     @property
     def port(self) -> int:
-        assert self.server is not None
-        sockets: Sequence[Any] = getattr(self.server, "sockets", ())
-        return int(sockets[0].getsockname()[1])
+        return self.http.port
+
+    @property
+    def stopping(self) -> bool:
+        return self.http.stopping
 
     async def start(self) -> None:
         config = self.config
-        self.public = not _is_loopback(config.admin_host)
         if self.public and not config.admin_public:
             raise OSError(
                 f"refusing to expose the admin API on {config.admin_host}: pass --admin-public"
@@ -435,33 +134,19 @@ class AdminServer:
             print(f"{auth.TOKEN_PRINT_PREFIX}{secret}", flush=True)
             sys.stdout.flush()
         await self.tokens.refresh()
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(
-            lambda: AdminProtocol(self), config.admin_host, config.admin_port
-        )
-        self._ticker = loop.call_later(METRICS_TICK_S, self._tick)
+        await self.http.start()
+        self._ticker = asyncio.get_running_loop().call_later(METRICS_TICK_S, self._tick)
 
     async def stop(self) -> None:
-        self.stopping = True
-        self.stop_event.set()
-        if self.server is not None:
-            self.server.close()
-        for conn in list(self.connections):
-            conn.shutdown()
-        workers = [c.worker for c in self.connections if c.worker is not None]
-        if workers:
-            _done, pending = await asyncio.wait(workers, timeout=SHUTDOWN_TIMEOUT_S)
-            for task in pending:
-                task.cancel()
-            for conn in list(self.connections):
-                conn.abort()
+        await self.http.stop()
         if self._ticker is not None:
             self._ticker.cancel()
         await self.tokens.close()
-        if self.server is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.server.wait_closed(), SHUTDOWN_TIMEOUT_S)
         await self.db.close()
+
+    async def _authorize(self, req: Request, segments: list[str]) -> None:
+        if segments[:1] == ["api"] or (segments == ["metrics"] and self.public):
+            await self.tokens.authenticate(req.header(b"authorization"))
 
     def _tick(self) -> None:
         self._take_flush_durations()
@@ -481,60 +166,6 @@ class AdminServer:
         for duration in recent:
             self.flush_histogram.observe(duration)
         self._flushes_seen = m.flushes
-
-    def date_line(self) -> bytes:
-        now = int(time.time())
-        if now != self._date_s:
-            self._date_s = now
-            self._date = b"Date: " + formatdate(now, usegmt=True).encode() + b"\r\n"
-        return self._date
-
-    # --- dispatch ------------------------------------------------------------------------
-
-    def count(self, status: int) -> None:
-        self.by_status[status] = self.by_status.get(status, 0) + 1
-
-    async def authorize(self, req: Request) -> Response | None:
-        """Check the token of a request that needs one, from its head alone (before its
-        body is read: an unauthenticated client cannot make us buffer a megabyte). None
-        when the request may go on; else the answer to send before closing."""
-        try:
-            segments = _segments(req)
-            if segments[:1] == ["api"] or (segments == ["metrics"] and self.public):
-                await self.tokens.authenticate(req.header(b"authorization"))
-        except Exception as exc:
-            response = response_for_error(exc)
-            response.close = True
-            self.count(response.status)
-            return response
-        return None
-
-    async def dispatch(self, req: Request, body: bytes) -> Response | Stream:
-        """The answer to one authorized request; never raises."""
-        try:
-            result = await self._dispatch(req, body)
-        except Exception as exc:
-            result = response_for_error(exc)
-        self.count(result.status if isinstance(result, Response) else 200)
-        return result
-
-    async def _dispatch(self, req: Request, body: bytes) -> Response | Stream:
-        segments = _segments(req)
-        method = req.method.decode("ascii")
-        route, params = self.router.match(method, segments)
-        query: dict[str, str] = {}
-        for pair in req.query.decode("ascii").split("&"):
-            if not pair:
-                continue
-            raw_name, _, raw_value = pair.partition("=")
-            name = _unquote(raw_name, "query")
-            if name not in route.query:
-                accepted = ", ".join(sorted(route.query)) or "none"
-                raise InvalidField(f"unknown query parameter {name!r} (accepted: {accepted})", name)
-            if name in query:
-                raise InvalidField(f"query parameter {name!r} given twice", name)
-            query[name] = _unquote(raw_value, name)
-        return await route.handler(Call(req, params, query, body))
 
     def _add_routes(self) -> None:
         r = self.router
@@ -894,7 +525,7 @@ class AdminServer:
             # just ended are counted: the flusher runs every 100 ms), or at shutdown.
             delay = STREAM_INTERVAL_S - (time.time() % STREAM_INTERVAL_S) + 0.15
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stop_event.wait(), delay)
+                await asyncio.wait_for(self.http.stop_event.wait(), delay)
 
     # --- domains -------------------------------------------------------------------------
 
@@ -1045,176 +676,8 @@ class AdminServer:
 
     async def metrics(self, call: Call) -> Response:
         self._take_flush_durations()
-        return Response(200, self.metrics_text().encode(), PROMETHEUS_TYPE)
-
-    def metrics_text(self) -> str:
-        rt = self.runtime
-        out: list[str] = []
-        edge = rt.edge.metrics if rt.edge is not None else None
-        if edge is not None:
-            _metric(
-                out,
-                "linkedge_requests_total",
-                "counter",
-                "Edge requests answered, by status.",
-                [(f'{{status="{s}"}}', n) for s, n in sorted(edge.by_status.items())],
-            )
-            _metric(
-                out,
-                "linkedge_redirects_total",
-                "counter",
-                "Redirects served.",
-                [("", edge.redirects)],
-            )
-            _metric(
-                out,
-                "linkedge_bad_requests_total",
-                "counter",
-                "Edge requests refused as malformed or oversized.",
-                [("", edge.bad_requests)],
-            )
-            _metric(
-                out,
-                "linkedge_timeouts_total",
-                "counter",
-                "Edge connections closed for a slow request head (408).",
-                [("", edge.timeouts)],
-            )
-            _metric(
-                out,
-                "linkedge_connections_total",
-                "counter",
-                "Connections accepted, by listener.",
-                [
-                    ('{listener="edge"}', edge.connections_total),
-                    ('{listener="admin"}', self.connections_total),
-                ],
-            )
-            _metric(
-                out,
-                "linkedge_connections_rejected_total",
-                "counter",
-                "Edge connections refused past max_connections (503).",
-                [("", edge.connections_rejected)],
-            )
-            _metric(
-                out,
-                "linkedge_open_connections",
-                "gauge",
-                "Open connections, by listener.",
-                [
-                    ('{listener="edge"}', edge.connections_open),
-                    ('{listener="admin"}', len(self.connections)),
-                ],
-            )
-        _metric(
-            out,
-            "linkedge_admin_requests_total",
-            "counter",
-            "Admin API requests answered, by status.",
-            [(f'{{status="{s}"}}', n) for s, n in sorted(self.by_status.items())],
-        )
-        clicks = rt.clicks
-        if clicks is not None:
-            m = clicks.metrics
-            for name, value, help_text in (
-                ("captured", m.captured, "Clicks taken from the edge into the pipeline."),
-                ("written", m.written, "Clicks written to SQLite."),
-                ("dropped", m.dropped, "Clicks dropped because the queue was full."),
-            ):
-                _metric(out, f"linkedge_clicks_{name}_total", "counter", help_text, [("", value)])
-            _metric(
-                out,
-                "linkedge_click_write_failures_total",
-                "counter",
-                "Failed click batch writes (the clicks are kept and retried).",
-                [("", m.write_failures)],
-            )
-            out.append(
-                "# HELP linkedge_click_flush_duration_seconds Time to write one click batch."
-            )
-            out.append("# TYPE linkedge_click_flush_duration_seconds histogram")
-            out.extend(self.flush_histogram.lines("linkedge_click_flush_duration_seconds"))
-            _metric(
-                out,
-                "linkedge_click_queue_depth",
-                "gauge",
-                "Clicks captured and not yet written.",
-                [("", clicks.queued)],
-            )
-            _metric(
-                out,
-                "linkedge_click_flush_lag_seconds",
-                "gauge",
-                "Age of the oldest click not yet written.",
-                [("", f"{clicks.flush_lag_s:.3f}")],
-            )
-        _metric(
-            out,
-            "linkedge_links_loaded",
-            "gauge",
-            "Links in the edge's table.",
-            [("", len(rt.table))],
-        )
-        geo = rt.geo.status()
-        epoch = geo.get("build_epoch")
-        _metric(
-            out,
-            "linkedge_geoip_build_timestamp_seconds",
-            "gauge",
-            "Build time of the GeoIP database in use (0: none loaded).",
-            [("", int(epoch) if isinstance(epoch, int) else 0)],
-        )
-        _metric(
-            out,
-            "linkedge_geoip_info",
-            "gauge",
-            "The GeoIP database in use (1: loaded).",
-            [
-                (
-                    f'{{database_type="{_label(geo.get("database_type"))}",'
-                    f'build_date="{_label(geo.get("build_date"))}"}}',
-                    1 if geo.get("enabled") else 0,
-                )
-            ],
-        )
-        _metric(
-            out,
-            "linkedge_start_time_seconds",
-            "gauge",
-            "When this server started (Unix time).",
-            [("", f"{rt.started_at:.3f}")],
-        )
-        return "\n".join(out) + "\n"
-
-
-def _segments(req: Request) -> list[str]:
-    """The path's segments, each percent-decoded (an encoded "/" stays in its segment)."""
-    raw_path = req.path.decode("ascii")  # the parser admits ASCII only
-    if len(raw_path) > 1 and raw_path.endswith("/"):
-        raw_path = raw_path[:-1]
-    return [_unquote(part, "path") for part in raw_path.split("/")[1:]]
-
-
-def _label(value: object) -> str:
-    text = "" if value is None else str(value)
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _unquote(text: str, what: str) -> str:
-    """Percent-decode a path segment or query value. A "+" stays a plus sign (not a
-    space, as in HTML forms), so ISO 8601 offsets like +01:00 work unencoded."""
-    try:
-        return unquote(text, errors="strict")
-    except UnicodeDecodeError:
-        raise InvalidField(f"the {what} is not valid UTF-8 once percent-decoded", what) from None
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+        text = metrics.render(self.runtime, self.http, self.flush_histogram)
+        return Response(200, text.encode(), metrics.PROMETHEUS_TYPE)
 
 
 def _encode_cursor(link_id: int) -> str:
@@ -1263,21 +726,18 @@ def _create_bulk(
     (None: an item refused before it got here)."""
     created: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with Transaction(conn) as tx:
         for i, args in enumerate(prepared):
             if args is None:
                 continue
             fields, domain, slug = args
-            try:
+            try:  # each create is a savepoint: a refused one leaves the others standing
                 created.append(catalog.create_link(conn, fields, domain=domain, slug=slug))
             except LinkedgeError as exc:
                 errors.append(_error_item(i, exc))
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    complete = not errors and None not in prepared
-    conn.execute("COMMIT" if complete else "ROLLBACK")
+        complete = not errors and None not in prepared
+        if not complete:
+            tx.discard()  # every item's error is reported; nothing is created
     return (created if complete else []), errors
 
 
@@ -1318,233 +778,3 @@ def _probe_write(conn: sqlite3.Connection) -> None:
     """Take SQLite's write lock and let it go: proves the file is writable, writes nothing."""
     conn.execute("BEGIN IMMEDIATE")
     conn.execute("ROLLBACK")
-
-
-# --- the protocol --------------------------------------------------------------------------
-
-
-class AdminProtocol(asyncio.Protocol):
-    """One admin connection: bytes in, a worker task answering requests in order."""
-
-    def __init__(self, server: AdminServer) -> None:
-        # shared state
-        self.server = server
-        # per connection
-        self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
-        self.eof = False
-        self.closing = False  # close after the request in progress
-        self.idle = True  # waiting for the first byte of a request
-        self.data_ready = asyncio.Event()
-        self.writable = asyncio.Event()
-        self.writable.set()
-        self.reading_paused = False
-        self.worker: asyncio.Task[None] | None = None
-
-    # --- connection lifecycle ------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, only alike.
-        self.transport = cast(asyncio.Transport, transport)
-        server = self.server
-        server.connections_total += 1
-        if server.stopping or len(server.connections) >= MAX_CONNECTIONS:
-            response = error_response(503, "unavailable", "too many admin connections", close=True)
-            self.transport.write(self._serialize(response, keep=False, http11=True, head=False))
-            self.transport.close()
-            return
-        server.connections.add(self)
-        self.worker = asyncio.get_running_loop().create_task(self._run())
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        self.data_ready.set()
-        if len(self.buf) > MAX_BUFFERED_BYTES and self.transport is not None:
-            self.transport.pause_reading()
-            self.reading_paused = True
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self.data_ready.set()
-        return True  # keep the transport open: answer what was sent before the half-close
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self.eof = True
-        self.data_ready.set()
-        self.writable.set()
-        self.server.connections.discard(self)
-
-    def pause_writing(self) -> None:
-        self.writable.clear()
-
-    def resume_writing(self) -> None:
-        self.writable.set()
-
-    def shutdown(self) -> None:
-        """Server stopping: close now when idle, else after the request in progress."""
-        self.closing = True
-        if self.idle and not self.buf and self.transport is not None:
-            self.transport.close()
-        self.data_ready.set()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-    # --- requests ------------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                try:
-                    request = await self._next_request()
-                except BadRequest as exc:
-                    await self._send(response_for_error(exc), keep=False, http11=True, head=False)
-                    self.server.count(exc.status)
-                    return
-                if request is None:
-                    return
-                req, body = request
-                if isinstance(body, Response):  # refused before its body was read
-                    await self._send(body, keep=False, http11=req.http11, head=False)
-                    return
-                result = await self.server.dispatch(req, body)
-                head_only = req.method == b"HEAD"
-                if isinstance(result, Stream):
-                    await self._stream(result, req.http11, head_only)
-                    return
-                keep = req.keep_alive and not self.closing and not result.close
-                await self._send(result, keep=keep, http11=req.http11, head=head_only)
-                if not keep:
-                    return
-        except Exception:
-            log.exception("admin connection failed")
-        finally:
-            if self.transport is not None:
-                self.transport.close()
-
-    async def _wait_data(self, wait_s: float) -> bool:
-        """Wait for more bytes; False on timeout."""
-        self.data_ready.clear()
-        try:
-            await asyncio.wait_for(self.data_ready.wait(), wait_s)
-        except TimeoutError:
-            return False
-        return True
-
-    async def _next_request(self) -> tuple[Request, bytes | Response] | None:
-        """The next request and its body (or, when it may not go on, the answer that ends
-        the connection), or None when the connection is done. The head is searched once
-        per byte (HeadScanner), authorized before any of its body is read, and the body
-        consumed as it arrives (BodyReader): work linear in the bytes received."""
-        keep_alive_s = self.server.config.keep_alive_timeout_s
-        started: float | None = None
-        scanner = HeadScanner()
-        self.idle = True
-        while True:
-            if self.transport is None:
-                return None
-            if self.buf:
-                if scanner.advance(self.buf) >= 0:
-                    break
-                self.idle = False
-                if started is None:
-                    started = time.monotonic()
-            elif self.closing:
-                return None
-            if self.eof:
-                return None
-            if started is None:
-                if not await self._wait_data(keep_alive_s):
-                    return None
-            else:
-                left = started + REQUEST_TIMEOUT_S - time.monotonic()
-                if left <= 0 or not await self._wait_data(left):
-                    raise BadRequest("the request did not arrive in time", 408)
-        self.idle = False
-        started = started or time.monotonic()
-        parsed = parse_head(self.buf)
-        assert parsed is not None  # the scanner found its end
-        req, end = parsed
-        denied = await self.server.authorize(req)
-        if denied is not None:
-            return req, denied
-        body = b""
-        if req.content_length or req.chunked:
-            reader = BodyReader(req, MAX_BODY_BYTES)
-            pos = reader.feed(self.buf, end)
-            sent_continue = False
-            while not reader.done:
-                self._consumed(pos)
-                if self.transport is None or self.eof:
-                    raise BadRequest("the connection ended inside the request body")
-                if req.expect_continue and req.http11 and not sent_continue:
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    sent_continue = True
-                left = started + REQUEST_TIMEOUT_S - time.monotonic()
-                if left <= 0 or not await self._wait_data(left):
-                    raise BadRequest("the request body did not arrive in time", 408)
-                pos = reader.feed(self.buf, 0)
-            body = reader.body
-            end = pos
-        self._consumed(end)
-        return req, body
-
-    def _consumed(self, end: int) -> None:
-        """Drop the first `end` buffered bytes; resume reading once there is room."""
-        del self.buf[:end]
-        if self.reading_paused and len(self.buf) < MAX_BUFFERED_BYTES and self.transport:
-            self.transport.resume_reading()
-            self.reading_paused = False
-
-    def _serialize(self, response: Response, *, keep: bool, http11: bool, head: bool) -> bytes:
-        headers: list[tuple[str, str]] = list(response.headers)
-        if response.status != 204:
-            headers.append(("Content-Type", response.content_type))
-            headers.append(("Content-Length", str(len(response.body))))
-        headers.append(("Cache-Control", "no-store"))
-        out = response_head(response.status, headers) + self.server.date_line()
-        if not keep:
-            out += b"Connection: close\r\n"
-        elif not http11:
-            out += b"Connection: keep-alive\r\n"
-        out += b"\r\n"
-        if not head and response.status != 204:
-            out += response.body
-        return out
-
-    async def _send(self, response: Response, *, keep: bool, http11: bool, head: bool) -> None:
-        await self.writable.wait()
-        if self.transport is not None:
-            self.transport.write(self._serialize(response, keep=keep, http11=http11, head=head))
-
-    async def _stream(self, stream: Stream, http11: bool, head: bool) -> None:
-        """An event stream: no Content-Length, the body ends when the connection closes."""
-        lines = [
-            f"HTTP/1.1 200 {STATUS_REASONS[200]}\r\n",
-            f"Content-Type: {SSE_TYPE}\r\n",
-            "Cache-Control: no-store\r\n",
-            "X-Accel-Buffering: no\r\n",  # nginx: pass events through unbuffered
-            "Connection: close\r\n",
-        ]
-        transport = self.transport
-        if transport is None:
-            return
-        transport.write("".join(lines).encode() + self.server.date_line() + b"\r\n")
-        if head:
-            return
-        events = stream.events
-        try:
-            async for chunk in events:
-                transport = self.transport
-                if transport is None or self.closing or self.eof:
-                    break
-                if transport.get_write_buffer_size() > STREAM_MAX_BUFFER_BYTES:
-                    log.info("closing an event stream whose client stopped reading")
-                    break
-                transport.write(chunk)
-        finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()

@@ -43,6 +43,7 @@ TOKEN_PRINT_PREFIX: Final = "linkedge admin token (shown once): "
 class Unauthorized(LinkedgeError):
     status = 401
     code = "unauthorized"
+    headers = (("WWW-Authenticate", 'Bearer realm="linkedge"'),)
 
 
 def check_supplied_token(secret: str) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 class LinkedgeError(Exception):
     status = 400
     code = "invalid_request"
+    # extra response headers (e.g. Allow, WWW-Authenticate) and per-item errors (bulk)
+    headers: tuple[tuple[str, str], ...] = ()
+    items: list[dict[str, object]] | None = None
 
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)

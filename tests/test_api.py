@@ -733,7 +733,7 @@ def test_metrics_need_a_token_on_a_public_listener(tmp_path: Path) -> None:
 
 
 def test_an_unexpected_error_is_a_500_without_details(caplog: pytest.LogCaptureFixture) -> None:
-    from admin.api import response_for_error
+    from admin.http import response_for_error
 
     response = response_for_error(KeyError("secret internals"))
     body = json.loads(response.body)
