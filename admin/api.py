@@ -42,7 +42,7 @@ from admin.http import (
 )
 from admin.metrics import FLUSH_BUCKETS_S, Histogram
 from edge import catalog
-from edge.db import Database, Transaction, now_ms
+from edge.db import Database, Transaction, current_rev, now_ms
 from edge.errors import InvalidField, LinkedgeError, NotFound
 from edge.http import Request
 from edge.urls import normalize_host
@@ -83,7 +83,7 @@ LinkRef = int | tuple[str, str]  # an id, or (domain, slug)
 
 
 class AdminServer:
-    """The admin listener; `runtime` is admin/runtime.py's Runtime."""
+    """The admin listener; `runtime` is the collector process (admin/collector.py)."""
 
     def __init__(self, runtime: Any) -> None:
         # shared state
@@ -219,10 +219,17 @@ class AdminServer:
         return (call.params["domain"], call.params["slug"])
 
     async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run a store write on the writer connection, then serve it from the link table."""
+        """Run a catalog write on the writer connection; answer once every edge worker
+        serves it (they reload at once; a worker that does not within a second picks it
+        up at its next poll)."""
         result = await self.runtime.writer.run(fn, *args)
-        await self.runtime.sync.refresh()
+        await self._serve_latest()
         return result
+
+    async def _serve_latest(self) -> None:
+        rev = await self.runtime.writer.run(current_rev)
+        if not await self.runtime.edges.serve_rev(rev):
+            log.warning("a worker did not confirm links revision %d within a second", rev)
 
     def _link_fields(self, body: dict[str, Any], now_s: float) -> dict[str, Any]:
         fields = {k: v for k, v in body.items() if k in LINK_FIELDS}
@@ -275,7 +282,7 @@ class AdminServer:
                 errors,
                 status,
             )
-        await self.runtime.sync.refresh()
+        await self._serve_latest()
         return json_response(201, {"links": [self.link_out(link) for link in created]})
 
     async def list_links(self, call: Call) -> Response:
@@ -443,9 +450,9 @@ class AdminServer:
     async def _refresh_names(self, link_ids: list[int]) -> None:
         """(domain, slug) of the live links, read once per link and again after the link
         table changed: the only SQL behind /api/live."""
-        table = self.runtime.table
-        if self._names_rev != table.rev:
-            self._names_rev = table.rev
+        rev = await self.db.run(current_rev)
+        if self._names_rev != rev:
+            self._names_rev = rev
             self._names.clear()
         missing = [i for i in link_ids if i not in self._names]
         if missing:
@@ -489,17 +496,23 @@ class AdminServer:
         return snapshot
 
     def _pipeline(self) -> dict[str, Any]:
+        """Where the clicks are: captured by the workers, then dropped, acknowledged as
+        written, or still queued (in a worker, in flight, or in the collector). Per
+        worker and at every moment: captured == acked + dropped + queued."""
         clicks = self.runtime.clicks
         if clicks is None:
             return {"recording": False}
         m = clicks.metrics
+        fleet = self.runtime.edges.totals()
         return {
             "recording": True,
-            "queue_depth": clicks.queued,
+            "captured": fleet["captured"],
+            "written": fleet["acked"],
+            "dropped": fleet["dropped"],
+            "queue_depth": fleet["queued"],
+            "collector_queue": clicks.queued,
             "flush_lag_s": round(clicks.flush_lag_s, 3),
-            "captured": m.captured,
-            "written": m.written,
-            "dropped": m.dropped,
+            "reading_paused": m.paused,
             "write_failures": m.write_failures,
             "last_error": m.last_error,
         }
@@ -653,8 +666,13 @@ class AdminServer:
         pipeline_error = pipeline.get("last_error")
         geo = self.runtime.geo.status()
         ok = db_error is None and pipeline_error is None
+        workers = self.runtime.edges.workers()
+        sync_errors = [w["sync_error"] for w in workers if w.get("sync_error")]
+        degraded = _degraded(pipeline, self.config.max_queued_clicks)
+        if degraded:
+            pipeline["degraded"] = degraded
         body = {
-            "status": "ok" if ok else "unavailable",
+            "status": "unavailable" if not ok else "degraded" if degraded else "ok",
             "db": {"ok": db_error is None, "path": self.config.db_path, "error": db_error},
             "pipeline": {"ok": pipeline_error is None, **pipeline},
             "geoip": {
@@ -663,11 +681,12 @@ class AdminServer:
                 "build_date": geo.get("build_date"),
                 "error": geo.get("error"),
             },
-            "sync": {
-                "ok": self.runtime.sync.last_error is None,
-                "error": self.runtime.sync.last_error,
+            "sync": {"ok": not sync_errors, "error": sync_errors[0] if sync_errors else None},
+            "workers": {
+                "configured": self.runtime.workers_expected,
+                "connected": len(self.runtime.edges.sessions),
             },
-            "links_loaded": len(self.runtime.table),
+            "links_loaded": self.runtime.edges.totals()["links_loaded"],
             "uptime_s": round(time.time() - self.runtime.started_at, 1),
         }
         response = json_response(200 if ok else 503, body)
@@ -772,6 +791,26 @@ def _add_domain(
     return catalog.add_domain(
         conn, host, default=default, root_url=root_url, fallback_url=fallback_url
     )
+
+
+# /healthz says "degraded" (still 200: redirects are served and nothing is lost yet) when
+# clicks wait this long to be written, or the queue is this full.
+DEGRADED_LAG_S: Final = 10.0
+DEGRADED_QUEUE_SHARE: Final = 0.5
+
+
+def _degraded(pipeline: dict[str, Any], max_queued: int) -> str | None:
+    """Why the pipeline is behind, or None."""
+    if not pipeline.get("recording"):
+        return None
+    lag = float(pipeline.get("flush_lag_s") or 0.0)
+    if lag >= DEGRADED_LAG_S:
+        return f"clicks wait {lag:.0f} s to be written (over {DEGRADED_LAG_S:.0f} s)"
+    if pipeline.get("reading_paused") or pipeline.get("collector_queue", 0) >= (
+        max_queued * DEGRADED_QUEUE_SHARE
+    ):
+        return f"the collector's queue is over {DEGRADED_QUEUE_SHARE:.0%} of its bound"
+    return None
 
 
 def _probe_write(conn: sqlite3.Connection) -> None:

@@ -142,7 +142,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Set up a demo link on the default domain and serve."""
     config = config_from_args(args)
-    from admin.runtime import Runtime, run
+    from admin.runtime import Supervisor, run
 
     _setup_logging(config.log_level)
     conn = catalog.open_db(config.db_path)
@@ -158,9 +158,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     exe = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith("linkedge") else "linkedge"
 
-    def ready(rt: Runtime) -> None:
-        assert rt.edge is not None
-        port = rt.edge.port
+    def ready(sup: Supervisor) -> None:
+        port = sup.edge_port
         print(
             "\nlinkedge is running with a demo link. Try:\n"
             f"  curl -i http://127.0.0.1:{port}/demo\n"

@@ -63,66 +63,80 @@ def label(value: object) -> str:
 
 
 def render(runtime: Any, listener: JsonListener, flush_histogram: Histogram) -> str:
-    """Prometheus text of everything a running server counts."""
+    """Prometheus text of everything a running server counts: the edge workers' counters
+    (summed, and per worker), the collector's pipeline, the admin listener, GeoIP."""
     rt = runtime
     out: list[str] = []
-    edge = rt.edge.metrics if rt.edge is not None else None
-    if edge is not None:
-        metric(
-            out,
-            "linkedge_requests_total",
-            "counter",
-            "Edge requests answered, by status.",
-            [(f'{{status="{s}"}}', n) for s, n in sorted(edge.by_status.items())],
+    fleet = rt.edges.totals()
+    workers = rt.edges.workers()
+    by_status: dict[int, int] = {}
+    for w in workers:
+        for status, n in (w.get("by_status") or {}).items():
+            by_status[int(status)] = by_status.get(int(status), 0) + int(n)
+    for slot_sums in rt.edges.retired.values():
+        for status, n in (slot_sums.get("by_status") or {}).items():
+            by_status[int(status)] = by_status.get(int(status), 0) + int(n)
+
+    def summed(name: str) -> int:
+        return sum(int(w.get(name) or 0) for w in workers if not w.get("retired")) + sum(
+            int(r.get(name, 0)) for r in rt.edges.retired.values()
         )
-        metric(
-            out,
-            "linkedge_redirects_total",
-            "counter",
-            "Redirects served.",
-            [("", edge.redirects)],
-        )
-        metric(
-            out,
-            "linkedge_bad_requests_total",
+
+    metric(
+        out,
+        "linkedge_requests_total",
+        "counter",
+        "Edge requests answered, by status (all workers).",
+        [(f'{{status="{s}"}}', n) for s, n in sorted(by_status.items())],
+    )
+    for name, kind, help_text, value in (
+        ("redirects_total", "counter", "Redirects served.", fleet["redirects"]),
+        (
+            "bad_requests_total",
             "counter",
             "Edge requests refused as malformed or oversized.",
-            [("", edge.bad_requests)],
-        )
-        metric(
-            out,
-            "linkedge_timeouts_total",
+            fleet["bad_requests"],
+        ),
+        (
+            "timeouts_total",
             "counter",
             "Edge connections closed for a slow request head (408).",
-            [("", edge.timeouts)],
-        )
-        metric(
-            out,
-            "linkedge_connections_total",
-            "counter",
-            "Connections accepted, by listener.",
-            [
-                ('{listener="edge"}', edge.connections_total),
-                ('{listener="admin"}', listener.connections_total),
-            ],
-        )
-        metric(
-            out,
-            "linkedge_connections_rejected_total",
+            summed("timeouts"),
+        ),
+        (
+            "connections_rejected_total",
             "counter",
             "Edge connections refused past max_connections (503).",
-            [("", edge.connections_rejected)],
-        )
-        metric(
-            out,
-            "linkedge_open_connections",
-            "gauge",
-            "Open connections, by listener.",
-            [
-                ('{listener="edge"}', edge.connections_open),
-                ('{listener="admin"}', len(listener.connections)),
-            ],
-        )
+            summed("connections_rejected"),
+        ),
+        (
+            "accept_errors_total",
+            "counter",
+            "Edge connections the kernel could not hand us (descriptors exhausted).",
+            summed("accept_errors"),
+        ),
+    ):
+        metric(out, f"linkedge_{name}", kind, help_text, [("", value)])
+    metric(
+        out,
+        "linkedge_connections_total",
+        "counter",
+        "Connections accepted, by listener.",
+        [
+            ('{listener="edge"}', summed("connections_total")),
+            ('{listener="admin"}', listener.connections_total),
+        ],
+    )
+    metric(
+        out,
+        "linkedge_open_connections",
+        "gauge",
+        "Open connections, by listener.",
+        [
+            ('{listener="edge"}', fleet["connections_open"]),
+            ('{listener="admin"}', len(listener.connections)),
+        ],
+    )
     metric(
         out,
         "linkedge_admin_requests_total",
@@ -134,11 +148,39 @@ def render(runtime: Any, listener: JsonListener, flush_histogram: Histogram) -> 
     if clicks is not None:
         m = clicks.metrics
         for name, value, help_text in (
-            ("captured", m.captured, "Clicks taken from the edge into the pipeline."),
-            ("written", m.written, "Clicks written to SQLite."),
-            ("dropped", m.dropped, "Clicks dropped because the queue was full."),
+            ("captured", fleet["captured"], "Clicks captured by the edge workers."),
+            ("written", fleet["acked"], "Clicks written to SQLite (acknowledged to a worker)."),
+            ("dropped", fleet["dropped"], "Clicks dropped: a worker's bounded queue was full."),
         ):
             metric(out, f"linkedge_clicks_{name}_total", "counter", help_text, [("", value)])
+        metric(
+            out,
+            "linkedge_click_queue_depth",
+            "gauge",
+            "Clicks captured and not yet written (in workers, in flight, in the collector).",
+            [("", fleet["queued"])],
+        )
+        metric(
+            out,
+            "linkedge_collector_queue_depth",
+            "gauge",
+            "Clicks the collector holds, received and not yet written.",
+            [("", clicks.queued)],
+        )
+        metric(
+            out,
+            "linkedge_collector_reading_paused",
+            "gauge",
+            "1 while the collector's queue is full and it stops reading from the workers.",
+            [("", 1 if m.paused else 0)],
+        )
+        metric(
+            out,
+            "linkedge_collector_resent_batches_total",
+            "counter",
+            "Batches a worker sent again that were already received or written.",
+            [("", m.duplicates)],
+        )
         metric(
             out,
             "linkedge_click_write_failures_total",
@@ -146,29 +188,58 @@ def render(runtime: Any, listener: JsonListener, flush_histogram: Histogram) -> 
             "Failed click batch writes (the clicks are kept and retried).",
             [("", m.write_failures)],
         )
+        metric(
+            out,
+            "linkedge_user_agents_read_cheaply_total",
+            "counter",
+            "Unseen user agents read without ua-parser: their parse budget was spent.",
+            [("", clicks.enricher.cheap_uas)],
+        )
         out.append("# HELP linkedge_click_flush_duration_seconds Time to write one click batch.")
         out.append("# TYPE linkedge_click_flush_duration_seconds histogram")
         out.extend(flush_histogram.lines("linkedge_click_flush_duration_seconds"))
         metric(
             out,
-            "linkedge_click_queue_depth",
-            "gauge",
-            "Clicks captured and not yet written.",
-            [("", clicks.queued)],
-        )
-        metric(
-            out,
             "linkedge_click_flush_lag_seconds",
             "gauge",
-            "Age of the oldest click not yet written.",
+            "Age of the oldest click the collector has not written yet.",
             [("", f"{clicks.flush_lag_s:.3f}")],
         )
+    per_worker = [w for w in workers if not w.get("retired")]
+    for name, help_text in (
+        ("captured", "Clicks captured by this worker process."),
+        ("acked", "Clicks of this worker process the collector has written."),
+        ("dropped", "Clicks this worker process dropped (its queue was full)."),
+        ("queued", "Clicks this worker process holds, not yet written."),
+        ("redirects", "Redirects this worker process served."),
+    ):
+        metric(
+            out,
+            f"linkedge_worker_{name}",
+            "gauge" if name == "queued" else "counter",
+            help_text,
+            [(f'{{worker="{w["slot"]}"}}', int(w.get(name) or 0)) for w in per_worker],
+        )
+    metric(
+        out,
+        "linkedge_worker_up",
+        "gauge",
+        "1 when the worker is connected to the collector.",
+        [(f'{{worker="{w["slot"]}"}}', 1 if w.get("connected") else 0) for w in workers],
+    )
+    metric(
+        out,
+        "linkedge_process_restarts_total",
+        "counter",
+        "Times the supervisor started a process again after it died.",
+        [(f'{{process="{label(n)}"}}', c) for n, c in sorted(rt.restart_counts().items())],
+    )
     metric(
         out,
         "linkedge_links_loaded",
         "gauge",
-        "Links in the edge's table.",
-        [("", len(rt.table))],
+        "Links in the edge workers' tables.",
+        [("", fleet["links_loaded"])],
     )
     geo = rt.geo.status()
     epoch = geo.get("build_epoch")
@@ -196,7 +267,7 @@ def render(runtime: Any, listener: JsonListener, flush_histogram: Histogram) -> 
         out,
         "linkedge_start_time_seconds",
         "gauge",
-        "When this server started (Unix time).",
+        "When this server's collector started (Unix time).",
         [("", f"{rt.started_at:.3f}")],
     )
     return "\n".join(out) + "\n"

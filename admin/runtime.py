@@ -1,164 +1,406 @@
-"""`linkedge serve`: one process wiring the edge, the click pipeline and the admin API.
+"""`linkedge serve`: the supervisor. It starts and watches one collector and N edge workers.
 
-Start order: migrate the database, load the link table, open GeoIP, start the click
-flusher, start the edge listener, start the admin listener. Stop order (SIGTERM/SIGINT):
-stop accepting on both listeners, answer requests in flight, then drain the click
-pipeline so every redirect served is a row, then close the databases.
+Start order: raise the descriptor limit; migrate the database and take its serve lock (one
+server per database); refuse a port another server holds; bind the edge port once per
+worker with SO_REUSEPORT (this process keeps the sockets, so a restarted worker finds
+connections waiting in its queue instead of being refused); start the collector
+(admin/collector.py) and wait until it is ready; start the workers (edge/worker.py);
+print the addresses.
+
+While running: a process that dies is started again with backoff (logged; counted on
+/metrics through the collector). The collector restarting loses nothing: the workers keep
+their clicks and resend them. A worker killed loses what it had captured and not shipped
+(at most ship_interval_s of its traffic).
+
+Stop (SIGTERM/SIGINT): the workers first (stop accepting, answer what is in flight, ship
+every click, wait for the acknowledgements), then the collector (write everything, roll
+up), then print the stop line and exit 0 only if nothing is unwritten.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
+import contextlib
+import errno
+import fcntl
+import json
 import logging
+import os
+import select
+import shutil
 import signal
+import socket
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from edge import catalog
-from edge.clicks import ClickRecorder
-from edge.config import Config
-from edge.db import Database
-from edge.links import LinkTable
-from edge.live import LiveCounters
-from edge.server import EdgeServer
-from edge.sync import LinkSync
-from geo.geoip import GeoDatabase
+from edge.config import Config, config_to_json
+from edge.process import connection_cap, default_workers, raise_fd_limit
 
 log = logging.getLogger("linkedge")
 
-GIL_SWITCH_INTERVAL_S = 0.0005  # seconds
-GC_THRESHOLDS = (100_000, 50, 100)
+READY_TIMEOUT_S: Final = 120.0  # a million links take a few seconds to load per worker
+RESTART_BACKOFF_S: Final = (0.1, 0.5, 1.0, 2.0, 5.0)
+# A process that ran this long before dying starts over at the shortest backoff.
+STABLE_AFTER_S: Final = 30.0
+POLL_S: Final = 0.1
+LISTEN_BACKLOG: Final = 2048  # as edge/server.py
 
 
-class Runtime:
-    """Everything a running server holds; the admin API reads its parts."""
+class StartError(Exception):
+    """The server cannot start; the message says why and what to do."""
 
+
+class Child:
+    """One supervised process: how to start it and what became of it."""
+
+    def __init__(self, name: str, module: str, env: dict[str, str], fds: tuple[int, ...]) -> None:
+        self.name = name
+        self.module = module
+        self.env = env
+        self.fds = fds
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ready_fd = -1  # our end of its ready pipe
+        self.pipe_data = b""
+        self.started_at = 0.0
+        self.restarts = 0
+        self.failures_in_row = 0
+        self.next_start = 0.0
+        self.ready_line: dict[str, Any] = {}
+        self.report: dict[str, Any] = {}
+
+    def start(self) -> None:
+        r, w = os.pipe()
+        env = {**os.environ, **self.env, "LINKEDGE_READY_FD": str(w), "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", self.module],
+            env=env,
+            pass_fds=(*self.fds, w),
+            cwd=Path(__file__).resolve().parents[1],
+        )
+        os.close(w)
+        self.ready_fd = r
+        self.pipe_data = b""
+        self.started_at = time.monotonic()
+
+    def wait_ready(self, timeout_s: float) -> dict[str, Any]:
+        """Block until the child says it is ready; StartError if it dies or takes too long."""
+        line = self._read_line(timeout_s)
+        if line is None:
+            code = self.proc.poll() if self.proc is not None else None
+            why = f"exited with status {code}" if code is not None else "did not get ready"
+            raise StartError(f"the {self.name} {why} (its errors are above)")
+        self.ready_line = line
+        return line
+
+    def _read_line(self, timeout_s: float) -> dict[str, Any] | None:
+        """The next JSON line the child wrote to its pipe, or None (EOF, timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self.pipe_data:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.ready_fd < 0:
+                return None
+            readable, _w, _x = select.select([self.ready_fd], [], [], min(left, 0.5))
+            if not readable:
+                if self.proc is not None and self.proc.poll() is not None:
+                    return None
+                continue
+            chunk = os.read(self.ready_fd, 65536)
+            if not chunk:
+                return None
+            self.pipe_data += chunk
+        line, _, self.pipe_data = self.pipe_data.partition(b"\n")
+        try:
+            value = json.loads(line)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def read_report(self, timeout_s: float) -> None:
+        """The child's last words (the collector's final figures), when it sends them."""
+        while True:
+            line = self._read_line(timeout_s)
+            if line is None:
+                return
+            if isinstance(line.get("report"), dict):
+                self.report = line["report"]
+                return
+
+    def close_pipe(self) -> None:
+        if self.ready_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.ready_fd)
+            self.ready_fd = -1
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+
+
+class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.started_at = time.time()
-        self.loop_kind = "asyncio"
-        self.table = LinkTable(unknown_host_404=config.unknown_host == "404")
-        self.live = LiveCounters()
-        self.geo = GeoDatabase(config.geoip_path, config.geoip_asn_path)
-        timeout_ms = int(config.db_busy_timeout_s * 1000)
-        self.writer = Database(config.db_path, timeout_ms=timeout_ms)
-        self.reader = Database(config.db_path, timeout_ms=timeout_ms)
-        self.sync = LinkSync(self.reader, self.table, config.link_poll_interval_s)
-        self.clicks: ClickRecorder | None = None
-        self.edge: EdgeServer | None = None
-        self.admin: Any = None
-        self.stop_event = asyncio.Event()
-        self.unwritten_at_exit = 0
+        self.workers_n = config.workers or default_workers()
+        self.sockets: list[socket.socket] = []
+        self.edge_port = 0
+        self.admin_port: int | None = None
+        self.run_dir = ""
+        self.lock_file: Any = None
+        self.collector: Child | None = None
+        self.workers: list[Child] = []
+        self.stopping = False
 
-    async def start(self) -> None:
-        """Start everything; if any part fails, stop what started (threads included)."""
-        try:
-            await self._start()
-        except BaseException:
-            await self.stop()
-            raise
+    # --- start ---------------------------------------------------------------------------
 
-    async def _start(self) -> None:
-        conn = catalog.open_db(self.config.db_path)
-        conn.close()
-        await self.writer.open()
-        await self.reader.open()
-        count = await self.sync.load()
-        log.info("loaded %d link(s) from %s", count, self.config.db_path)
-        status = self.geo.status()
-        if status.get("enabled"):
-            log.info("GeoIP: %s built %s", status.get("database_type"), status.get("build_date"))
-        else:
+    def start(self) -> None:
+        config = self.config
+        limit = raise_fd_limit()
+        cap = connection_cap(config.max_connections)
+        if cap < config.max_connections:
             log.warning(
-                "GeoIP is off (%s): clicks are recorded without country/region/city.",
-                status.get("error"),
+                "max_connections %d is above what %d file descriptors allow: capped at %d "
+                "per worker (raise `ulimit -n` or LimitNOFILE= in the unit)",
+                config.max_connections,
+                limit,
+                cap,
             )
-        if self.config.record_clicks:
-            self.clicks = ClickRecorder(self.config, self.writer, self.geo, self.live)
-            await self.clicks.start()
-        else:
-            log.warning("click recording is OFF (record_clicks=false)")
-        self.edge = EdgeServer(self.config, self.table, self.clicks)
-        await self.edge.start()
-        self.sync.start()
-        if self.config.admin_enabled:
-            from admin.api import AdminServer
+            self.config = config = config.replace(max_connections=cap)
+        try:
+            conn = catalog.open_db(config.db_path)
+        except Exception as exc:  # sqlite3 errors, a directory, permissions
+            raise StartError(f"cannot open the database {config.db_path}: {exc}") from None
+        conn.close()
+        self._lock()
+        busy = config.admin_enabled and config.admin_port
+        if busy and _someone_listens(config.admin_host, config.admin_port):
+            raise StartError(
+                f"port {config.admin_port} on {config.admin_host} is in use (another "
+                "linkedge running? use --admin HOST:PORT)"
+            )
+        self._bind()
+        self.run_dir = tempfile.mkdtemp(prefix="linkedge-")
+        os.chmod(self.run_dir, 0o700)
+        socket_path = os.path.join(self.run_dir, "collector.sock")
+        child_config = config.replace(edge_port=self.edge_port, workers=self.workers_n)
+        common = {
+            "LINKEDGE_CHILD_CONFIG": config_to_json(child_config),
+            "LINKEDGE_COLLECTOR_SOCKET": socket_path,
+        }
+        self.collector = Child("collector", "admin.collector", common, ())
+        self.collector.start()
+        ready = self.collector.wait_ready(READY_TIMEOUT_S)
+        self.admin_port = ready.get("admin_port")
+        if self.admin_port is not None:
+            # a restarted collector must come back on the same port
+            pinned = child_config.replace(admin_port=self.admin_port)
+            self.collector.env = {**common, "LINKEDGE_CHILD_CONFIG": config_to_json(pinned)}
+        for slot, sock in enumerate(self.sockets):
+            env = {
+                **common,
+                "LINKEDGE_WORKER_SLOT": str(slot),
+                "LINKEDGE_LISTEN_FD": str(sock.fileno()),
+            }
+            child = Child(f"worker {slot}", "edge.worker", env, (sock.fileno(),))
+            child.start()
+            self.workers.append(child)
+        for child in self.workers:
+            child.wait_ready(READY_TIMEOUT_S)
 
-            self.admin = AdminServer(self)
-            await self.admin.start()
+    def _lock(self) -> None:
+        """One server per database: a second one would split the live counters and the
+        pipeline's progress between two processes that each think they are alone."""
+        path = self.config.db_path + ".serve-lock"
+        try:
+            self.lock_file = open(path, "a+")  # noqa: SIM115 (held for the process's life)
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartError(
+                f"another linkedge serve is already running on {self.config.db_path} "
+                "(stop it first, or give this one another --db)"
+            ) from None
+        except OSError as exc:
+            raise StartError(f"cannot lock {path}: {exc.strerror or exc}") from None
+        self.lock_file.seek(0)
+        self.lock_file.truncate()
+        self.lock_file.write(f"{os.getpid()}\n")
+        self.lock_file.flush()
 
-    async def stop(self) -> int:
-        """Graceful stop; returns the number of captured clicks left unwritten."""
-        if self.edge is not None:
-            await self.edge.stop()
-        if self.admin is not None:
-            await self.admin.stop()
-        await self.sync.stop()
-        left = 0
-        if self.clicks is not None:
-            left = await self.clicks.close(timeout_s=max(self.config.shutdown_timeout_s, 5.0))
-        await self.writer.close()
-        await self.reader.close()
-        self.geo.close()
-        self.unwritten_at_exit = left
-        return left
+    def _bind(self) -> None:
+        host, port = self.config.edge_host, self.config.edge_port
+        if port and _someone_listens(host, port):
+            raise StartError(
+                f"port {port} on {host} is in use by another server (another linkedge "
+                "running? use --edge HOST:PORT)"
+            )
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for i in range(self.workers_n):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.workers_n > 1:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                sock.bind((host, port if i == 0 else self.edge_port))
+            except OSError as exc:
+                sock.close()
+                if exc.errno == errno.EADDRINUSE:
+                    raise StartError(
+                        f"port {port} on {host} is in use (another linkedge running? use "
+                        "--edge HOST:PORT)"
+                    ) from None
+                raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            sock.listen(LISTEN_BACKLOG)
+            sock.set_inheritable(True)
+            if i == 0:
+                self.edge_port = int(sock.getsockname()[1])
+            self.sockets.append(sock)
+
+    # --- running -------------------------------------------------------------------------
+
+    def watch(self, stop_requested: Callable[[], bool]) -> None:
+        """Restart what dies (with backoff) until a stop is requested."""
+        while not stop_requested():
+            now = time.monotonic()
+            for child in [self.collector, *self.workers]:
+                if child is None or child.alive():
+                    continue
+                if child.next_start == 0.0:
+                    code = child.proc.returncode if child.proc is not None else None
+                    ran = now - child.started_at
+                    child.failures_in_row = (
+                        1 if ran >= STABLE_AFTER_S else child.failures_in_row + 1
+                    )
+                    delay = RESTART_BACKOFF_S[
+                        min(child.failures_in_row, len(RESTART_BACKOFF_S)) - 1
+                    ]
+                    log.error(
+                        "the %s (pid %s) exited with status %s after %.1f s: starting it "
+                        "again in %.1f s",
+                        child.name,
+                        child.proc.pid if child.proc is not None else "?",
+                        code,
+                        ran,
+                        delay,
+                    )
+                    child.close_pipe()
+                    child.next_start = now + delay
+                elif now >= child.next_start:
+                    child.next_start = 0.0
+                    child.restarts += 1
+                    child.start()
+                    self._note_restarts()
+            time.sleep(POLL_S)
+
+    def _note_restarts(self) -> None:
+        """Tell the collector the restart counts (it shows them on /metrics)."""
+        counts = {c.name: c.restarts for c in [self.collector, *self.workers] if c is not None}
+        path = os.path.join(self.run_dir, "restarts.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(counts, f)
+        os.replace(tmp, path)
+
+    # --- stop ----------------------------------------------------------------------------
+
+    def stop(self) -> dict[str, Any]:
+        """Workers first, then the collector; returns the collector's final report."""
+        self.stopping = True
+        deadline_s = self.config.shutdown_timeout_s + 15.0
+        for child in self.workers:
+            child.signal(signal.SIGTERM)
+        for child in self.workers:
+            self._reap(child, deadline_s)
+        report: dict[str, Any] = {}
+        if self.collector is not None:
+            self.collector.signal(signal.SIGTERM)
+            if self.collector.ready_fd >= 0:
+                self.collector.read_report(deadline_s + 30.0)
+            self._reap(self.collector, deadline_s + 30.0)
+            report = self.collector.report
+        for sock in self.sockets:
+            sock.close()
+        if self.run_dir:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        return report
+
+    def _reap(self, child: Child, timeout_s: float) -> None:
+        if child.proc is None:
+            return
+        try:
+            child.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.error("the %s did not stop within %.0f s: killed", child.name, timeout_s)
+            child.proc.kill()
+            child.proc.wait()
+        child.close_pipe()
+
+    def exit_ok(self) -> bool:
+        procs = [c.proc for c in [self.collector, *self.workers] if c is not None and c.proc]
+        return all(p.returncode == 0 for p in procs)
 
 
-async def serve(config: Config, on_ready: Callable[[Runtime], None] | None = None) -> int:
-    rt = Runtime(config)
-    await rt.start()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, rt.stop_event.set)
-    assert rt.edge is not None
-    edge_port = rt.edge.port
-    print(f"linkedge edge listening on http://{config.edge_host}:{edge_port}", flush=True)
-    if rt.admin is not None:
-        print(
-            f"linkedge admin API listening on http://{config.admin_host}:{rt.admin.port}",
-            flush=True,
-        )
-    # Objects alive after start (the link table, caches, modules) never become garbage:
-    # move them out of the collector's sight so a full collection does not walk them
-    # while requests wait (tens of ms with a million links).
-    gc.collect()
-    gc.freeze()
-    # Fewer, larger young-generation passes: the click pipeline allocates in bursts, and
-    # full passes over the caches found nothing to free (27 a minute under load, 2 now).
-    gc.set_threshold(*GC_THRESHOLDS)
-    if on_ready is not None:
-        on_ready(rt)
-    await rt.stop_event.wait()
-    log.info("stopping: finishing requests in flight, then writing every click")
-    left = await rt.stop()
-    redirects = rt.edge.metrics.redirects
-    if rt.clicks is not None:
-        m = rt.clicks.metrics
-        print(
-            f"linkedge stopped: {redirects} redirects served, {m.captured} clicks captured, "
-            f"{m.written} written, {m.dropped} dropped, {left} unwritten; "
-            f"peak queue {m.peak_queue}, max flush lag {m.max_flush_lag_s * 1000:.0f} ms",
-            flush=True,
-        )
-    else:
-        print(f"linkedge stopped: {redirects} redirects served, clicks not recorded", flush=True)
-    return 0 if left == 0 else 1
-
-
-def run(config: Config, on_ready: Callable[[Runtime], None] | None = None) -> int:
-    from edge.server import install_event_loop_policy
-
-    kind = install_event_loop_policy()
-    # The click pipeline's threads (enrichment, SQLite) share the GIL with the event loop;
-    # CPython hands it over every 5 ms by default, which shows up as 5-20 ms tail latency
-    # on redirects while a batch is enriched. A shorter interval keeps the loop responsive.
-    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    log.info("event loop: %s", kind)
+def _someone_listens(host: str, port: int) -> bool:
+    """Whether a server accepts on host:port already (SO_REUSEPORT would let a second
+    linkedge of the same user bind it silently and take half the traffic)."""
+    target = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
     try:
-        return asyncio.run(serve(config, on_ready))
-    except OSError as exc:
+        with socket.create_connection((target, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def stop_line(report: dict[str, Any]) -> str:
+    workers = report.get("workers") or {}
+    served = workers.get("redirects", 0)
+    if not report.get("recording"):
+        return f"linkedge stopped: {served} redirects served, clicks not recorded"
+    return (
+        f"linkedge stopped: {served} redirects served, {workers.get('captured', 0)} clicks "
+        f"captured, {report.get('written', 0)} written, {workers.get('dropped', 0)} dropped, "
+        f"{report.get('unwritten', 0) + workers.get('queued', 0)} unwritten; "
+        f"peak queue {report.get('peak_queue', 0)}, "
+        f"max flush lag {report.get('max_flush_lag_s', 0.0) * 1000:.0f} ms"
+    )
+
+
+def run(config: Config, on_ready: Callable[[Supervisor], None] | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status says whether every click was written."""
+    requested = False
+
+    def request_stop(_sig: int, _frame: Any) -> None:
+        nonlocal requested
+        requested = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    sup = Supervisor(config)
+    try:
+        sup.start()
+    except StartError as exc:
+        sup.stop()
         print(f"linkedge: cannot start: {exc}", file=sys.stderr)
         return 2
+    print(f"linkedge edge listening on http://{config.edge_host}:{sup.edge_port}", flush=True)
+    if sup.admin_port is not None:
+        print(
+            f"linkedge admin API listening on http://{config.admin_host}:{sup.admin_port}",
+            flush=True,
+        )
+    log.info("serving with %d worker(s) and a collector", len(sup.workers))
+    if on_ready is not None:
+        on_ready(sup)
+    sup.watch(lambda: requested)
+    log.info("stopping: workers first (they ship every click), then the collector")
+    report = sup.stop()
+    print(stop_line(report), flush=True)
+    unwritten = report.get("unwritten", 0) + (report.get("workers") or {}).get("queued", 0)
+    return 0 if sup.exit_ok() and not unwritten and report else 1

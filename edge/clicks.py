@@ -1,30 +1,32 @@
-"""Every click recorded: capture buffer -> enrichment -> one SQLite transaction, zero loss.
+"""The collector's click pipeline: batches from the workers -> enrichment -> one SQLite
+transaction -> acknowledgement. Every click written exactly once; nothing lost silently.
 
 Rules:
-- The hot path appends one raw tuple to `ClickRecorder.buffer`: (unix time, link id,
-  domain id, client ip, user-agent bytes, referer bytes, accept-language bytes, flags).
-  Nothing else happens per request.
-- Every flush_interval_s (or sooner when flush_max_clicks wait) the flusher swaps the
-  buffer out, enriches the clicks on its own thread (GeoIP, user agent, bot kind, referrer
-  source, language, visitor id), feeds the live counters with per-second aggregates, and
-  writes the rows in one transaction on the aiosqlite thread. The event loop only swaps
-  lists and applies small aggregates.
-- Nothing is lost silently. Clicks wait in memory while the writer is behind (locked DB,
-  slow disk); a failed write is retried with backoff, the edge keeps redirecting. Past
-  max_queued_clicks new clicks are dropped, counted, and logged once per interval.
-  `captured == written + dropped + queued` holds at every moment.
-- Shutdown drains everything: `close()` returns after every captured click is a row (or,
-  past its deadline, says how many were not).
-- Rollups (per link: link_minute/hour/day, link_dim_hour, link_day_visitors; per group:
-  group_minute/hour/day, group_day_visitors) are derived from the written rows by id
-  range (rollups.roll_up): about once a second, in the same transaction as a batch of
-  clicks, the clicks above a watermark (the highest click id rolled up) are added and the
-  watermark moves, so each click is counted exactly once even across crashes: at start
-  the flusher rolls up whatever a crash left above the watermark.
+- Workers ship batches of raw clicks (edge/capture.py) tagged (epoch, seq). `accept()`
+  queues a batch unless this process received it before or SQLite holds it already
+  (`ingest_progress`): a resend after a reconnect or a crash is recognised, never written
+  twice. A batch's rows and "epoch reached seq" commit in one transaction; only then is
+  the worker told (`on_committed`), and only then does it forget the batch.
+- Every flush_interval_s (sooner while a backlog waits) the flusher enriches one slice of
+  at most ENRICH_CHUNK_CLICKS on its own thread (GeoIP, user agent, bot kind, referrer
+  source, language, visitor id; each cached by the raw bytes), feeds the live counters
+  with per-second aggregates, and writes on the aiosqlite thread. The event loop only
+  moves lists and applies small aggregates.
+- Bounded: past max_queued_clicks the ingest stops reading from the workers (`full`),
+  which keep their clicks meanwhile and count what they must drop past their own bound.
+  A failed write keeps its rows and is retried with backoff. Any exception, cancellation
+  included, puts a slice back before it goes on: `close()` truly awaits the flusher and
+  then writes what is left, so a shutdown that reports 0 unwritten wrote everything.
+- A user agent costs at most its parse budget: uncached strings are parsed within a
+  share of each step's time while a backlog waits (the rest read cheaply, counted), only
+  MAX_UA_BYTES of a header are parsed, and only strings seen twice enter the cache.
+- Rollups (edge/rollups.py) are derived from the written rows by id range about once a
+  second, in the same transaction as a batch of clicks; at start the flusher rolls up
+  whatever a crash left above the watermark.
 
 Privacy: no raw IP is stored; the visitor id is edge/visitors.py's (a keyed hash with a salt
-that rotates every UTC day). With `DNT: 1` or `Sec-GPC: 1` the click is still
-counted, but without a visitor id and without geo below country (no region, city or ASN).
+that rotates every UTC day). With `DNT: 1` or `Sec-GPC: 1` the click is still counted, but
+without a visitor id and without geo below country (no region, city or ASN).
 """
 
 from __future__ import annotations
@@ -36,18 +38,18 @@ import logging
 import os
 import sqlite3
 import time
-from collections import Counter
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from edge import rollups, visitors
 from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH, RawClick
 from edge.config import Config
-from edge.db import Database, Transaction
+from edge.db import Database, Transaction, now_ms
 from edge.live import LiveCounters
 from edge.visitors import VisitorIds
-from geo.bots import classify
+from geo.bots import classify, ua_kind
 from geo.geoip import EMPTY_GEO, GeoDatabase, GeoResult
 from geo.language import primary_language
 from geo.referrer import parse_referrer
@@ -56,6 +58,16 @@ from geo.useragent import UserAgentParser
 log = logging.getLogger("linkedge.clicks")
 
 UA_CACHE_SIZE: Final = 50000  # distinct raw User-Agent values remembered (parse + bot kind)
+UA_PROBATION_SIZE: Final = 10000  # first sightings waiting for a second one
+# Real user agents are under 500 bytes (the longest browser string in uap-core's tests);
+# only this much of a header is decoded and parsed, bounding a hostile header's cost.
+MAX_UA_BYTES: Final = 512
+# A Referer is stored up to this many characters (its host and source are read from all
+# of it): real ones are under 1 KB; a 15 KB one is an attack or a tracking blob.
+MAX_REFERRER_CHARS: Final = 1024
+# While a backlog waits, uncached user-agent parses (~36 µs each, far more for hostile
+# strings) may take this share of an enrichment step's time; the rest read cheaply.
+UA_PARSE_SHARE: Final = 0.5
 TEXT_CACHE_SIZE: Final = 50000  # distinct raw Referer / Accept-Language values remembered
 _UNSET: Final[Any] = object()
 RETRY_BACKOFF_S: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
@@ -82,6 +94,9 @@ _COL = {name: i for i, name in enumerate(rollups.CLICK_COLUMNS)}
 _TS = _COL["ts"]
 
 Row = tuple[Any, ...]
+UAEntry = tuple[str | None, tuple[Any, ...]]
+# The UA columns of a cheaply read agent: device, OS and browser unknown.
+_CHEAP_UA_COLUMNS: Final = ("other", None, None, None, None, None, None)
 
 
 def truncate_ip(ip: str) -> str | None:
@@ -100,19 +115,40 @@ class Enricher:
         self.geo = geo
         self.ua_parser = UserAgentParser()
         self.store_truncated_ip = config.store_truncated_ip
-        self._ua_cache: dict[bytes, tuple[str | None, tuple[Any, ...]]] = {}
+        self._ua_cache: dict[bytes, UAEntry] = {}
+        self._ua_probation: dict[bytes, UAEntry] = {}
+        self._ua_budget_s = float("inf")
+        self._ua_spent_s = 0.0
+        self.cheap_uas = 0  # user agents read cheaply because the parse budget was spent
         self._ref_cache: dict[bytes, tuple[str | None, str | None, str]] = {}
         self._lang_cache: dict[bytes, str | None] = {}
         self._ids: dict[int, tuple[bytes, VisitorIds]] = {}
 
-    def _ua(self, raw: bytes) -> tuple[str | None, tuple[Any, ...]]:
-        """(bot kind from the UA alone, the 7 UA columns), cached by the raw header bytes."""
+    def _ua(self, raw: bytes) -> UAEntry:
+        """(bot kind from the UA alone, the 7 UA columns), cached by the raw header bytes.
+
+        A string is admitted to the main cache on its second sighting (the first result
+        waits in a small probation cache), so a flood of unique strings cannot evict the
+        few thousand real ones. Uncached parses have a budget per enrichment step
+        (begin_step): past it, while a backlog waits, a string gets the cheap reading
+        (the bot kind from geo.bots' patterns, no ua-parser) and is not cached."""
         hit = self._ua_cache.get(raw)
         if hit is not None:
             return hit
-        text = raw.decode("utf-8", "replace")
+        seen = self._ua_probation.pop(raw, None)
+        if seen is not None:
+            if len(self._ua_cache) >= UA_CACHE_SIZE:
+                self._ua_cache.clear()
+            self._ua_cache[raw] = seen
+            return seen
+        text = raw[:MAX_UA_BYTES].decode("utf-8", "replace")
+        if self._ua_spent_s >= self._ua_budget_s:
+            self.cheap_uas += 1
+            return (ua_kind(text), _CHEAP_UA_COLUMNS)
+        started = time.perf_counter()
         info = self.ua_parser.parse(text)
         kind = classify(text, info, is_head=False, is_prefetch=False)
+        self._ua_spent_s += time.perf_counter() - started
         device = "bot" if kind is not None else info.device_type
         entry = (
             kind,
@@ -126,10 +162,15 @@ class Enricher:
                 info.device_model,
             ),
         )
-        if len(self._ua_cache) >= UA_CACHE_SIZE:
-            self._ua_cache.clear()
-        self._ua_cache[raw] = entry
+        if len(self._ua_probation) >= UA_PROBATION_SIZE:
+            self._ua_probation.clear()
+        self._ua_probation[raw] = entry
         return entry
+
+    def begin_step(self, budget_s: float) -> None:
+        """A new enrichment step: uncached user-agent parses may take `budget_s`."""
+        self._ua_budget_s = budget_s
+        self._ua_spent_s = 0.0
 
     def _visitor_ids(self, day: int, salt: bytes) -> VisitorIds:
         """The visitor-id maker of a day (its cache lives as long as the day's salt)."""
@@ -142,7 +183,8 @@ class Enricher:
     def _referrer(self, raw: bytes) -> tuple[str | None, str | None, str]:
         text = raw.decode("utf-8", "replace") if raw else None
         host, source = parse_referrer(text or "")
-        entry = (text, host, source)
+        # host and source come from the whole value; at most MAX_REFERRER_CHARS is stored
+        entry = (text[:MAX_REFERRER_CHARS] if text else None, host, source)
         if len(self._ref_cache) >= TEXT_CACHE_SIZE:
             self._ref_cache.clear()
         self._ref_cache[raw] = entry
@@ -226,35 +268,45 @@ class Enricher:
 
 class PipelineMetrics:
     __slots__ = (
-        "captured",
+        "received",
         "written",
-        "dropped",
+        "duplicates",
         "write_failures",
         "flushes",
-        "last_flush_s",
         "flush_durations",
         "last_error",
         "peak_queue",
         "max_flush_lag_s",
-        "last_write_at",
+        "paused",
     )
 
     def __init__(self) -> None:
-        self.captured = 0
-        self.written = 0
-        self.dropped = 0
+        self.received = 0  # clicks accepted from the workers (resends not counted)
+        self.written = 0  # clicks committed to SQLite
+        self.duplicates = 0  # batches recognised as resent (already received or committed)
         self.write_failures = 0
         self.flushes = 0
-        self.last_flush_s = 0.0
-        self.flush_durations: list[float] = []  # recent flush durations, for the histogram
+        self.flush_durations: list[float] = []  # recent write durations, for the histogram
         self.last_error: str | None = None
         self.peak_queue = 0
-        self.max_flush_lag_s = 0.0  # age of the oldest click of a batch when it was written
-        self.last_write_at = 0.0
+        self.max_flush_lag_s = 0.0  # age of the oldest click of a write when it committed
+        self.paused = False  # not reading from the workers: the queue is full
+
+
+# At most this many clicks are enriched in one step (one call on the enrichment thread):
+# a backlog after a stall is drained in slices, never in one GIL-holding call.
+ENRICH_CHUNK_CLICKS: Final = 20_000
+# How long the collector keeps the progress of a worker that is gone (a resend of its
+# batches can only come from a worker that is alive).
+PROGRESS_KEPT_MS: Final = 7 * 86400 * 1000
+
+Batch = tuple[int, int, list[RawClick]]  # worker epoch, seq, clicks
+Progress = dict[int, int]  # worker epoch -> the highest seq of its batches in a write
 
 
 class ClickRecorder:
-    """The click pipeline: owns the capture buffer, the queue and the flusher task."""
+    """The collector's pipeline: the batches received from the workers, enrichment, the
+    writes and their acknowledgements, the rollups."""
 
     def __init__(
         self,
@@ -269,157 +321,188 @@ class ClickRecorder:
         self.live = live
         self.enricher = Enricher(config, geo)
         self.metrics = PipelineMetrics()
-        # hot path: the server appends raw tuples here
-        self.buffer: list[RawClick] = []
-        # waiting to be written: enriched rows of earlier flushes that failed, raw clicks
-        self._raw_queue: list[RawClick] = []
-        self._rows_queue: list[Row] = []
-        self._in_flight = 0  # clicks being enriched or written right now
+        # exactly once: per worker epoch, the highest seq committed (read at start from
+        # ingest_progress) and the highest received by this process
+        self.committed: Progress = {}
+        self.received: Progress = {}
+        # told after each commit (the ingest acknowledges), and when there is room again
+        self.on_committed: Callable[[Progress], None] | None = None
+        self.on_room: Callable[[], None] | None = None
+        # waiting: batches not enriched yet; enriched rows not written yet (a failed
+        # write keeps them, with the progress they carry)
+        self._batches: deque[Batch] = deque()
+        self._raw_count = 0
+        self._pending: list[tuple[list[Row], Progress]] = []
+        self._pending_count = 0
+        self._in_flight = 0  # clicks being enriched right now
+        # rollups
         self._unrolled = 0  # clicks written but not yet in the rollups
         self._last_rollup = 0.0
         self._rollup_cost_s = 0.0  # how long the last rollup write took
         self._rebuild_due = True  # look for stale group visitors after the next flush
-        # the rollup writer's memory (rollups.RollupState): used on the database thread only
-        self._rollup_state = rollups.RollupState()
+        self._rollup_state = rollups.RollupState()  # used on the database thread only
+        # the flusher
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="linkedge-enrich")
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closing = False
-        self._last_drop_log = 0.0
         self._failures_in_row = 0
-        self._dropped_since_log = 0
         self._salts: dict[int, bytes] = {}
         self._next_geo_check = 0.0
 
     @property
     def queued(self) -> int:
-        """Clicks captured but not yet written."""
-        return len(self.buffer) + len(self._raw_queue) + len(self._rows_queue) + self._in_flight
+        """Clicks received and not yet written."""
+        return self._raw_count + self._in_flight + self._pending_count
+
+    @property
+    def full(self) -> bool:
+        return self.queued >= self.config.max_queued_clicks
 
     @property
     def flush_lag_s(self) -> float:
-        """Age of the oldest click not yet written (0 when nothing waits)."""
+        """Age of the oldest click waiting (0 when nothing waits)."""
         oldest = None
-        if self._rows_queue:
-            oldest = self._rows_queue[0][_TS] / 1000
-        elif self._raw_queue:
-            oldest = self._raw_queue[0][0]
-        elif self.buffer:
-            oldest = self.buffer[0][0]
+        if self._pending and self._pending[0][0]:
+            oldest = self._pending[0][0][0][_TS] / 1000
+        elif self._batches and self._batches[0][2]:
+            oldest = self._batches[0][2][0][0]
         return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     async def start(self) -> None:
+        self.committed = await self.db.run(_load_progress)
         await self._catch_up_rollups()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="click-flusher")
 
-    def nudge(self) -> None:
-        """Ask for an early flush (called when the buffer is large)."""
-        self._wake.set()
+    def accept(self, epoch: int, seq: int, clicks: list[RawClick]) -> bool:
+        """A worker's batch; False when it was received or committed before (a resend after
+        a reconnect or a crash): the caller acknowledges it from `committed`."""
+        if seq <= self.received.get(epoch, 0) or seq <= self.committed.get(epoch, 0):
+            self.metrics.duplicates += 1
+            return False
+        self.received[epoch] = seq
+        if clicks:
+            self._batches.append((epoch, seq, clicks))
+            self._raw_count += len(clicks)
+            self.metrics.received += len(clicks)
+            depth = self.queued
+            if depth > self.metrics.peak_queue:
+                self.metrics.peak_queue = depth
+            if self._raw_count >= ENRICH_CHUNK_CLICKS:
+                self._wake.set()
+        else:  # nothing to write: committed as soon as everything before it is
+            self._batches.append((epoch, seq, clicks))
+        return True
 
     async def _run(self) -> None:
         interval = self.config.flush_interval_s
         while not self._closing:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval)
+            if not self._batches:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), interval)
             self._wake.clear()
             try:
                 await self._maybe_reload_geo()
                 await self.flush()
                 await self._rebuild_stale_groups()
-            except Exception:  # the pipeline never raises into the edge
+            except Exception:  # the pipeline never raises into its callers
                 log.exception("click flush failed; will retry")
                 await asyncio.sleep(RETRY_BACKOFF_S[-1])
 
-    def _admit(self) -> None:
-        """Move the capture buffer into the queue, dropping (and counting) past the bound."""
-        if not self.buffer:
-            return
-        # Copy and clear in place: the edge holds a reference to this very list.
-        chunk = self.buffer.copy()
-        self.buffer.clear()
-        self.metrics.captured += len(chunk)
-        room = self.config.max_queued_clicks - len(self._raw_queue) - len(self._rows_queue)
-        if len(chunk) > room:
-            dropped = len(chunk) - max(room, 0)
-            chunk = chunk[: max(room, 0)]
-            self.metrics.dropped += dropped
-            self._dropped_since_log += dropped
-            now = time.monotonic()
-            if now - self._last_drop_log >= DROP_LOG_INTERVAL_S:
-                log.error(
-                    "click queue full (%d waiting, writer behind: %s): dropped %d clicks",
-                    self.config.max_queued_clicks,
-                    self.metrics.last_error or "slow writes",
-                    self._dropped_since_log,
-                )
-                self._last_drop_log = now
-                self._dropped_since_log = 0
-        self._raw_queue.extend(chunk)
-        depth = len(self._raw_queue) + len(self._rows_queue)
-        if depth > self.metrics.peak_queue:
-            self.metrics.peak_queue = depth
-
     async def flush(self) -> int:
-        """Enrich and write what is waiting; return the number of clicks written."""
-        self._admit()
-        loop = asyncio.get_running_loop()
-        if self._raw_queue:
-            # Clicks are queued in time order: their days are first..last, ascending (the
-            # order matters: a new day's salt deletes the older ones).
-            first_day = int(self._raw_queue[0][0]) // DAY_S
-            last_day = int(self._raw_queue[-1][0]) // DAY_S
+        """Enrich one slice of what waits, write everything enriched; return the clicks
+        written. Nothing is lost to any exception, cancellation included: a slice is put
+        back before the exception goes on, and rows leave the queue only once committed."""
+        if self._batches:
+            take: list[Batch] = []
+            n = 0
+            while self._batches and n < ENRICH_CHUNK_CLICKS:
+                batch = self._batches.popleft()
+                take.append(batch)
+                n += len(batch[2])
+            self._raw_count -= n
+            self._in_flight = n
+            progress: Progress = {}
+            for epoch, seq, _clicks in take:
+                progress[epoch] = max(progress.get(epoch, 0), seq)
+            raw = [click for _e, _s, clicks in take for click in clicks]
             try:
-                salts = {day: await self._salt_for(day) for day in range(first_day, last_day + 1)}
-            except sqlite3.Error as exc:
-                await self._write_failed(exc, len(self._raw_queue))
-                return 0
-            raw, self._raw_queue = self._raw_queue, []
-            self._in_flight = len(raw)
-            try:
-                rows, live = await loop.run_in_executor(
-                    self._executor, self.enricher.enrich, raw, salts
-                )
-            except Exception:
-                self._raw_queue[:0] = raw  # keep them; enrichment bugs must not lose clicks
+                rows, live = await self._enrich(raw)
+            except BaseException as exc:
+                self._batches.extendleft(reversed(take))  # first again, in order
+                self._raw_count += n
+                if isinstance(exc, sqlite3.Error):  # the salts could not be read
+                    await self._write_failed(exc, n)
+                    return 0
                 raise
             finally:
                 self._in_flight = 0
             self.live.add(live)
-            self._rows_queue.extend(rows)
-        if not self._rows_queue:
+            self._pending.append((rows, progress))
+            self._pending_count += len(rows)
+        if not self._pending:
             await self._write_idle_rollup()
             return 0
-        rows, self._rows_queue = self._rows_queue, []
-        self._in_flight = len(rows)
+        return await self._write_pending()
+
+    async def _enrich(
+        self, raw: list[RawClick]
+    ) -> tuple[list[Row], list[tuple[int, int, int, int]]]:
+        if not raw:
+            return [], []
+        first_day = int(min(c[0] for c in raw)) // DAY_S
+        last_day = int(max(c[0] for c in raw)) // DAY_S
+        # ascending: a new day's salt deletes the older ones
+        salts = {day: await self._salt_for(day) for day in range(first_day, last_day + 1)}
+        # uncached user agents may take a share of the time a step has while a backlog
+        # waits (a flood of unique ones then reads cheaply instead of stalling the writes)
+        backlog = self._raw_count > ENRICH_CHUNK_CLICKS
+        budget = UA_PARSE_SHARE * self.config.flush_interval_s if backlog else float("inf")
+        self.enricher.begin_step(budget)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.enricher.enrich, raw, salts)
+
+    async def _write_pending(self) -> int:
+        pending = self._pending
+        rows: list[Row] = [row for part, _p in pending for row in part]
+        progress: Progress = {}
+        for _rows, part in pending:
+            for epoch, seq in part.items():
+                progress[epoch] = max(progress.get(epoch, 0), seq)
         started = time.monotonic()
         rollup_due = self._rollup_due(started)
         try:
             _first, _last, rolled = await self.db.run(
-                _write_batch, rows, rollup_due, self._rollup_state, ROLLUP_MAX_CLICKS
+                _write_batch, rows, progress, rollup_due, self._rollup_state, ROLLUP_MAX_CLICKS
             )
-        except Exception as exc:  # sqlite3 errors, and anything else: keep the rows
-            self._rows_queue[:0] = rows
-            self._in_flight = 0
+        except Exception as exc:  # sqlite3 errors and anything else: keep the rows
             await self._write_failed(exc, len(rows))
             return 0
-        self._in_flight = 0
-        self.metrics.written += len(rows)
-        lag = time.time() - rows[0][_TS] / 1000  # rows are in time order
-        if lag > self.metrics.max_flush_lag_s:
-            self.metrics.max_flush_lag_s = lag
-        self.metrics.flushes += 1
-        self.metrics.last_error = None
+        # committed (a cancellation after this point still leaves nothing unwritten)
+        self._pending = []
+        self._pending_count = 0
+        for epoch, seq in progress.items():
+            if seq > self.committed.get(epoch, 0):
+                self.committed[epoch] = seq
+        m = self.metrics
+        m.written += len(rows)
+        if rows:
+            lag = time.time() - min(r[_TS] for r in rows) / 1000
+            m.max_flush_lag_s = max(m.max_flush_lag_s, lag)
+        m.flushes += 1
+        m.last_error = None
         self._failures_in_row = 0
         duration = time.monotonic() - started
-        self.metrics.last_flush_s = duration
-        self.metrics.last_write_at = time.time()
-        durations = self.metrics.flush_durations
-        durations.append(duration)
-        if len(durations) > 1000:
-            del durations[:500]
+        m.flush_durations.append(duration)
+        if len(m.flush_durations) > 1000:
+            del m.flush_durations[:500]
         self._unrolled += len(rows)
         if rollup_due:
             self._rolled_up(started, duration, rolled)
+        if self.on_committed is not None:
+            self.on_committed(progress)
+        if self.on_room is not None and self.queued < self.config.max_queued_clicks // 2:
+            self.on_room()
         return len(rows)
 
     def _rollup_due(self, now: float) -> bool:
@@ -456,7 +539,7 @@ class ClickRecorder:
             return
         try:
             _first, _last, rolled = await self.db.run(
-                _write_batch, [], True, self._rollup_state, ROLLUP_MAX_CLICKS
+                _write_batch, [], {}, True, self._rollup_state, ROLLUP_MAX_CLICKS
             )
         except Exception as exc:
             await self._write_failed(exc, 0)
@@ -502,15 +585,20 @@ class ClickRecorder:
             log.info("rolled up %d clicks written before the last stop", n)
 
     async def close(self, timeout_s: float = 30.0) -> int:
-        """Flush everything; return how many captured clicks could not be written."""
+        """Write everything received, then the last rollups; return clicks left unwritten.
+
+        The flusher task is awaited to its end (cancelled only past the deadline, and then
+        awaited again: a cancelled flush puts its slice back)."""
         self._closing = True
         self._wake.set()
+        deadline = time.monotonic() + timeout_s
         if self._task is not None:
             try:
-                await asyncio.wait_for(self._task, timeout_s)
-            except (TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+            except TimeoutError:
                 self._task.cancel()
-        deadline = time.monotonic() + timeout_s
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
         while self.queued and time.monotonic() < deadline:
             try:
                 await self.flush()
@@ -518,10 +606,15 @@ class ClickRecorder:
                 log.exception("final click flush failed; retrying")
                 await asyncio.sleep(0.1)
         if not self.queued:
-            # Everything is written: roll up the last clicks too.
+            # everything is written: roll up the last clicks too, a capped step at a time
             try:
-                await self.db.run(_write_batch, [], True, self._rollup_state)
-                self._unrolled = 0
+                while time.monotonic() < deadline:
+                    _f, _l, rolled = await self.db.run(
+                        _write_batch, [], {}, True, self._rollup_state, ROLLUP_MAX_CLICKS
+                    )
+                    if not rolled:
+                        self._unrolled = 0
+                        break
             except Exception as exc:  # the clicks are written: a next start rolls them up
                 log.warning("could not write the last rollups (%s): done at next start", exc)
         left = self.queued
@@ -531,22 +624,41 @@ class ClickRecorder:
         return left
 
 
+def _load_progress(conn: sqlite3.Connection) -> Progress:
+    """Every worker epoch's committed seq; forget those gone for PROGRESS_KEPT_MS."""
+    with Transaction(conn):
+        conn.execute(
+            "DELETE FROM ingest_progress WHERE updated_at < ?", (now_ms() - PROGRESS_KEPT_MS,)
+        )
+    return {int(e): int(s) for e, s in conn.execute("SELECT epoch, seq FROM ingest_progress")}
+
+
 def _write_batch(
     conn: sqlite3.Connection,
     rows: list[Row],
+    progress: Progress,
     rollup_due: bool,
     state: rollups.RollupState | None = None,
     limit: int = 0,
 ) -> tuple[int, int, int]:
-    """One transaction: insert the rows and, when `rollup_due`, roll up the clicks above
-    the watermark (these rows included; at most `limit` when given, so one transaction
-    never holds the writer for long). A failed transaction changes nothing, so the retry
-    counts every click once. Returns the rows' id range and how many were rolled up."""
+    """One transaction: insert the rows, record the workers' progress (the batches they
+    came in), and, when `rollup_due`, roll up the clicks above the watermark (at most
+    `limit`, so one transaction never holds the writer for long). A failed transaction
+    changes nothing, so the retry counts every click once. Returns the rows' id range and
+    how many were rolled up."""
     if state is not None and rollup_due:
         state.chunks.forget_days_before(int(time.time()) // DAY_S - 1)
     rolled = 0
     with Transaction(conn):
         first, last = rollups.insert_clicks(conn, rows) if rows else (0, -1)
+        if progress:
+            stamp = now_ms()
+            conn.executemany(
+                "INSERT INTO ingest_progress (epoch, seq, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (epoch) DO UPDATE SET seq = max(seq, excluded.seq), "
+                "updated_at = excluded.updated_at",
+                [(epoch, seq, stamp) for epoch, seq in progress.items()],
+            )
         if rollup_due:
             rolled = rollups.roll_up(conn, state, limit)
     return first, last, rolled

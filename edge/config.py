@@ -9,6 +9,7 @@ builds its `serve` options from these fields and docs/configuration.md documents
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,16 +65,33 @@ class Config:
     link_poll_interval_s: float = _setting(
         0.25, "How often the server checks SQLite for link changes made by other processes."
     )
-    flush_interval_s: float = _setting(
-        0.1, "Captured clicks are enriched and written to SQLite this often."
+    workers: int = _setting(
+        0,
+        "Edge worker processes answering on the edge port (SO_REUSEPORT); 0: one per "
+        "usable core minus one for the collector, at least 1.",
     )
-    flush_max_clicks: int = _setting(
-        20000, "A flush also starts as soon as this many clicks are waiting."
+    ship_interval_s: float = _setting(
+        0.005, "A worker ships its captured clicks to the collector this often."
+    )
+    ship_max_clicks: int = _setting(
+        2000, "A worker also ships as soon as this many clicks are captured."
+    )
+    max_unacked_clicks: int = _setting(
+        200000,
+        "Clicks a worker keeps until the collector has committed them (it is slow or "
+        "restarting); past this they are dropped, counted and shown on /metrics.",
+    )
+    max_unacked_bytes: int = _setting(
+        64 * 1024 * 1024,
+        "The same bound in bytes of captured clicks per worker (long headers count more).",
+    )
+    flush_interval_s: float = _setting(
+        0.1, "The collector enriches and writes received clicks to SQLite this often."
     )
     max_queued_clicks: int = _setting(
-        500000,
-        "Clicks held in memory while the writer is behind (slow disk, locked DB); past "
-        "this they are counted as dropped and shown on /metrics and /api/live.",
+        200000,
+        "Clicks the collector holds while the writer is behind (slow disk, locked DB); "
+        "past this it stops reading from the workers, which keep their clicks meanwhile.",
     )
     record_clicks: bool = _setting(True, "Record clicks (off only for benchmarks).")
     geoip_path: str | None = _setting(
@@ -91,6 +109,19 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+def config_to_json(config: Config) -> str:
+    """The config for a child process (the supervisor's, exactly)."""
+    return json.dumps({f.name: getattr(config, f.name) for f in settings()})
+
+
+def config_from_json(text: str) -> Config:
+    values = json.loads(text)
+    for f in settings():
+        if isinstance(values.get(f.name), list):
+            values[f.name] = tuple(values[f.name])
+    return Config(**values)
 
 
 def env_name(name: str) -> str:

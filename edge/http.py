@@ -246,7 +246,8 @@ class HeadScanner:
             if end - head_from > MAX_HEAD_BYTES:
                 raise BadRequest("request header section too large", 431)
             return end + 4
-        if size - head_from > MAX_HEAD_BYTES:
+        # (+3: a read may end inside the head's final CRLFCRLF, whose first CRLF counts)
+        if size - head_from > MAX_HEAD_BYTES + 3:
             raise BadRequest("request header section too large", 431)
         # A bare LF among the new bytes: every LF must close a CRLF (one that straddles
         # the previous read has its CR at old - 1).

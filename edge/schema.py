@@ -456,6 +456,23 @@ def _v5_backfill_groups(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX link_day_visitors_day")
 
 
+# --- 0007 ---------------------------------------------------------------------------------
+_M0007_SQL: Final = (
+    # Per worker process (its random epoch): the highest batch seq whose clicks are
+    # committed, written in the same transaction as those clicks: a batch resent after a
+    # crash is recognised (edge/capture.py, edge/clicks.py).
+    """CREATE TABLE ingest_progress (
+        epoch INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    )""",
+)
+
+
+def _m0007_create_ingest_progress(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0007_SQL)
+
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 MIGRATIONS: Final[list[Migration]] = [
     (1, "0001_create_links", _m0001_create_links),
@@ -463,6 +480,7 @@ MIGRATIONS: Final[list[Migration]] = [
     (3, "0003_create_tokens_and_utm_allow", _m0003_create_tokens_and_utm_allow),
     (4, "0004_add_link_location", _m0004_add_link_location),
     (5, "0005_rollups_for_big_ranges", _m0005_rollups_for_big_ranges),
+    (7, "0007_create_ingest_progress", _m0007_create_ingest_progress),
 ]
 LATEST: Final = MIGRATIONS[-1][0]
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import logging
 import socket
@@ -42,6 +43,7 @@ log = logging.getLogger("linkedge.edge")
 
 SWEEP_INTERVAL_S: Final = 1.0  # timeouts are checked and the Date line rebuilt this often
 LISTEN_BACKLOG: Final = 2048  # nginx uses 511 on Linux; a burst of new visitors fits here
+ACCEPT_LOG_INTERVAL_S: Final = 10.0  # accept failures are logged at most this often
 
 _GET: Final = b"GET"
 _HEAD: Final = b"HEAD"
@@ -156,6 +158,7 @@ class EdgeMetrics:
         "connections_rejected",
         "bad_requests",
         "timeouts",
+        "accept_errors",
     )
 
     def __init__(self) -> None:
@@ -167,6 +170,7 @@ class EdgeMetrics:
         self.connections_rejected = 0
         self.bad_requests = 0
         self.timeouts = 0
+        self.accept_errors = 0  # accept() failed: out of descriptors (EMFILE/ENFILE)
 
     def count(self, status: int, n: int = 1) -> None:
         self.by_status[status] = self.by_status.get(status, 0) + n
@@ -181,7 +185,7 @@ class EdgeServer:
         self.clicks = clicks
         # The hot path appends captured clicks straight to this list (None: not recording).
         self.click_buffer: list[Any] | None = clicks.buffer if clicks is not None else None
-        self.flush_max_clicks = config.flush_max_clicks
+        self.ship_max_clicks = config.ship_max_clicks
         self.metrics = EdgeMetrics()
         self.trusted = TrustedProxies(config.trusted_proxies)
         self.connections: set[EdgeProtocol] = set()
@@ -193,6 +197,7 @@ class EdgeServer:
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drained = asyncio.Event()  # set when the last connection closes while stopping
+        self._last_accept_log = 0.0
         self._refresh_date()
 
     @property
@@ -222,6 +227,28 @@ class EdgeServer:
             )
         self.servers.append(server)
         self._sweeper = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler: an accept() that failed for lack of descriptors
+        is counted (linkedge_accept_errors_total) and logged once per interval; the rest
+        goes to the default handler."""
+        exc = context.get("exception")
+        message = str(context.get("message", ""))
+        if "accept" in message or (
+            isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+        ):
+            self.metrics.accept_errors += 1
+            now = time.monotonic()
+            if now - self._last_accept_log >= ACCEPT_LOG_INTERVAL_S:
+                self._last_accept_log = now
+                log.error(
+                    "cannot accept connections: %s (%d so far; raise the file descriptor "
+                    "limit or lower max_connections)",
+                    exc or message,
+                    self.metrics.accept_errors,
+                )
+            return
+        loop.default_exception_handler(context)
 
     def _refresh_date(self) -> None:
         date = formatdate(usegmt=True).encode()
@@ -421,7 +448,7 @@ class EdgeProtocol(asyncio.Protocol):
         if out:
             transport.write(out[0] if len(out) == 1 else b"".join(out))
             click_buffer = server.click_buffer
-            if click_buffer is not None and len(click_buffer) >= server.flush_max_clicks:
+            if click_buffer is not None and len(click_buffer) >= server.ship_max_clicks:
                 server.clicks.nudge()  # type: ignore[union-attr]
         if close:
             self.pending = self.scanner = self.body = self.body_req = None

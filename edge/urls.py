@@ -88,6 +88,10 @@ def normalize_destination(url: str, field: str = "url") -> str:
     if not isinstance(url, str) or not url.strip():
         raise InvalidURL("a destination URL is required", field)
     text = url.strip()
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: undecodable bytes from a command line
+        raise InvalidURL("the URL is not valid UTF-8 text", field) from None
     if _CONTROL_RE.search(text):
         raise InvalidURL(
             "the URL contains spaces or control characters (CR, LF, TAB, NUL); percent-encode them",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from edge import catalog, rollups, visitors
+from edge.capture import RawClick
 from edge.clicks import DAY_S, ClickRecorder
 from edge.config import Config
 from edge.db import Database, Transaction, connect
@@ -245,7 +247,16 @@ def test_locked_database_stalls_writes_but_not_redirects(db_path: Path) -> None:
 
 def test_queue_bound_counts_dropped_clicks_exactly(db_path: Path) -> None:
     add(db_path, "https://example.com/", "z")
-    proc = ServerProcess(db_path, "--max-queued-clicks", "300", "--db-busy-timeout-s", "0.2")
+    # the collector holds at most 100 (then stops reading); a worker keeps at most 300
+    proc = ServerProcess(
+        db_path,
+        "--max-queued-clicks",
+        "100",
+        "--max-unacked-clicks",
+        "300",
+        "--db-busy-timeout-s",
+        "0.2",
+    )
     blocker = sqlite3.connect(db_path, isolation_level=None)
     blocker.execute("BEGIN EXCLUSIVE")
     try:
@@ -339,6 +350,14 @@ def test_missing_geoip_database_never_breaks_redirects(db_path: Path, tmp_path: 
 # --- the pipeline in process: uniques across a day change, rollups ---------------------------
 
 
+_seq = itertools.count(1)
+
+
+def feed(recorder: ClickRecorder, clicks: list[RawClick], epoch: int = 1) -> None:
+    """What a worker's batch does when it reaches the collector."""
+    assert recorder.accept(epoch, next(_seq), clicks)
+
+
 def _pipeline(db: Path) -> tuple[ClickRecorder, Database, LinkTable]:
     conn = catalog.open_db(str(db))
     conn.close()
@@ -361,15 +380,15 @@ def test_uniques_per_day_and_salt_rotation(tmp_path: Path) -> None:
             await recorder.start()
             day = int(time.time()) // DAY_S
             t0 = day * DAY_S - 30.0  # 30 s before midnight UTC
-            visitors = [(f"203.0.113.{i}", b"UA/%d" % (i % 2)) for i in range(5)]
+            people = [(f"203.0.113.{i}", b"UA/%d" % (i % 2)) for i in range(5)]
             for when in (t0, t0 + 10, t0 + 40, t0 + 50):  # two visits each side of midnight
-                for ip, ua in visitors:
-                    recorder.buffer.append((when, link["id"], 1, ip, ua, b"", b"", 0))
-            recorder.buffer.append(
-                (t0 + 45, link["id"], 1, "203.0.113.1", b"UA/1", b"", b"", FLAG_DNT)
-            )
-            recorder.buffer.append(
-                (t0 + 46, link["id"], 1, "203.0.113.9", CHROME.encode(), b"", b"", FLAG_HEAD)
+                feed(recorder, [(when, link["id"], 1, ip, ua, b"", b"", 0) for ip, ua in people])
+            feed(
+                recorder,
+                [
+                    (t0 + 45, link["id"], 1, "203.0.113.1", b"UA/1", b"", b"", FLAG_DNT),
+                    (t0 + 46, link["id"], 1, "203.0.113.9", CHROME.encode(), b"", b"", FLAG_HEAD),
+                ],
             )
             await recorder.flush()
             assert await recorder.close() == 0
@@ -456,8 +475,13 @@ def test_the_flusher_rebuilds_groups_a_purged_link_left(tmp_path: Path) -> None:
         await database.open()
         await recorder.start()
         now = time.time()
-        for i, link in enumerate((keep, gone, gone)):
-            recorder.buffer.append((now, link["id"], 1, f"203.0.113.{i}", b"UA", b"", b"", 0))
+        feed(
+            recorder,
+            [
+                (now, link["id"], 1, f"203.0.113.{i}", b"UA", b"", b"", 0)
+                for i, link in enumerate((keep, gone, gone))
+            ],
+        )
         await recorder.flush()
         assert await recorder.close() == 0
         await database.close()

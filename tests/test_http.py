@@ -396,3 +396,14 @@ def test_a_chunk_size_past_the_limit_is_refused_before_its_data() -> None:
     with pytest.raises(BadRequest) as info:
         reader.feed(b"10000\r\n")
     assert info.value.status == 413
+
+
+def test_a_head_at_the_size_limit_parses_however_it_is_split() -> None:
+    """Found by the fuzzer: a head of exactly MAX_HEAD_BYTES was refused (431) when a read
+    ended inside its final blank line."""
+    line = b"GET / HTTP/1.1\r\nHost: a\r\nX-Pad: "
+    pad = MAX_HEAD_BYTES - len(line) - 2  # parse_head's limit: up to the final CRLFCRLF
+    data = line + b"p" * pad + b"\r\n\r\n"
+    assert parse_head(data) is not None
+    for cut in range(len(data) - 4, len(data)):
+        _req, _body, _examined = feed_in_pieces(data, [cut])

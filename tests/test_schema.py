@@ -46,7 +46,7 @@ def test_location_is_written_with_the_link_and_backfilled(tmp_path: Path) -> Non
             "INSERT INTO links (domain_id, slug, url, utm_source, created_at, "
             "updated_at, rev) VALUES (1, 'a', 'https://e.com/?x=1', 'mail', 0, 0, 1)"
         )
-    assert schema.migrate(conn) == ["0004_add_link_location", "0005_rollups_for_big_ranges"]
+    assert schema.migrate(conn) == [name for n, name, _ in schema.MIGRATIONS if n >= 4]
     row = conn.execute("SELECT location FROM links").fetchone()
     assert row[0] == "https://e.com/?x=1&utm_source=mail"
     link = catalog.update_link(conn, 1, {"utm_source": "social"})

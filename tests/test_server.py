@@ -432,6 +432,7 @@ def test_port_in_use_exits_with_a_clear_error(db_path: Path) -> None:
                 timeout=30,
             )
             assert result.returncode == 2
-            assert "cannot start" in result.stderr and "address already in use" in result.stderr
+            assert "cannot start" in result.stderr and "is in use" in result.stderr
+            assert f"another linkedge running? use {flag} HOST:PORT" in result.stderr
     finally:
         blocker.close()

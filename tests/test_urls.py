@@ -95,3 +95,9 @@ def test_merge_query_destination_wins_by_default() -> None:
     assert merge_query(base, pairs, frag, "", False) == "https://example.com/p?a=1&b=2#f"
     base, pairs, frag = split_url("https://example.com/")
     assert merge_query(base, pairs, frag, "x=1&&y", False) == "https://example.com/?x=1&y"
+
+
+def test_a_lone_surrogate_is_an_invalid_url_not_a_crash() -> None:
+    """Found by the fuzzer: non-UTF-8 argv bytes arrive as lone surrogates."""
+    with pytest.raises(InvalidURL):
+        normalize_destination("https://example.com/\udce9")
