@@ -1,10 +1,10 @@
-# linkedge: make run | make test | make check | make bench
+# linkedge: make run | make test | make check | make bench | make hostile
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check bench clean
+.PHONY: run test check bench hostile clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,13 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m loadtests.bench
+
+# Attacks and faults against a real server, plus the fuzzer (not part of `make test`):
+# make hostile HOSTILE_ARGS=--quick   (or --only slowloris,kill9, --fuzz-seconds 30, --list)
+HOSTILE_ARGS ?=
+hostile: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,fuzz]'
+	$(BIN)/python -m loadtests.hostile $(HOSTILE_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache .ruff_cache
