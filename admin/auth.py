@@ -7,11 +7,14 @@ Rules of this module:
   hash matched or how much of it did.
 - Active hashes are cached in memory and re-read at most every TOKEN_REFRESH_S, and at once
   after the API changes tokens: a token revoked with the CLI stops working within
-  TOKEN_REFRESH_S, one revoked through the API at once.
+  TOKEN_REFRESH_S, one revoked through the API at once. A token the cache does not know is
+  looked up in the database before a 401 (bounded: MISS_LOOKUPS_PER_S), so one made with
+  the CLI works on the very next request.
 - `last_used_at` is written at most once per TOUCH_INTERVAL_S per token, off the request.
 - Bootstrap (server start): LINKEDGE_ADMIN_TOKEN, when set, is stored (its hash) if it is
-  not already (one too short to be safe is ignored with an error in the log); then, if no
-  active token exists, one named "admin" is created and printed once on stdout.
+  not already (one too short to be safe makes the server refuse to start, before anything
+  else starts); then, if no active token exists, one named "admin" is created and printed
+  once on stdout.
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ from edge.errors import InvalidField, LinkedgeError
 log = logging.getLogger("linkedge.admin")
 
 TOKEN_REFRESH_S: Final = 2.0
+# An unknown token is looked up in the database at most this many times a second; a miss
+# is remembered this long (MISS_CACHE_SIZE misses at most).
+MISS_LOOKUPS_PER_S: Final = 20
+MISS_TTL_S: Final = 5.0
+MISS_CACHE_SIZE: Final = 10_000
 TOUCH_INTERVAL_S: Final = 60.0
 # A token supplied through the environment must be at least this long: secrets.token_urlsafe
 # (what `linkedge token create` uses) gives 43 characters; 24 random characters resist
@@ -63,15 +71,9 @@ def bootstrap(conn: sqlite3.Connection, supplied: str | None) -> str | None:
     Returns the secret of a newly created token (to print once), else None.
     """
     if supplied:
-        try:
-            check_supplied_token(supplied)
-        except InvalidField as exc:
-            # Refusing to start would be better, but a failure this late in the runtime's
-            # start leaves its threads running (reported); the token is ignored, loudly.
-            log.error("ignoring %s: %s", ENV_TOKEN, exc.message)
-        else:
-            if catalog.add_token(conn, "env", supplied) is not None:
-                log.info("stored the token from %s", ENV_TOKEN)
+        check_supplied_token(supplied)  # the supervisor refused to start on a bad one
+        if catalog.add_token(conn, "env", supplied) is not None:
+            log.info("stored the token from %s", ENV_TOKEN)
     if catalog.active_token_hashes(conn):
         return None
     _record, secret = catalog.create_token(conn, "admin")
@@ -89,6 +91,10 @@ class TokenCache:
         self._touched: dict[int, float] = {}
         self._touching: set[asyncio.Task[None]] = set()
         self._refreshing: asyncio.Future[None] | None = None
+        # bounded look-ups of tokens the cache does not know
+        self._misses: dict[bytes, float] = {}
+        self._window_start = 0.0
+        self._window_lookups = 0
 
     async def refresh(self) -> None:
         self.hashes = await self.reader.run(catalog.active_token_hashes)
@@ -128,9 +134,33 @@ class TokenCache:
             if hmac.compare_digest(digest, stored):
                 found = token_id
         if not found:
+            found = await self._look_up(digest)
+        if not found:
             raise Unauthorized("invalid or revoked API token")
         self._touch(found)
         return found
+
+    async def _look_up(self, digest: bytes) -> int:
+        """A token the cache does not know may have been made a moment ago (`linkedge token
+        create`, another process): look it up once in the database. Bounded: at most
+        MISS_LOOKUPS_PER_S a second, and a miss is remembered for MISS_TTL_S, so a stream
+        of random tokens costs no database storm."""
+        now = time.monotonic()
+        if self._misses.get(digest, 0.0) > now:
+            return 0
+        if now - self._window_start >= 1.0:
+            self._window_start, self._window_lookups = now, 0
+        if self._window_lookups >= MISS_LOOKUPS_PER_S:
+            return 0
+        self._window_lookups += 1
+        token_id = await self.reader.run(catalog.active_token_id, digest)
+        if token_id is None:
+            if len(self._misses) >= MISS_CACHE_SIZE:
+                self._misses.clear()
+            self._misses[digest] = now + MISS_TTL_S
+            return 0
+        await self.refresh()  # it is real: take every current token in
+        return token_id
 
     def _touch(self, token_id: int) -> None:
         now = time.monotonic()

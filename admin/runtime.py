@@ -37,8 +37,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from admin import auth
 from edge import catalog
 from edge.config import Config, config_to_json
+from edge.errors import LinkedgeError
 from edge.process import connection_cap, default_workers, raise_fd_limit
 
 log = logging.getLogger("linkedge")
@@ -163,6 +165,12 @@ class Supervisor:
 
     def start(self) -> None:
         config = self.config
+        supplied = os.environ.get(auth.ENV_TOKEN)
+        if supplied:
+            try:
+                auth.check_supplied_token(supplied)
+            except LinkedgeError as exc:
+                raise StartError(exc.message) from None
         limit = raise_fd_limit()
         cap = connection_cap(config.max_connections)
         if cap < config.max_connections:

@@ -624,6 +624,14 @@ def active_token_hashes(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
     ]
 
 
+def active_token_id(conn: sqlite3.Connection, digest: bytes) -> int | None:
+    """The id of the active token with this hash, or None."""
+    row = conn.execute(
+        "SELECT id FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL", (digest,)
+    ).fetchone()
+    return None if row is None else int(row[0])
+
+
 def touch_token(conn: sqlite3.Connection, token_id: int) -> None:
     conn.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now_ms(), token_id))
 

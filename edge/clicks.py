@@ -471,14 +471,36 @@ class ClickRecorder:
                 progress[epoch] = max(progress.get(epoch, 0), seq)
         started = time.monotonic()
         rollup_due = self._rollup_due(started)
-        try:
-            _first, _last, rolled = await self.db.run(
+        write = asyncio.ensure_future(
+            self.db.run(
                 _write_batch, rows, progress, rollup_due, self._rollup_state, ROLLUP_MAX_CLICKS
             )
+        )
+        # A cancellation must not leave us guessing: the write goes on in its thread and
+        # may commit, so wait for its outcome, keep the books, then let the cancel go on.
+        cancelled = False
+        while not write.done():
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                cancelled = True
+            except Exception:
+                break
+        try:
+            _first, _last, rolled = write.result()
         except Exception as exc:  # sqlite3 errors and anything else: keep the rows
             await self._write_failed(exc, len(rows))
+            if cancelled:
+                raise asyncio.CancelledError from None
             return 0
-        # committed (a cancellation after this point still leaves nothing unwritten)
+        self._committed(rows, progress, started, rollup_due, rolled)
+        if cancelled:
+            raise asyncio.CancelledError
+        return len(rows)
+
+    def _committed(
+        self, rows: list[Row], progress: Progress, started: float, rollup_due: bool, rolled: int
+    ) -> None:
         self._pending = []
         self._pending_count = 0
         for epoch, seq in progress.items():
@@ -503,7 +525,6 @@ class ClickRecorder:
             self.on_committed(progress)
         if self.on_room is not None and self.queued < self.config.max_queued_clicks // 2:
             self.on_room()
-        return len(rows)
 
     def _rollup_due(self, now: float) -> bool:
         elapsed = now - self._last_rollup
@@ -650,6 +671,8 @@ def _write_batch(
         state.chunks.forget_days_before(int(time.time()) // DAY_S - 1)
     rolled = 0
     with Transaction(conn):
+        if progress and _already_written(conn, progress):
+            rows = []  # a retry of a write that committed (its outcome was lost): not twice
         first, last = rollups.insert_clicks(conn, rows) if rows else (0, -1)
         if progress:
             stamp = now_ms()
@@ -662,6 +685,19 @@ def _write_batch(
         if rollup_due:
             rolled = rollups.roll_up(conn, state, limit)
     return first, last, rolled
+
+
+def _already_written(conn: sqlite3.Connection, progress: Progress) -> bool:
+    """Whether every batch of a write is committed already (the unit of a write is
+    whole: all its batches committed together, or none)."""
+    placeholders = ", ".join("?" for _ in progress)
+    stored = dict(
+        conn.execute(
+            f"SELECT epoch, seq FROM ingest_progress WHERE epoch IN ({placeholders})",
+            list(progress),
+        ).fetchall()
+    )
+    return all(stored.get(epoch, 0) >= seq for epoch, seq in progress.items())
 
 
 def _catch_up(conn: sqlite3.Connection) -> int:

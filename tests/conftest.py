@@ -91,12 +91,15 @@ def server(db_path: Path) -> Iterator[ServerProcess]:
         proc.stop()
 
 
-def cli(*args: str, db: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, db: Path | None = None, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run `linkedge ARGS` (with --db when given) and return the completed process."""
     cmd = [sys.executable, "-m", "admin.cli", *args]
     if db is not None:
         cmd += ["--db", str(db)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
+    full_env = {**os.environ, **env} if env else None
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60, env=full_env)
     if check and result.returncode != 0:
         raise AssertionError(f"linkedge {' '.join(args)} failed: {result.stderr}")
     return result

@@ -194,14 +194,33 @@ def test_first_start_prints_a_token_once(tmp_path: Path) -> None:
         second.stop()
 
 
-def test_a_short_supplied_token_is_ignored_loudly(tmp_path: Path) -> None:
-    proc = ServerProcess(tmp_path / "x.db", env={"LINKEDGE_ADMIN_TOKEN": "short"})
-    try:
-        assert any("admin token (shown once)" in line for line in proc.lines)
-        assert Api(proc.admin_port, "short").get("/api/links")[0] == 401
-    finally:
-        _code, _out, err = proc.stop()
-    assert "ignoring LINKEDGE_ADMIN_TOKEN" in err
+def test_a_short_supplied_token_refuses_to_start(tmp_path: Path) -> None:
+    """A token too short to be safe is not silently replaced by a generated one: the
+    server refuses to start and says why, before anything else runs."""
+    result = cli(
+        "serve",
+        "--edge",
+        "127.0.0.1:0",
+        "--admin",
+        "127.0.0.1:0",
+        db=tmp_path / "x.db",
+        check=False,
+        env={"LINKEDGE_ADMIN_TOKEN": "short"},
+    )
+    assert result.returncode == 2
+    assert "LINKEDGE_ADMIN_TOKEN must be at least 24" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_token_made_with_the_cli_works_on_the_very_next_request(
+    api: Api, server: ServerProcess
+) -> None:
+    made = cli("token", "create", "ci-now", db=server.db)
+    secret = made.stdout.strip()
+    assert Api(server.admin_port, secret).get("/api/links")[0] == 200  # no wait
+    # random tokens are refused without a database look-up each (bounded, remembered)
+    for i in range(50):
+        assert Api(server.admin_port, f"le_random_{i:040d}").get("/api/links")[0] == 401
 
 
 # --- links ---------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -526,3 +527,41 @@ def test_curl_clicks_are_counted(db_path: Path) -> None:
         )
     proc.stop()
     assert count_clicks(db_path) == 3
+
+
+def test_cancelling_a_flush_at_any_stage_loses_nothing(tmp_path: Path) -> None:
+    """Cancelled while enriching, reading salts or writing: the slice is put back or
+    stays pending, and close() then writes every click exactly once."""
+    db = tmp_path / "x.db"
+    conn = catalog.open_db(str(db))
+    link = catalog.create_link(conn, {"url": "https://example.com/"}, slug="x")
+    conn.close()
+
+    async def run(steps: int, epoch: int) -> None:
+        recorder, database, _ = _pipeline(db)
+        await database.open()
+        await recorder.start()
+        now = time.time()
+        for b in range(3):
+            feed(
+                recorder,
+                [
+                    (now, link["id"], 1, f"198.51.100.{i}", b"UA/%d" % b, b"", b"", 0)
+                    for i in range(40)
+                ],
+                epoch=epoch,
+            )
+        task = asyncio.get_running_loop().create_task(recorder.flush())
+        for _ in range(steps):  # let it get `steps` loop iterations far, then cancel
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert recorder.queued + recorder.metrics.written == 120
+        assert await recorder.close() == 0
+        assert recorder.metrics.written == 120
+        await database.close()
+
+    for steps in range(12):
+        asyncio.run(run(steps, epoch=1000 + steps))
+        assert count_clicks(db) == 120 * (steps + 1)  # every click once, none twice
