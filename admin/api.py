@@ -411,11 +411,7 @@ class AdminServer:
     def _live_ids(self, window_s: int) -> list[int]:
         """Links with a click in the last two velocity windows."""
         since = int(time.time()) - 2 * window_s
-        return [
-            link_id
-            for link_id, c in self.runtime.live.links.items()
-            if c.seconds.last >= since or c.minutes.last >= since // 60
-        ]
+        return [i for i, c in self.runtime.live.links.items() if c.last_s >= since]
 
     async def group_stats(self, call: Call) -> Response:
         flt = self._filter(call, archived_default="any")

@@ -507,3 +507,37 @@ def test_velocity_sees_clicks_of_the_current_minute() -> None:
     speed = velocity.live_velocity(live, [5], 900, now)
     assert (speed["current"], speed["previous"], speed["label"]) == (60, 0, "accelerating")
     assert velocity.live_windows(live, 5, now)["60m"] == {"clicks": 60, "humans": 60, "bots": 0}
+
+
+def test_live_counters_forget_links_idle_for_an_hour() -> None:
+    """Memory is bounded by the links clicked in the last hour, not by every link ever
+    clicked (it used to keep ~9 KB for each, forever)."""
+    live = LiveCounters()
+    live.add([(i, NOW - 4000, 1, 1) for i in range(1, 3001)])  # 3,000 links, then quiet
+    assert len(live.links) == 3000
+    for s in range(0, 10):  # later traffic on one link: each feed evicts a slice
+        live.add([(9999, NOW + s, 1, 1)])
+    assert set(live.links) == {9999}
+    assert live.evicted == 3000
+    assert live.window(None, 3600, NOW + 9) == (10, 10)  # the overall hour is kept whole
+
+
+def test_a_link_waking_after_a_long_idle_is_counted_from_zero() -> None:
+    live = LiveCounters()
+    live.add([(5, NOW - 1000, 7, 7)])
+    live.add([(6, NOW, 1, 1)])  # keeps link 5 from being evicted (under an hour)
+    live.add([(5, NOW, 2, 1)])
+    assert live.window(5, 60, NOW) == (2, 1)
+    assert live.window(5, 900, NOW) == (2, 1)  # the 1000 s old clicks left the seconds
+    minute_start = (NOW - 1000) // 60 * 60  # a window from the start of that minute
+    assert live.window_between(5, minute_start, NOW) == (9, 8)  # still in the minutes
+
+
+def test_the_busiest_links_come_from_the_running_minute_out_of_order() -> None:
+    live = LiveCounters()
+    live.add([(1, NOW, 5, 5)])
+    live.add([(2, NOW - 30, 9, 9)])  # an older second arriving later (another worker)
+    live.add([(3, NOW - 61, 50, 50)])  # outside the minute
+    assert live.busiest(NOW, 3) == [2, 1, 3]  # 3 only fills in, by recency
+    assert live.recent == {1: 5, 2: 9}
+    assert live.busiest(NOW + 40, 1) == [1]  # the second of link 2 left the minute
