@@ -26,6 +26,7 @@ from edge.config import Config
 from edge.db import Database
 from edge.ingest import Ingest
 from edge.live import LiveCounters
+from edge.looplag import LoopLag
 from geo.geoip import GeoDatabase
 
 log = logging.getLogger("linkedge.collector")
@@ -49,6 +50,7 @@ class Collector:
         self.edges = Ingest(None, ingest_path)
         self.admin: Any = None
         self.workers_expected = config.workers
+        self.loop_lag = LoopLag()
 
     async def start(self) -> None:
         await self.writer.open()
@@ -132,7 +134,9 @@ async def run_collector(config: Config, ingest_path: str, ready_fd: int | None) 
     # Fewer, larger young-generation passes: the pipeline allocates in bursts, and full
     # passes over the caches found nothing to free.
     gc.set_threshold(*GC_THRESHOLDS)
+    collector.loop_lag.start()  # steady state from here (start-up work is not a stall)
     await stop.wait()
+    collector.loop_lag.stop()
     left = await collector.stop()
     if ready_fd is not None:
         os.write(ready_fd, json.dumps({"report": collector.report(left)}).encode() + b"\n")

@@ -48,8 +48,10 @@ from edge.http import (
     parse_head,
     response_head,
 )
+from geo.logs import LogLimiter
 
 log = logging.getLogger("linkedge.admin")
+_limiter = LogLimiter()  # per-request failures: at most one line per interval and kind
 
 # --- limits --------------------------------------------------------------------------------
 
@@ -60,8 +62,12 @@ MAX_BODY_BYTES: Final = 1024 * 1024
 MAX_BUFFERED_BYTES: Final = MAX_BODY_BYTES + 64 * 1024
 # A request's head and body must arrive within this many seconds of its first byte (408).
 REQUEST_TIMEOUT_S: Final = 30.0
-# Admin clients are a handful of curl sessions, scripts and dashboards.
+# Admin clients are a handful of curl sessions, scripts and dashboards. At the cap, the
+# connection idle the longest is closed to make room (idle sockets cannot lock it out).
 MAX_CONNECTIONS: Final = 256
+# A new connection must send its first request within this many seconds (a kept-alive one
+# gets keep_alive_timeout_s between requests).
+FIRST_REQUEST_TIMEOUT_S: Final = 5.0
 SHUTDOWN_TIMEOUT_S: Final = 5.0
 # An event stream whose client stops reading is closed when this much is waiting in its
 # transport (a minute of snapshots or more).
@@ -170,7 +176,7 @@ def response_for_error(exc: Exception) -> Response:
     if isinstance(exc, BadRequest):
         code = _CODES_BY_STATUS.get(exc.status, "bad_request")
         return error_response(exc.status, code, exc.message, close=True)
-    log.error("admin API: unexpected error", exc_info=exc)
+    _limiter.log(log, logging.ERROR, "unexpected", "admin API: unexpected error", exc_info=exc)
     return error_response(500, "internal", "internal error: the server log has the details")
 
 
@@ -320,6 +326,7 @@ class JsonListener:
         # counters (for /metrics)
         self.by_status: dict[int, int] = {}
         self.connections_total = 0
+        self.evicted = 0  # idle connections closed to make room
         # the Date line, rebuilt once a second
         self._date = b""
         self._date_s = 0
@@ -441,6 +448,8 @@ class AdminProtocol(asyncio.Protocol):
         self.eof = False
         self.closing = False  # close after the request in progress
         self.idle = True  # waiting for the first byte of a request
+        self.idle_since = time.monotonic()
+        self.requests = 0  # answered on this connection
         self.data_ready = asyncio.Event()
         self.writable = asyncio.Event()
         self.writable.set()
@@ -454,6 +463,12 @@ class AdminProtocol(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         server = self.server
         server.connections_total += 1
+        if len(server.connections) >= MAX_CONNECTIONS and not server.stopping:
+            # full: the connection idle the longest (a keep-alive waiting, or one that
+            # never sent anything) makes room, so idle sockets cannot lock the API out
+            idle = [c for c in server.connections if c.idle and not c.buf]
+            if idle:
+                min(idle, key=lambda c: c.idle_since).evict()
         if server.stopping or len(server.connections) >= MAX_CONNECTIONS:
             response = error_response(503, "unavailable", "too many admin connections", close=True)
             self.transport.write(self._serialize(response, keep=False, http11=True, head=False))
@@ -498,6 +513,12 @@ class AdminProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def evict(self) -> None:
+        """Make room for a new connection: this one is idle."""
+        self.server.evicted += 1
+        self.server.connections.discard(self)
+        self.abort()
+
     # --- requests ------------------------------------------------------------------------
 
     async def _run(self) -> None:
@@ -522,10 +543,11 @@ class AdminProtocol(asyncio.Protocol):
                     return
                 keep = req.keep_alive and not self.closing and not result.close
                 await self._send(result, keep=keep, http11=req.http11, head=head_only)
+                self.requests += 1
                 if not keep:
                     return
-        except Exception:
-            log.exception("admin connection failed")
+        except Exception as exc:
+            _limiter.log(log, logging.ERROR, "connection", "admin connection failed", exc_info=exc)
         finally:
             if self.transport is not None:
                 self.transport.close()
@@ -544,10 +566,14 @@ class AdminProtocol(asyncio.Protocol):
         the connection), or None when the connection is done. The head is searched once
         per byte (HeadScanner), authorized before any of its body is read, and the body
         consumed as it arrives (BodyReader): work linear in the bytes received."""
-        keep_alive_s = self.server.keep_alive_timeout_s
+        # a new connection must start its request soon; a kept-alive one may wait longer
+        keep_alive_s = (
+            self.server.keep_alive_timeout_s if self.requests else FIRST_REQUEST_TIMEOUT_S
+        )
         started: float | None = None
         scanner = HeadScanner()
         self.idle = True
+        self.idle_since = time.monotonic()
         while True:
             if self.transport is None:
                 return None

@@ -139,6 +139,13 @@ def render(runtime: Any, listener: JsonListener, flush_histogram: Histogram) -> 
     )
     metric(
         out,
+        "linkedge_admin_connections_evicted_total",
+        "counter",
+        "Idle admin connections closed to make room at the connection cap.",
+        [("", listener.evicted)],
+    )
+    metric(
+        out,
         "linkedge_admin_requests_total",
         "counter",
         "Admin API requests answered, by status.",
@@ -233,6 +240,29 @@ def render(runtime: Any, listener: JsonListener, flush_histogram: Histogram) -> 
         "counter",
         "Times the supervisor started a process again after it died.",
         [(f'{{process="{label(n)}"}}', c) for n, c in sorted(rt.restart_counts().items())],
+    )
+    lags = [("collector", rt.loop_lag.report())] + [
+        (f"worker {w['slot']}", w["loop_lag"])
+        for w in per_worker
+        if isinstance(w.get("loop_lag"), dict)
+    ]
+    metric(
+        out,
+        "linkedge_loop_lag_recent_max_seconds",
+        "gauge",
+        "The latest an event loop ran a 10 ms timer, over the last 10-20 s, by process.",
+        [(f'{{process="{label(p)}"}}', lag["recent_max_s"]) for p, lag in lags],
+    )
+    metric(
+        out,
+        "linkedge_loop_stalls_total",
+        "counter",
+        "Timer ticks an event loop ran later than a bound, by process and bound.",
+        [
+            (f'{{process="{label(p)}",over="{bound}"}}', n)
+            for p, lag in lags
+            for bound, n in dict(lag["stalls"]).items()
+        ],
     )
     metric(
         out,

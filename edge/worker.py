@@ -40,6 +40,7 @@ from edge.capture import FrameError, FrameReader, RawClick
 from edge.config import Config
 from edge.db import Database
 from edge.links import LinkTable
+from edge.looplag import LoopLag
 from edge.server import EdgeServer
 from edge.sync import LinkSync
 
@@ -290,7 +291,11 @@ class CollectorLink(asyncio.Protocol):
 
 
 def worker_stats(
-    server: EdgeServer, shipper: Shipper | None, table: LinkTable, sync: LinkSync
+    server: EdgeServer,
+    shipper: Shipper | None,
+    table: LinkTable,
+    sync: LinkSync,
+    lag: LoopLag | None = None,
 ) -> dict[str, Any]:
     """What a worker reports to the collector (for /metrics, /healthz, /api/live)."""
     m = server.metrics
@@ -310,6 +315,8 @@ def worker_stats(
         "sync_error": sync.last_error,
         "recording": shipper is not None,
     }
+    if lag is not None:
+        out["loop_lag"] = lag.report()
     if shipper is not None:
         out.update(
             captured=shipper.captured + len(shipper.buffer),
@@ -339,6 +346,7 @@ async def run_worker(
     await server.start(sock=sock)
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(server.loop_exception)
+    lag = LoopLag()
     sync.start()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -351,7 +359,9 @@ async def run_worker(
         link.send(capture.number_frame(capture.AT_REV, table.rev))
 
     def send_stats() -> None:
-        link.send(capture.data_frame(capture.STATS, worker_stats(server, shipper, table, sync)))
+        link.send(
+            capture.data_frame(capture.STATS, worker_stats(server, shipper, table, sync, lag))
+        )
         if not stop.is_set():
             loop.call_later(STATS_INTERVAL_S, send_stats)
 
@@ -370,10 +380,12 @@ async def run_worker(
     # wait (tens of ms with a million links).
     gc.collect()
     gc.freeze()
+    lag.start()  # steady state from here (loading links is not a stall)
     await stop.wait()
+    lag.stop()
     await server.stop()
     left = await link.close(config.shutdown_timeout_s)
-    final = {**worker_stats(server, shipper, table, sync), "final": True}
+    final = {**worker_stats(server, shipper, table, sync, lag), "final": True}
     link.send(capture.data_frame(capture.STATS, final))
     await asyncio.sleep(0)  # let the transport write it
     await link.disconnect()

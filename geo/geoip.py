@@ -3,7 +3,8 @@
 # Rules of this module:
 # - Never raises into the caller. A missing, unreadable or corrupt file is recorded as a
 #   human reason in status()["error"] and lookups answer EMPTY_GEO; a lookup that hits a
-#   corrupt part of a file answers EMPTY_GEO for that database and counts an error.
+#   corrupt part of a file answers EMPTY_GEO for that database and counts an error
+#   (logged at most once per interval: geo/logs.py).
 #   Only database_info() (for the CLI) raises, and only GeoDatabaseError.
 # - One layout serves every database we support: GeoIP2/GeoLite2 City and DB-IP Lite
 #   City (country.iso_code, subdivisions[0].names.en, city.names.en), the Country
@@ -44,7 +45,10 @@ from typing import Any, Final, NamedTuple
 
 import maxminddb
 
+from geo.logs import LogLimiter
+
 logger = logging.getLogger(__name__)
+_limiter = LogLimiter()  # lookup failures: at most one line per interval
 
 # ~70 bytes a key plus a shared tuple: 65536 entries cost ~10 MB and cover the distinct
 # client addresses a busy link sees in hours.
@@ -499,8 +503,7 @@ class GeoDatabase:
 
     def _lookup_failed(self, reason: str) -> None:
         self.errors += 1
-        if reason != self.last_lookup_error:
-            logger.warning("geoip lookup error: %s", reason)
+        _limiter.log(logger, logging.WARNING, "lookup", "geoip lookup error: %s", reason)
         self.last_lookup_error = reason
 
     def maybe_reload(self) -> bool:

@@ -32,7 +32,10 @@ from typing import Final, Literal, NamedTuple
 
 from ua_parser import Domain, Resolver, load_builtins, load_lazy_builtins
 
+from geo.logs import LogLimiter
+
 logger = logging.getLogger(__name__)
+_limiter = LogLimiter()  # parse failures: at most one line per interval
 
 # A busy link sees a few thousand distinct strings a day; 20k entries of a short tuple
 # cost ~10 MB at most and make the uncached parse (~36 us) rare.
@@ -196,7 +199,7 @@ class UserAgentParser:
             return info
         except Exception:  # a bug here must not stop the click flusher
             self.errors += 1
-            logger.exception("user-agent parse failed")
+            _limiter.log(logger, logging.ERROR, "parse", "user-agent parse failed", exc_info=True)
             return EMPTY_UA
 
     def _parse_uncached(self, ua: str) -> UAInfo:

@@ -760,3 +760,31 @@ def test_an_unexpected_error_is_a_500_without_details(caplog: pytest.LogCaptureF
     assert_error(body, "internal")
     assert "secret" not in response.body.decode()
     assert "secret internals" in caplog.text  # logged with its traceback instead
+
+
+def test_idle_sockets_cannot_lock_out_the_admin_api(server: ServerProcess) -> None:
+    """300 connections that send nothing (the cap is 256): /healthz and the API still
+    answer at once; the longest idle connections make room."""
+    idle = []
+    try:
+        for _ in range(300):
+            idle.append(socket.create_connection(("127.0.0.1", server.admin_port), timeout=5))
+        for _ in range(5):
+            conn = http.client.HTTPConnection("127.0.0.1", server.admin_port, timeout=5)
+            conn.request("GET", "/healthz")
+            assert conn.getresponse().status == 200
+            conn.close()
+        assert Api(server.admin_port).get("/api/links")[0] == 200
+        closed = 0
+        for sock in idle:  # the ones evicted were closed by the server
+            sock.setblocking(False)
+            try:
+                closed += sock.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                closed += 1
+        assert closed >= 300 - 256
+    finally:
+        for sock in idle:
+            sock.close()

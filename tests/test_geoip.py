@@ -548,3 +548,25 @@ def test_slow_copy_in_place_never_loads_a_partial_file(tmp_path: Path) -> None:
     assert db.status()["database_type"] == "GeoLite2-ASN"
     assert db.lookup("203.0.113.10").asn == 64500
     db.close()
+
+
+@needs_maxmind
+def test_lookup_errors_are_logged_once_per_interval_not_once_per_lookup(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A corrupt database used to log one line per lookup (3,926 lines in 30 s)."""
+    import logging
+
+    from geo import geoip
+
+    geoip._limiter._last.clear()
+    db = GeoDatabase(str(MAXMIND_DIR / "MaxMind-DB-test-broken-pointers-24.mmdb"))
+    with caplog.at_level(logging.WARNING, logger="geo.geoip"):
+        for _ in range(250):
+            for ip in ("1.1.1.16", "1.1.1.32"):  # the broken part of the tree
+                db.lookup(ip)
+            db._cache.clear()  # uncached each time
+    lines = [r for r in caplog.records if "geoip lookup error" in r.getMessage()]
+    assert db.status()["errors"] == 500
+    assert len(lines) == 1
+    db.close()
