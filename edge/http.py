@@ -59,6 +59,7 @@ STATUS_REASONS: Final[dict[int, str]] = {
     414: "URI Too Long",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
+    417: "Expectation Failed",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -137,10 +138,6 @@ class Request:
     prefetch: bool
     dnt: bool
     gpc: bool
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of a header by lowercased name, or None."""

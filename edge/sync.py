@@ -13,12 +13,17 @@ import contextlib
 import gc
 import logging
 import sqlite3
+from typing import Final
 
 from edge import catalog
 from edge.db import Database, current_rev
 from edge.links import LinkTable
 
 log = logging.getLogger("linkedge.sync")
+
+# Changed links applied per step of a refresh (~2 µs each): a slice never holds a
+# worker's loop for more than ~1 ms.
+APPLY_SLICE_ROWS: Final = 500
 
 
 def _data_version(conn: sqlite3.Connection) -> int:
@@ -46,18 +51,25 @@ class LinkSync:
         self.table = table
         self.interval_s = interval_s
         self.data_version = -1
-        self.reloads = 0
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def refresh(self) -> int:
-        """Apply whatever changed since the table's revision; return links changed."""
-        rev, links, purged, domains = await self.db.run(catalog.changes_since, self.table.rev)
-        if rev == self.table.rev:
+        """Apply whatever changed since the table's revision; return links changed. A big
+        change (an import of thousands of links) is applied a slice at a time, yielding
+        to the loop in between: redirects never wait for it."""
+        table = self.table
+        rev, links, purged, domains = await self.db.run(catalog.changes_since, table.rev)
+        if rev == table.rev:
             return 0
-        changed = self.table.apply(rev, links, purged, domains)
-        self.reloads += 1
-        if self.table.rev and changed:
+        old = table.rev
+        changed = table.apply(old, [], purged, domains)
+        for i in range(0, len(links), APPLY_SLICE_ROWS):
+            if i:
+                await asyncio.sleep(0)
+            changed += table.apply(old, links[i : i + APPLY_SLICE_ROWS])
+        table.rev = rev
+        if old and changed:
             log.debug("link table: %d link(s) changed, now at rev %d", changed, rev)
         return changed
 

@@ -407,3 +407,17 @@ def test_a_head_at_the_size_limit_parses_however_it_is_split() -> None:
     assert parse_head(data) is not None
     for cut in range(len(data) - 4, len(data)):
         _req, _body, _examined = feed_in_pieces(data, [cut])
+
+
+def test_every_status_the_parser_refuses_with_has_its_reason_phrase() -> None:
+    """417 used to go out as `417 Error`."""
+    import re
+    from pathlib import Path
+
+    from edge.http import STATUS_REASONS
+
+    source = (Path(__file__).resolve().parents[1] / "edge" / "http.py").read_text()
+    statuses = {int(n) for n in re.findall(r"BadRequest\([^)]*?,\s*(\d{3})\)", source)}
+    assert {413, 414, 417, 431, 501, 505} <= statuses
+    assert statuses <= set(STATUS_REASONS)
+    assert rejected(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n") == 417

@@ -112,3 +112,41 @@ def test_slug_from_path() -> None:
     assert slug_from_path(b"/abc/") == b"abc"
     assert slug_from_path(b"/%61bc") == b"abc"
     assert slug_from_path(b"/") == b""
+
+
+def test_a_big_change_is_applied_in_slices_and_completely(tmp_path: Path) -> None:
+    """An import of 1,200 links reaches a running worker's table a slice at a time (the
+    loop gets control between slices); in the end all of them, at the new revision."""
+    import asyncio
+
+    from edge.db import Database
+    from edge.sync import APPLY_SLICE_ROWS, LinkSync
+
+    path = str(tmp_path / "s.db")
+    conn = catalog.open_db(path)
+    table = LinkTable()
+
+    async def run() -> int:
+        db = await Database(path).open()
+        sync = LinkSync(db, table, 0.25)
+        await sync.load()
+        for i in range(1200):
+            catalog.create_link(conn, {"url": f"https://example.com/{i}"}, slug=f"s{i}")
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        task = asyncio.get_running_loop().create_task(ticker())
+        changed = await sync.refresh()
+        task.cancel()
+        await db.close()
+        assert ticks >= 1200 // APPLY_SLICE_ROWS  # the loop ran between slices
+        return changed
+
+    assert asyncio.run(run()) == 1200
+    assert len(table) == 1200 and table.rev == current_rev(conn)
+    assert location(table, b"localhost", b"/s1199") == "https://example.com/1199"

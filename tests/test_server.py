@@ -208,6 +208,13 @@ def test_chunk_extension_flood_is_refused_and_redirects_keep_flowing(
         assert attacker.recv(100) == b""  # and closed
 
 
+def test_unsupported_expect_is_417_with_its_reason(served: ServerProcess) -> None:
+    answer = raw_request(
+        served.edge_port, b"GET /launch HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n"
+    )
+    assert answer.startswith(b"HTTP/1.1 417 Expectation Failed\r\n")
+
+
 def test_chunk_framing_counts_against_the_edge_body_limit(served: ServerProcess) -> None:
     head = b"GET /launch HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
     chunk = b"1;" + b"e" * 200 + b"\r\nx\r\n"  # 1 byte of data, 207 on the wire
