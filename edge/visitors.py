@@ -30,8 +30,10 @@ from edge.db import Transaction, insert_rows
 
 DAY_S: Final = 86400
 CHUNK_COLUMNS: Final = "seq, n, n_human, ids, bot_ids"
-# A (link or group, day) gets one chunk per roll-up; past this many they are merged into
-# one, so a read unions at most this many.
+# A (link or group, day) gets one chunk per roll-up; past this many they are merged, so a
+# read unions at most this many. Tiered: a chunk bigger than all the others together is
+# left out of the merge (the others merge into a second one), so each visitor id is
+# re-packed O(log n) times over a day, not once per merge; a finished day is merged whole.
 CHUNKS_MERGE_AT: Final = 16
 # Search the biggest chunk (bisect) when the others hold under 1/16 of its ids; union sets
 # otherwise.
@@ -210,11 +212,18 @@ def write_chunks(
                 if ids:
                     rows.append((*key, *chunk(seq, ids, humans)))
                 continue
+            spare = ""  # tiered: a chunk bigger than all the others together stays as it is
+            if key not in done:
+                sizes = conn.execute(
+                    f"SELECT seq, n FROM {table} WHERE {where} ORDER BY n DESC", key
+                ).fetchall()
+                if sizes and sizes[0][1] > sum(size for _s, size in sizes[1:]) + len(ids):
+                    spare = f" AND seq != {int(sizes[0][0])}"
             old = visitor_sets(
-                conn, f"DELETE FROM {table} WHERE {where} RETURNING ids, bot_ids", key
+                conn, f"DELETE FROM {table} WHERE {where}{spare} RETURNING ids, bot_ids", key
             )
             ids, humans = ids | old[0], humans | old[1]
-            n = 1
+            n = 2 if spare else 1
             if counts_when_done and key in done:
                 counts.pop(key, None)
                 rows.append((*key, *counts_only(seq, ids, humans)))

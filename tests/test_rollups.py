@@ -577,3 +577,37 @@ def test_counting_chunks_matches_sets(
         humans_all |= set(ids) - set(bots)
     got = visitors.count_chunks(chunks, (set(extra), set(extra_humans)))
     assert got == (len(every), len(humans_all))
+
+
+def test_a_big_chunk_is_left_out_of_merges_and_counts_stay_exact(
+    conn: sqlite3.Connection,
+) -> None:
+    """Tiered merging: a day's big merged chunk is not re-packed at every merge of the
+    small ones (that cost O(day) every 16 roll-ups); the counts stay exact."""
+    link = _links(conn)[0]
+    rand = random.Random(21)
+    day_ms = (END // DAY) * DAY * 1000
+    state = rollups.RollupState()
+    crowd = [rand.randbytes(8) for _ in range(1000)]
+    _write(conn, [_click(rand, day_ms + j, link["id"], [v]) for j, v in enumerate(crowd)], state)
+    (big_seq,) = conn.execute(
+        "SELECT seq FROM link_day_visitors WHERE link_id = ?", (link["id"],)
+    ).fetchone()
+    for i in range(3 * visitors.CHUNKS_MERGE_AT):
+        few = [rand.randbytes(8) for _ in range(3)] + [rand.choice(crowd)]
+        _write(
+            conn,
+            [_click(rand, day_ms + 5000 + 10 * i + j, link["id"], [v]) for j, v in enumerate(few)],
+            state,
+        )
+        seqs = [
+            r[0]
+            for r in conn.execute(
+                "SELECT seq FROM link_day_visitors WHERE link_id = ?", (link["id"],)
+            )
+        ]
+        assert big_seq in seqs  # never re-packed
+        assert len(seqs) < visitors.CHUNKS_MERGE_AT
+    rng = timerange.time_range("-1h", "+1h", "minute", "UTC", day_ms // 1000 + 600)
+    _check_group_by(conn, rng, "link")
+    _check_group_by(conn, rng, "campaign")
