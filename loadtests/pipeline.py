@@ -128,7 +128,9 @@ def measure(
         rows, agg = enricher.enrich(chunk, salt_arg)
         t1 = perf()
         due = policy.due(len(rows))
-        first, last, rolled = _write_batch(conn, rows, due, state, clicks_mod.ROLLUP_MAX_CLICKS)
+        first, last, rolled = _write_batch(
+            conn, rows, {1: start + 1}, due, state, clicks_mod.ROLLUP_MAX_CLICKS
+        )
         t2 = perf()
         if due:
             policy.rolled_up(t2 - t1, rolled)
@@ -140,7 +142,7 @@ def measure(
         t_loop += t3 - t2
         written += last - first + 1
     t0 = perf()
-    _write_batch(conn, [], True, state)  # what close() does: the last roll-up
+    _write_batch(conn, [], {}, True, state)  # what close() does: the last roll-up
     t_write += perf() - t0
     rows_in_db = conn.execute("SELECT count(*) FROM clicks").fetchone()[0]
     sizes = {
