@@ -82,16 +82,18 @@ def ensure_default_domain(conn: sqlite3.Connection, host: str = DEFAULT_DOMAIN) 
             )
 
 
-def domain_row(conn: sqlite3.Connection, host: str | None) -> sqlite3.Row:
-    """The domain by host, or the default domain when host is None."""
+def domain_row(conn: sqlite3.Connection, host: str | None, field: str = "domain") -> sqlite3.Row:
+    """The domain by host, or the default domain when host is None (`field` names the
+    host in an error: `domain` of a link, `host` of a domain)."""
     if host is None:
         row = conn.execute("SELECT * FROM domains WHERE is_default = 1").fetchone()
         if row is None:
             raise NotFound("no default domain: add one with `linkedge domain add HOST`")
         return row  # type: ignore[no-any-return]
-    row = conn.execute("SELECT * FROM domains WHERE host = ?", (normalize_host(host),)).fetchone()
+    name = normalize_host(host, field)
+    row = conn.execute("SELECT * FROM domains WHERE host = ?", (name,)).fetchone()
     if row is None:
-        raise NotFound(f"unknown domain {host!r}: add it with `linkedge domain add`", "domain")
+        raise NotFound(f"unknown domain {host!r}: add it with `linkedge domain add`", field)
     return row  # type: ignore[no-any-return]
 
 
@@ -124,7 +126,7 @@ def add_domain(
     root_url: str | None = None,
     fallback_url: str | None = None,
 ) -> dict[str, Any]:
-    name = normalize_host(host)
+    name = normalize_host(host, "host")
     root = _optional_url(root_url, "root_url")
     fallback = _optional_url(fallback_url, "fallback_url")
     with Transaction(conn):
@@ -149,7 +151,7 @@ def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) 
         field = sorted(unknown)[0]
         raise InvalidField(f"unknown domain field {field!r}", field)
     with Transaction(conn):
-        row = domain_row(conn, host)
+        row = domain_row(conn, host, "host")
         rev = next_rev(conn)
         sets: dict[str, Any] = {}
         if "root_url" in changes:
@@ -728,4 +730,4 @@ def domain_hosts(conn: sqlite3.Connection) -> dict[int, str]:
 
 
 def get_domain(conn: sqlite3.Connection, host: str) -> dict[str, Any]:
-    return domain_dict(domain_row(conn, host))
+    return domain_dict(domain_row(conn, host, "host"))

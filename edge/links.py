@@ -22,7 +22,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from edge.http import Request, response_head, status_line
-from edge.urls import merge_query, split_url
+from edge.urls import ipv6_literal, merge_query, split_url
 
 HOST_CACHE_SIZE: Final = 4096  # distinct raw Host values remembered (ports, case variants)
 _FAVICON: Final = b"/favicon.ico"
@@ -223,14 +223,24 @@ class Domain:
         )
 
 
-def normalize_raw_host(raw: bytes) -> str:
-    """The Host header as a domain key: lowercase, no port, no trailing dot."""
+def normalize_raw_host(raw: bytes) -> str | None:
+    """The Host header as a domain key: lowercase, no port, no trailing dot, an IPv6
+    literal in its canonical bracketed form (edge/urls.py ipv6_literal, as domains are
+    stored); None when it is malformed (`[::1`, `[::1]junk`, `[]`, a port that is not
+    digits, a bare IPv6 address): such a request reaches no domain, not even the default.
+    The parser has already kept everything but RFC 9110 host characters out."""
     text = raw.decode("ascii", "replace").lower()
     if text.startswith("["):
         end = text.find("]")
-        return text[: end + 1] if end > 0 else text
-    text = text.rpartition(":")[0] if ":" in text else text
-    return text.rstrip(".")
+        literal = ipv6_literal(text[1:end]) if end > 0 else None
+        port = text[end + 1 :] if literal is not None else ""
+        if literal is None or (port and (port[0] != ":" or not port[1:].isdigit())):
+            return None
+        return literal
+    name, colon, port = text.partition(":")
+    if colon and (":" in port or (port and not port.isdigit())):
+        return None
+    return name.rstrip(".")
 
 
 class LinkTable:
@@ -254,8 +264,9 @@ class LinkTable:
             return self._host_cache[raw_host]
         except KeyError:
             pass
-        domain = self._domains.get(normalize_raw_host(raw_host))
-        if domain is None and not self.unknown_host_404:
+        key = normalize_raw_host(raw_host)
+        domain = None if key is None else self._domains.get(key)
+        if domain is None and key is not None and not self.unknown_host_404:
             domain = self._default
         if len(self._host_cache) >= HOST_CACHE_SIZE:
             self._host_cache.clear()

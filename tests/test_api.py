@@ -501,6 +501,25 @@ def test_domains_crud_and_fallbacks_served_at_once(api: Api, server: ServerProce
     assert status == 400
 
 
+@pytest.mark.parametrize("host", ["[b\r\nSet-Cookie: x=1]", "[]", "[::1]junk", "[::1"])
+def test_a_domain_host_cannot_inject_headers(api: Api, host: str) -> None:
+    """Issue 9 defect 6: a host starting with "[" was kept unchecked up to "]", stored,
+    and echoed into the 201's Location header."""
+    status, headers, error = api.call("POST", "/api/domains", {"host": host})
+    assert status == 400 and "set-cookie" not in headers
+    assert_error(error, "invalid_field", "host")
+    assert host not in [d["host"] for d in api.get("/api/domains")[1]["domains"]]
+
+
+def test_an_ipv6_domain_is_stored_canonical_and_served(api: Api, server: ServerProcess) -> None:
+    status, headers, domain = api.call("POST", "/api/domains", {"host": "[0:0::1]:8080"})
+    assert status == 201 and domain["host"] == "[::1]"
+    assert headers["location"] == "/api/domains/[::1]"
+    api.post("/api/links", {"url": "https://example.com/v6", "slug": "v6", "domain": "[::1]"})
+    assert edge_get(server.edge_port, "/v6", host="[::1]:8080") == (302, "https://example.com/v6")
+    assert edge_get(server.edge_port, "/v6", host="[::1")[0] == 404  # malformed: no domain
+
+
 # --- UTM allow-lists -----------------------------------------------------------------------
 
 

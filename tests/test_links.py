@@ -112,3 +112,40 @@ def test_slug_from_path() -> None:
     assert slug_from_path(b"/abc/") == b"abc"
     assert slug_from_path(b"/%61bc") == b"abc"
     assert slug_from_path(b"/") == b""
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (b"[::1]", "[::1]"),
+        (b"[::1]:8080", "[::1]"),
+        (b"[0:0::1]:8080", "[::1]"),
+        (b"[2001:DB8::1]", "[2001:db8::1]"),
+        (b"Example.COM.:80", "example.com"),
+        (b"example.com:", "example.com"),
+        (b"[::1", None),  # issue 9 defect 6: the edge no longer guesses
+        (b"[::1]junk", None),
+        (b"[]", None),
+        (b"[::1]:80x", None),
+        (b"[zz]", None),
+        (b"::1", None),
+        (b"example.com:80x", None),
+    ],
+)
+def test_raw_hosts_normalise_strictly(raw: bytes, key: str | None) -> None:
+    from edge.links import normalize_raw_host
+
+    assert normalize_raw_host(raw) == key
+
+
+def test_a_malformed_host_reaches_no_domain_not_even_the_default(conn: sqlite3.Connection) -> None:
+    catalog.add_domain(conn, "[::1]")
+    catalog.create_link(conn, {"url": "https://example.com/six"}, slug="six", domain="[0::1]")
+    catalog.create_link(conn, {"url": "https://example.com/d"}, slug="six")  # on localhost
+    table = LinkTable()
+    table.apply(*catalog.changes_since(conn, 0))
+    assert location(table, b"[::1]:8080", b"/six") == "https://example.com/six"
+    assert location(table, b"[0:0:0::1]", b"/six") == "https://example.com/six"
+    assert location(table, b"127.0.0.1", b"/six") == "https://example.com/d"  # the default
+    for bad in (b"[::1", b"[::1]junk", b"[]", b"[::1]:x"):
+        assert answer(table, bad, b"/six")[2] == 404, bad
