@@ -42,6 +42,7 @@ from admin.http import (
 )
 from admin.metrics import FLUSH_BUCKETS_S, Histogram
 from edge import catalog
+from edge.catalog import bounded_int
 from edge.db import Database, Transaction, now_ms
 from edge.errors import InvalidField, LinkedgeError, NotFound
 from edge.http import Request
@@ -215,7 +216,7 @@ class AdminServer:
 
     def _link_ref(self, call: Call) -> LinkRef:
         if "id" in call.params:
-            return int(call.params["id"])
+            return call.path_id("link")
         return (call.params["domain"], call.params["slug"])
 
     async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -631,7 +632,7 @@ class AdminServer:
         return json_response(201, {"token": self.token_out(record), "secret": secret})
 
     async def revoke_token(self, call: Call) -> Response:
-        record = await self.runtime.writer.run(catalog.revoke_token, int(call.params["id"]))
+        record = await self.runtime.writer.run(catalog.revoke_token, call.path_id("token"))
         await self.tokens.refresh()
         return json_response(200, self.token_out(record))
 
@@ -692,9 +693,10 @@ def _decode_cursor(text: str | None) -> int | None:
     except (ValueError, UnicodeDecodeError):
         raw = ""
     kind, _, value = raw.partition(":")
-    if kind != "id" or not value.isdigit():
+    link_id = bounded_int(value) if kind == "id" else None
+    if link_id is None:
         raise InvalidField("invalid cursor: pass next_cursor from the previous page", "cursor")
-    return int(value)
+    return link_id
 
 
 # --- writer-thread functions (catalog calls composed; they run on the writer) -------------

@@ -43,6 +43,10 @@ MAX_TEXT_FIELD: Final = 2000  # title, notes, campaign, UTM values
 MAX_TAGS: Final = 50
 SLUG_ATTEMPTS: Final = 20  # retries of a generated slug on collision before giving up
 DEFAULT_DOMAIN: Final = "localhost"
+# Times a link may hold (Unix ms): 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, what
+# ISO 8601 and Python's datetime can show. Outside them a stored link could not be shown.
+MIN_TIME_MS: Final = 0
+MAX_TIME_MS: Final = 253402300799999
 
 
 def link_location(url: str, fields: Any) -> str:
@@ -283,8 +287,47 @@ def _validate_link_value(name: str, value: Any, utm_lower: bool = True) -> Any:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidField("expires_at must be a time", name)
+        check_time_ms(value, name)
         return value
     raise InvalidField(f"unknown link field {name!r}", name)
+
+
+# SQLite's integers are signed 64-bit: a larger id (or cursor, or count) names nothing that
+# can exist, and SQLite refuses to bind it.
+MAX_ROW_ID: Final = 2**63 - 1
+_MAX_ROW_ID_DIGITS: Final = len(str(MAX_ROW_ID))
+
+
+def bounded_int(text: str) -> int | None:
+    """ASCII digits as an int from 0 to MAX_ROW_ID, None for anything else (checked before
+    int(), so a 5,000-digit number costs nothing and never raises)."""
+    if not text.isascii() or not text.isdigit() or len(text) > _MAX_ROW_ID_DIGITS:
+        return None
+    value = int(text)
+    return value if value <= MAX_ROW_ID else None
+
+
+def check_time_ms(value: int, field: str) -> int:
+    """A time a link may hold (MIN_TIME_MS..MAX_TIME_MS), else a 400 naming the field."""
+    if not MIN_TIME_MS <= value <= MAX_TIME_MS:
+        raise InvalidField(
+            f"{field} is out of range: give a time from 1970-01-01T00:00:00Z to "
+            "9999-12-31T23:59:59Z",
+            field,
+        )
+    return value
+
+
+def link_state(link: dict[str, Any], now: int) -> str:
+    """What the edge does with a link at `now` (Unix ms): archived, disabled, expired (410
+    or its expired_url) or active. One definition for every listing."""
+    if link["archived_at"] is not None:
+        return "archived"
+    if link["disabled"]:
+        return "disabled"
+    if link["expires_at"] is not None and now >= link["expires_at"]:
+        return "expired"
+    return "active"
 
 
 def link_dict(row: sqlite3.Row) -> dict[str, Any]:
