@@ -64,7 +64,9 @@ LINK_FIELDS: Final = frozenset(catalog.LINK_COLUMNS)
 CREATE_FIELDS: Final = LINK_FIELDS | {"slug", "domain"}
 PATCH_FIELDS: Final = LINK_FIELDS | {"archived"}
 LINK_TIME_FIELDS: Final = ("expires_at", "archived_at", "created_at", "updated_at")
-DOMAIN_FIELDS: Final = frozenset({"host", "default", "root_url", "fallback_url"})
+DOMAIN_FIELDS: Final = frozenset(
+    {"host", "default", "root_url", "fallback_url", "case_insensitive_slugs"}
+)
 
 
 def _error_item(index: int, exc: LinkedgeError) -> dict[str, Any]:
@@ -542,14 +544,21 @@ class AdminServer:
         host = body.get("host")
         if not isinstance(host, str):
             raise InvalidField("host is required: a bare host name like go.example.com", "host")
-        default = body.get("default", False)
-        if not isinstance(default, bool):
-            raise InvalidField("default must be true or false", "default")
+        flags = {}
+        for name in ("default", "case_insensitive_slugs"):
+            flags[name] = body.get(name, False)
+            if not isinstance(flags[name], bool):
+                raise InvalidField(f"{name} must be true or false", name)
         for name in ("root_url", "fallback_url"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise InvalidField(f"{name} must be a URL string or null", name)
         domain = await self._write(
-            _add_domain, host, default, body.get("root_url"), body.get("fallback_url")
+            _add_domain,
+            host,
+            flags["default"],
+            body.get("root_url"),
+            body.get("fallback_url"),
+            flags["case_insensitive_slugs"],
         )
         return json_response(
             201, self.domain_out(domain), (("Location", f"/api/domains/{domain['host']}"),)
@@ -564,7 +573,9 @@ class AdminServer:
         if "host" in body:
             raise InvalidField("host cannot be changed: add a new domain", "host")
         if not body:
-            raise InvalidField("nothing to change: send default, root_url or fallback_url")
+            raise InvalidField(
+                "nothing to change: send default, root_url, fallback_url or case_insensitive_slugs"
+            )
         for name in ("root_url", "fallback_url"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise InvalidField(f"{name} must be a URL string or null", name)
@@ -770,9 +781,15 @@ def _add_domain(
     default: bool,
     root_url: str | None,
     fallback_url: str | None,
+    case_insensitive_slugs: bool,
 ) -> dict[str, Any]:
     return catalog.add_domain(
-        conn, host, default=default, root_url=root_url, fallback_url=fallback_url
+        conn,
+        host,
+        default=default,
+        root_url=root_url,
+        fallback_url=fallback_url,
+        case_insensitive_slugs=case_insensitive_slugs,
     )
 
 

@@ -108,6 +108,7 @@ def domain_dict(row: sqlite3.Row) -> dict[str, Any]:
         "default": bool(row["is_default"]),
         "root_url": row["root_url"],
         "fallback_url": row["fallback_url"],
+        "case_insensitive_slugs": bool(row["case_insensitive_slugs"]),
         "created_at": row["created_at"],
     }
 
@@ -129,6 +130,7 @@ def add_domain(
     default: bool = False,
     root_url: str | None = None,
     fallback_url: str | None = None,
+    case_insensitive_slugs: bool = False,
 ) -> dict[str, Any]:
     name = normalize_host(host, "host")
     root = _optional_url(root_url, "root_url")
@@ -140,16 +142,16 @@ def add_domain(
         if default:
             conn.execute("UPDATE domains SET is_default = 0, rev = ? WHERE is_default = 1", (rev,))
         cur = conn.execute(
-            "INSERT INTO domains (host, is_default, root_url, fallback_url, created_at, rev) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (name, int(default), root, fallback, now_ms(), rev),
+            "INSERT INTO domains (host, is_default, root_url, fallback_url, "
+            "case_insensitive_slugs, created_at, rev) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, int(default), root, fallback, int(case_insensitive_slugs), now_ms(), rev),
         )
         row = conn.execute("SELECT * FROM domains WHERE id = ?", (cur.lastrowid,)).fetchone()
     return domain_dict(row)
 
 
 def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"default", "root_url", "fallback_url"}
+    allowed = {"default", "root_url", "fallback_url", "case_insensitive_slugs"}
     unknown = set(changes) - allowed
     if unknown:
         field = sorted(unknown)[0]
@@ -169,6 +171,15 @@ def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) 
                 )
             conn.execute("UPDATE domains SET is_default = 0, rev = ? WHERE is_default = 1", (rev,))
             sets["is_default"] = 1
+        if "case_insensitive_slugs" in changes:
+            on = changes["case_insensitive_slugs"]
+            if not isinstance(on, bool):
+                raise InvalidField(
+                    "case_insensitive_slugs must be true or false", "case_insensitive_slugs"
+                )
+            if on:
+                _refuse_case_clashes(conn, row)
+            sets["case_insensitive_slugs"] = int(on)
         sets["rev"] = rev
         assignments = ", ".join(f"{k} = ?" for k in sets)
         conn.execute(f"UPDATE domains SET {assignments} WHERE id = ?", (*sets.values(), row["id"]))
@@ -176,9 +187,39 @@ def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) 
     return domain_dict(row)
 
 
+def _refuse_case_clashes(conn: sqlite3.Connection, domain: sqlite3.Row) -> None:
+    """Slugs that differ only in letter case cannot share a case-insensitive domain."""
+    clashes = conn.execute(
+        "SELECT group_concat(slug, ' and ') FROM links WHERE domain_id = ? "
+        "GROUP BY slug COLLATE NOCASE HAVING count(*) > 1 LIMIT 5",
+        (domain["id"],),
+    ).fetchall()
+    if clashes:
+        pairs = "; ".join(r[0] for r in clashes)
+        raise Conflict(
+            f"{domain['host']} has slugs that differ only in letter case ({pairs}): purge or "
+            "re-create all but one of each before making its slugs case-insensitive",
+            "case_insensitive_slugs",
+        )
+
+
+def changed_default(conn: sqlite3.Connection, new_default: str) -> list[tuple[str, int]]:
+    """(host, live links) of every other domain: what a change of the default domain
+    leaves where it is (links keep their domain; only hosts without a domain of their own,
+    like 127.0.0.1, move to the new default)."""
+    return [
+        (str(r[0]), int(r[1]))
+        for r in conn.execute(
+            "SELECT d.host, count(l.id) FROM domains d LEFT JOIN links l ON l.domain_id = d.id "
+            "AND l.archived_at IS NULL WHERE d.host != ? GROUP BY d.id ORDER BY d.host",
+            (new_default,),
+        )
+    ]
+
+
 def remove_domain(conn: sqlite3.Connection, host: str) -> None:
     with Transaction(conn):
-        row = domain_row(conn, host)
+        row = domain_row(conn, host, "host")
         if row["is_default"]:
             raise Conflict(
                 f"{row['host']} is the default domain: make another domain the default first",
@@ -385,17 +426,15 @@ def _insert_link(
     if slug is None:
         for _ in range(SLUG_ATTEMPTS):
             candidate = generate_slug(slug_length)
-            if not conn.execute(
-                "SELECT 1 FROM links WHERE domain_id = ? AND slug = ?", (drow["id"], candidate)
-            ).fetchone():
+            if _slug_holder(conn, drow, candidate) is None:
                 slug = candidate
                 break
         else:
             raise Conflict("could not generate a free slug; try a longer length", "slug")
-    elif conn.execute(
-        "SELECT archived_at FROM links WHERE domain_id = ? AND slug = ?", (drow["id"], slug)
-    ).fetchone():
-        raise Conflict(f"slug {slug!r} is already taken on {drow['host']}", "slug")
+    else:
+        holder = _slug_holder(conn, drow, slug)
+        if holder is not None:
+            raise _slug_taken(drow, slug, holder)
     rev = next_rev(conn)
     ts = now_ms()
     columns = ", ".join(LINK_COLUMNS)
@@ -408,6 +447,43 @@ def _insert_link(
         (drow["id"], slug, *values.values(), link_location(values["url"], values), ts, ts, rev),
     )
     return conn.execute(f"{_LINK_SELECT} WHERE links.id = ?", (cur.lastrowid,)).fetchone()  # type: ignore[no-any-return]
+
+
+def _slug_holder(conn: sqlite3.Connection, drow: sqlite3.Row, slug: str) -> sqlite3.Row | None:
+    """The link holding this slug on the domain (archived ones keep theirs): the exact
+    slug, or on a case-insensitive domain one differing only in letter case."""
+    row = conn.execute(
+        "SELECT id, slug, archived_at FROM links WHERE domain_id = ? AND slug = ?",
+        (drow["id"], slug),
+    ).fetchone()
+    if row is None and drow["case_insensitive_slugs"]:
+        row = conn.execute(
+            "SELECT id, slug, archived_at FROM links WHERE domain_id = ? "
+            "AND slug = ? COLLATE NOCASE LIMIT 1",
+            (drow["id"], slug),
+        ).fetchone()
+    return row  # type: ignore[no-any-return]
+
+
+def _slug_taken(drow: sqlite3.Row, slug: str, holder: sqlite3.Row) -> Conflict:
+    host, other, link_id = drow["host"], holder["slug"], holder["id"]
+    archived = holder["archived_at"] is not None
+    who = f"an archived link (id {link_id})" if archived else f"link {link_id}"
+    if other == slug:
+        what = f"slug {slug!r} is already taken on {host} by {who}"
+    else:
+        what = (
+            f"slug {slug!r} is taken on {host}: its slugs are case-insensitive and {who} "
+            f"has {other!r}"
+        )
+    if archived:
+        what += (
+            f": restore it (`linkedge link enable {other} --domain {host}`, or PATCH "
+            '{"archived": false}), or free the slug for good, its clicks staying in the '
+            f"stats (`linkedge link rm {other} --domain {host} --purge`, or DELETE "
+            f"/api/links/{link_id}?purge=true)"
+        )
+    return Conflict(what, "slug")
 
 
 _NEXT_LINK_ID: Final = (
@@ -424,12 +500,27 @@ def get_link(conn: sqlite3.Connection, link_id: int) -> dict[str, Any]:
 
 
 def find_link(conn: sqlite3.Connection, slug: str, domain: str | None = None) -> dict[str, Any]:
+    """A link by slug (on a case-insensitive domain, in any letter case)."""
     drow = domain_row(conn, domain)
     row = conn.execute(
         f"{_LINK_SELECT} WHERE links.domain_id = ? AND links.slug = ?", (drow["id"], slug)
     ).fetchone()
+    if row is None and drow["case_insensitive_slugs"]:
+        row = conn.execute(
+            f"{_LINK_SELECT} WHERE links.domain_id = ? AND links.slug = ? COLLATE NOCASE",
+            (drow["id"], slug),
+        ).fetchone()
     if row is None:
-        raise NotFound(f"no link {slug!r} on {drow['host']}", "slug")
+        hint = ""
+        if domain is None:  # on the default domain: say where a link of that slug is
+            other = conn.execute(
+                "SELECT d.host FROM links l JOIN domains d ON d.id = l.domain_id "
+                "WHERE l.slug = ? ORDER BY d.host LIMIT 1",
+                (slug,),
+            ).fetchone()
+            if other is not None:
+                hint = f" (the default domain; {other[0]} has one: give --domain {other[0]})"
+        raise NotFound(f"no link {slug!r} on {drow['host']}{hint}", "slug")
     return link_dict(row)
 
 
@@ -444,7 +535,10 @@ def update_link(conn: sqlite3.Connection, link_id: int, changes: dict[str, Any])
         if row is None:
             raise NotFound(f"no link with id {link_id}")
         if row["archived_at"] is not None:
-            raise Conflict(f"link {link_id} is archived; restore it first")
+            raise Conflict(
+                f"link {link_id} is archived: restore it first (`linkedge link enable SLUG`, "
+                'or send "archived": false, in this PATCH or before)'
+            )
         groups_before = link_group_keys(conn, link_id)
         sets["rev"] = next_rev(conn)
         sets["updated_at"] = now_ms()

@@ -208,13 +208,18 @@ def plain_head(entry: bytes, query: bytes = b"") -> bytes:
 
 
 class Domain:
-    __slots__ = ("id", "host", "is_default", "slugs", "root_head", "fallback_head")
+    __slots__ = ("id", "host", "is_default", "slugs", "folded", "root_head", "fallback_head")
 
-    def __init__(self, row: sqlite3.Row, slugs: dict[bytes, Entry]) -> None:
+    def __init__(
+        self, row: sqlite3.Row, slugs: dict[bytes, Entry], folded: dict[bytes, Entry] | None
+    ) -> None:
         self.id: int = row["id"]
         self.host: str = row["host"]
         self.is_default: bool = bool(row["is_default"])
         self.slugs = slugs
+        # With case_insensitive_slugs: the same entries keyed by the lowercased slug, asked
+        # only when the exact slug misses (None: the domain matches slugs exactly).
+        self.folded = folded
         self.root_head: bytes | None = (
             redirect_head(302, row["root_url"]) if row["root_url"] else None
         )
@@ -251,6 +256,8 @@ class LinkTable:
         self.rev = 0
         self._count = 0
         self._slugs: dict[int, dict[bytes, Entry]] = {}
+        # Domains with case_insensitive_slugs: their entries by lowercased slug (Domain.folded).
+        self._folded: dict[int, dict[bytes, Entry]] = {}
         self._domains: dict[str, Domain] = {}
         self._default: Domain | None = None
         self._host_cache: dict[bytes, Domain | None] = {}
@@ -286,7 +293,11 @@ class LinkTable:
             slugs = domain.slugs
             entry = slugs.get(path[1:])
             if entry is None and path != b"/":
-                entry = slugs.get(slug_from_path(path))
+                slug = slug_from_path(path)
+                entry = slugs.get(slug)
+                # Only a miss pays for case folding, and only on a domain that asked for it.
+                if entry is None and domain.folded is not None:
+                    entry = domain.folded.get(slug.lower())
         if entry is None:
             if path == _ROBOTS:
                 return ROBOTS_HEAD, ROBOTS_BODY, 200, 0, 0
@@ -331,6 +342,7 @@ class LinkTable:
             if domain_id is not None and slug is not None:
                 changed += self._remove(link_id, domain_id, slug.encode())
         slugs_of = self._slugs
+        folded_of = self._folded
         for row in links:
             link_id = row["id"]
             domain_id = row["domain_id"]
@@ -342,9 +354,13 @@ class LinkTable:
             if old is not None and entry_id(old) == link_id:
                 del slugs[key]
                 self._count -= 1
-            if is_servable(row):
-                slugs[key] = entry_for(row)
+            entry = entry_for(row) if is_servable(row) else None
+            if entry is not None:
+                slugs[key] = entry
                 self._count += 1
+            folded = folded_of.get(domain_id)
+            if folded is not None:  # the slug is folded once, when its link loads
+                _refold(folded, key.lower(), link_id, entry)
             changed += 1
         self.rev = rev
         return changed
@@ -357,19 +373,40 @@ class LinkTable:
         assert slugs is not None
         del slugs[key]
         self._count -= 1
+        folded = self._folded.get(domain_id)
+        if folded is not None:
+            _refold(folded, key.lower(), link_id, None)
         return 1
 
     def _set_domains(self, rows: Iterable[sqlite3.Row]) -> None:
         domains: dict[str, Domain] = {}
         default = None
+        folded_of: dict[int, dict[bytes, Entry]] = {}
         for row in rows:
-            domain = Domain(row, self._slugs.setdefault(row["id"], {}))
+            slugs = self._slugs.setdefault(row["id"], {})
+            folded = None
+            if row["case_insensitive_slugs"]:
+                folded = self._folded.get(row["id"])
+                if folded is None:  # switched on: fold the domain's slugs once
+                    folded = {key.lower(): entry for key, entry in slugs.items()}
+                folded_of[row["id"]] = folded
+            domain = Domain(row, slugs, folded)
             domains[domain.host] = domain
             if domain.is_default:
                 default = domain
+        self._folded = folded_of
         self._domains = domains
         self._default = default
         self._host_cache = {}
+
+
+def _refold(folded: dict[bytes, Entry], key: bytes, link_id: int, entry: Entry | None) -> None:
+    """Put a link's entry under its lowercased slug (None: take it away)."""
+    old = folded.get(key)
+    if old is not None and entry_id(old) == link_id:
+        del folded[key]
+    if entry is not None:
+        folded[key] = entry
 
 
 def slug_from_path(path: bytes) -> bytes:

@@ -862,3 +862,32 @@ def test_413_states_the_limit(server: ServerProcess) -> None:
         assert answer.startswith(b"HTTP/1.1 413 ")
         message = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["message"]
         assert "1048576 bytes" in message, message
+
+
+def test_case_insensitive_slugs_per_domain(api: Api, server: ServerProcess) -> None:
+    """Issue 11 item 11, through the API and the real edge."""
+    status, domain = api.post("/api/domains", {"host": "qr.example", "case_insensitive_slugs": 1})
+    assert_error(domain, "invalid_field", "case_insensitive_slugs")
+    status, domain = api.post(
+        "/api/domains", {"host": "qr.example", "case_insensitive_slugs": True}
+    )
+    assert status == 201 and domain["case_insensitive_slugs"] is True
+    api.post("/api/links", {"url": "https://example.com/nl", "slug": "nl", "domain": "qr.example"})
+    assert edge_get(server.edge_port, "/NL", host="qr.example") == (302, "https://example.com/nl")
+    status, error = api.post(
+        "/api/links", {"url": "https://example.com/x", "slug": "Nl", "domain": "qr.example"}
+    )
+    assert status == 409
+    assert_error(error, "conflict", "slug")
+    # an exact domain keeps both cases apart, and refuses to fold while they clash
+    api.post("/api/domains", {"host": "exact.example"})
+    for slug in ("ab", "AB"):
+        body = {"url": f"https://example.com/{slug}", "slug": slug, "domain": "exact.example"}
+        assert api.post("/api/links", body)[0] == 201
+    assert edge_get(server.edge_port, "/Ab", host="exact.example")[0] == 404
+    status, error = api.patch("/api/domains/exact.example", {"case_insensitive_slugs": True})
+    assert status == 409
+    assert_error(error, "conflict", "case_insensitive_slugs")
+    status, off = api.patch("/api/domains/qr.example", {"case_insensitive_slugs": False})
+    assert status == 200 and off["case_insensitive_slugs"] is False
+    assert edge_get(server.edge_port, "/NL", host="qr.example")[0] == 404

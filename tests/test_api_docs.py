@@ -210,7 +210,7 @@ def regenerate(db: Path) -> None:
             pieces.append("```http\n" + rendered[line] + "\n```")
             pos = following.end()
     pieces.append(text[pos:])
-    DOC.write_text("".join(pieces).replace(str(db), "/var/lib/linkedge/links.db"))
+    DOC.write_text("".join(pieces).replace(str(db), "/var/lib/linkedge/linkedge.db"))
 
 
 if __name__ == "__main__":
