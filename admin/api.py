@@ -58,6 +58,9 @@ STREAM_RETRY_MS: Final = 2000  # EventSource reconnection delay we suggest
 HEALTH_CACHE_S: Final = 1.0
 HEALTH_DB_TIMEOUT_S: Final = 2.0
 METRICS_TICK_S: Final = 1.0  # the histogram takes new flush durations this often
+# A request with an unknown token rereads the tokens at most this often (so a token the
+# CLI just created works at once, and wrong tokens cost at most 4 small reads a second).
+TOKEN_MISS_REFRESH_S: Final = 0.25
 
 # Fields of a link in a request body (edge/catalog.py LINK_COLUMNS plus where it lives).
 LINK_FIELDS: Final = frozenset(catalog.LINK_COLUMNS)
@@ -94,6 +97,7 @@ class AdminServer:
         self.config = runtime.config
         self.db = Database(self.config.db_path)  # reads: links, stats, tokens
         self.tokens = auth.TokenCache(self.db, runtime.writer)
+        self._miss_refreshed = -TOKEN_MISS_REFRESH_S  # when an unknown token last reread them
         self.router = Router()
         self._add_routes()
         self.public = not is_loopback(self.config.admin_host)  # --admin-public
@@ -149,7 +153,19 @@ class AdminServer:
 
     async def _authorize(self, req: Request, segments: list[str]) -> None:
         if segments[:1] == ["api"] or (segments == ["metrics"] and self.public):
-            await self.tokens.authenticate(req.header(b"authorization"))
+            header = req.header(b"authorization")
+            try:
+                await self.tokens.authenticate(header)
+            except auth.Unauthorized:
+                # A token `linkedge token create` made a moment ago is not cached yet
+                # (`export TOKEN=$(linkedge token create me)`, then curl at once): reread
+                # the tokens once, at most every TOKEN_MISS_REFRESH_S whatever is sent.
+                now = time.monotonic()
+                if header is None or now - self._miss_refreshed < TOKEN_MISS_REFRESH_S:
+                    raise
+                self._miss_refreshed = now
+                await self.tokens.refresh()
+                await self.tokens.authenticate(header)
 
     def _tick(self) -> None:
         self._take_flush_durations()

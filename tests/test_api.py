@@ -891,3 +891,12 @@ def test_case_insensitive_slugs_per_domain(api: Api, server: ServerProcess) -> N
     status, off = api.patch("/api/domains/qr.example", {"case_insensitive_slugs": False})
     assert status == 200 and off["case_insensitive_slugs"] is False
     assert edge_get(server.edge_port, "/NL", host="qr.example")[0] == 404
+
+
+def test_a_token_made_by_the_cli_works_at_once(api: Api, server: ServerProcess) -> None:
+    """README: `export TOKEN=$(linkedge token create readme)`, then curl right away."""
+    status, _ = api.get("/api/links")  # the server's token cache was just refreshed
+    assert status == 200
+    secret = cli("token", "create", "at-once", db=server.db).stdout.strip()
+    assert Api(server.admin_port, secret).get("/api/links")[0] == 200
+    assert Api(server.admin_port, "le_not-a-token-at-all").get("/api/links")[0] == 401
