@@ -6,7 +6,10 @@ Rules:
 - Each Link carries the bytes of its answer (status line, Location, Cache-Control,
   Content-Length) built once when it loads. The server only appends the Date line.
 - Lookups take the raw Host header and path bytes from the parser: the host is normalised
-  once per distinct raw value and remembered; slugs are bytes keys.
+  once per distinct raw value and remembered (a malformed one reaches no domain); slugs
+  are bytes keys. A domain with case_insensitive_slugs also holds its entries by
+  lowercased slug, folded once when each link loads; only a lookup that missed the exact
+  slug asks it, so exact domains pay nothing.
 - A visit with a query string gets its Location merged per request (unavoidable); a visit
   without one uses the prebuilt bytes.
 - One path: `LinkTable.answer(req, now)` decides every GET/HEAD answer (redirect, 404,
