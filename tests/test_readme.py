@@ -137,3 +137,30 @@ def test_readme_runs_top_to_bottom(tmp_path: Path) -> None:
     assert "GeoIP: DBIP-City-Lite" in second
     # item 2: the demo link kept working through every step
     assert (workdir / "linkedge.db").exists() and (workdir / "linkedge-backup.db").exists()
+
+
+def test_the_demo_listens_on_loopback_unless_asked(tmp_path: Path) -> None:
+    """Item 9: `make run` exposed the demo on 0.0.0.0."""
+    make_shim(tmp_path)
+    for args, host in (([], "127.0.0.1"), (["--edge", "0.0.0.0:0"], "0.0.0.0")):
+        proc = subprocess.Popen(
+            [str(tmp_path / ".venv/bin/linkedge"), "demo", *args],
+            cwd=tmp_path,
+            env=doc_env(
+                {"PYTHONUNBUFFERED": "1", "LINKEDGE_EDGE_PORT": "0", "LINKEDGE_ADMIN_PORT": "0"}
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            out = ""
+            while "edge listening on" not in out:
+                line = proc.stdout.readline()
+                assert line, out
+                out += line
+            assert f"edge listening on http://{host}:" in out, out
+        finally:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
