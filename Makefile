@@ -3,17 +3,28 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+# Extra `linkedge demo` options, e.g. make run ARGS='--geoip dbip-city-lite.mmdb'
+ARGS ?=
 
 .PHONY: run test check bench hostile clean
 
+# What running needs: linkedge and its runtime dependencies, no dev toolchain.
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $(RUN_STAMP)
+
+# What testing needs: the dev extra (pytest, hypothesis, ruff, mypy, mmdb-writer) too.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
-run: $(STAMP)
-	$(BIN)/linkedge demo
+run: $(RUN_STAMP)
+	$(BIN)/linkedge demo $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -42,6 +42,7 @@ from admin.http import (
 )
 from admin.metrics import FLUSH_BUCKETS_S, Histogram
 from edge import catalog
+from edge.catalog import bounded_int
 from edge.db import Database, Transaction, current_rev, now_ms
 from edge.errors import InvalidField, LinkedgeError, NotFound
 from edge.http import Request
@@ -63,7 +64,9 @@ LINK_FIELDS: Final = frozenset(catalog.LINK_COLUMNS)
 CREATE_FIELDS: Final = LINK_FIELDS | {"slug", "domain"}
 PATCH_FIELDS: Final = LINK_FIELDS | {"archived"}
 LINK_TIME_FIELDS: Final = ("expires_at", "archived_at", "created_at", "updated_at")
-DOMAIN_FIELDS: Final = frozenset({"host", "default", "root_url", "fallback_url"})
+DOMAIN_FIELDS: Final = frozenset(
+    {"host", "default", "root_url", "fallback_url", "case_insensitive_slugs"}
+)
 
 
 def _error_item(index: int, exc: LinkedgeError) -> dict[str, Any]:
@@ -146,6 +149,7 @@ class AdminServer:
 
     async def _authorize(self, req: Request, segments: list[str]) -> None:
         if segments[:1] == ["api"] or (segments == ["metrics"] and self.public):
+            # (a token the CLI made a moment ago is looked up: admin/auth.py)
             await self.tokens.authenticate(req.header(b"authorization"))
 
     def _tick(self) -> None:
@@ -215,7 +219,7 @@ class AdminServer:
 
     def _link_ref(self, call: Call) -> LinkRef:
         if "id" in call.params:
-            return int(call.params["id"])
+            return call.path_id("link")
         return (call.params["domain"], call.params["slug"])
 
     async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -561,14 +565,21 @@ class AdminServer:
         host = body.get("host")
         if not isinstance(host, str):
             raise InvalidField("host is required: a bare host name like go.example.com", "host")
-        default = body.get("default", False)
-        if not isinstance(default, bool):
-            raise InvalidField("default must be true or false", "default")
+        flags = {}
+        for name in ("default", "case_insensitive_slugs"):
+            flags[name] = body.get(name, False)
+            if not isinstance(flags[name], bool):
+                raise InvalidField(f"{name} must be true or false", name)
         for name in ("root_url", "fallback_url"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise InvalidField(f"{name} must be a URL string or null", name)
         domain = await self._write(
-            _add_domain, host, default, body.get("root_url"), body.get("fallback_url")
+            _add_domain,
+            host,
+            flags["default"],
+            body.get("root_url"),
+            body.get("fallback_url"),
+            flags["case_insensitive_slugs"],
         )
         return json_response(
             201, self.domain_out(domain), (("Location", f"/api/domains/{domain['host']}"),)
@@ -583,7 +594,9 @@ class AdminServer:
         if "host" in body:
             raise InvalidField("host cannot be changed: add a new domain", "host")
         if not body:
-            raise InvalidField("nothing to change: send default, root_url or fallback_url")
+            raise InvalidField(
+                "nothing to change: send default, root_url, fallback_url or case_insensitive_slugs"
+            )
         for name in ("root_url", "fallback_url"):
             if body.get(name) is not None and not isinstance(body[name], str):
                 raise InvalidField(f"{name} must be a URL string or null", name)
@@ -651,7 +664,7 @@ class AdminServer:
         return json_response(201, {"token": self.token_out(record), "secret": secret})
 
     async def revoke_token(self, call: Call) -> Response:
-        record = await self.runtime.writer.run(catalog.revoke_token, int(call.params["id"]))
+        record = await self.runtime.writer.run(catalog.revoke_token, call.path_id("token"))
         await self.tokens.refresh()
         return json_response(200, self.token_out(record))
 
@@ -718,9 +731,10 @@ def _decode_cursor(text: str | None) -> int | None:
     except (ValueError, UnicodeDecodeError):
         raw = ""
     kind, _, value = raw.partition(":")
-    if kind != "id" or not value.isdigit():
+    link_id = bounded_int(value) if kind == "id" else None
+    if link_id is None:
         raise InvalidField("invalid cursor: pass next_cursor from the previous page", "cursor")
-    return int(value)
+    return link_id
 
 
 # --- writer-thread functions (catalog calls composed; they run on the writer) -------------
@@ -794,9 +808,15 @@ def _add_domain(
     default: bool,
     root_url: str | None,
     fallback_url: str | None,
+    case_insensitive_slugs: bool,
 ) -> dict[str, Any]:
     return catalog.add_domain(
-        conn, host, default=default, root_url=root_url, fallback_url=fallback_url
+        conn,
+        host,
+        default=default,
+        root_url=root_url,
+        fallback_url=fallback_url,
+        case_insensitive_slugs=case_insensitive_slugs,
     )
 
 

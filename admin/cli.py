@@ -1,37 +1,56 @@
-"""The `linkedge` command line: serve, demo, link, domain, geo, stats, token.
+"""The `linkedge` command line: init, serve, demo, link, domain, geo, stats, token, utm,
+backup.
 
 Rules: every command works on the SQLite file directly, so it is usable whether or not a
-server runs (a running server picks the change up within a second). Every command's help
-has an example; bad input prints one clear line to stderr and exits 2; listings take --json.
+server runs (a running server picks the change up within a second). Settings come from
+flags, the environment and the settings file (`--config FILE` / LINKEDGE_CONFIG), as
+`serve` reads them (edge/config.py). Only `init`, `serve` and `demo` create a database;
+success messages name the database they changed. Every command's help has an example;
+listings take --json. A failure is one line on stderr, never a traceback: exit status 2
+when the command line or what it names is wrong, 1 when the world was (admin/admin_cli.py
+says which is which).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import errno
 import logging
 import os
+import socket
+import sqlite3
 import sys
+import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from admin import admin_cli
-from admin.admin_cli import open_db, print_json, print_table
+from admin import admin_cli, timerange
+from admin.admin_cli import (
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    CommandError,
+    changed,
+    open_db,
+    print_json,
+    print_table,
+    setting,
+)
 from edge import catalog
 from edge import config as cfg
 from edge.db import now_ms
 from edge.errors import LinkedgeError
 
-EXIT_USAGE = 2
+CLIError = CommandError  # what the commands here raise: one line, an exit status
+DEMO_SLUG = "demo"
+DEMO_HOST = "127.0.0.1"  # `linkedge demo` (make run) listens here unless told otherwise
+# Addresses that mean "this machine" in a link's short URL: shown as a local address too.
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]"})
 
 
-class CLIError(Exception):
-    pass
-
-
-def _fail(message: str) -> int:
+def _fail(message: str, status: int = EXIT_USAGE) -> int:
     print(f"linkedge: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    return status
 
 
 def parse_hostport(text: str, what: str) -> tuple[str, int]:
@@ -41,35 +60,27 @@ def parse_hostport(text: str, what: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def parse_time(text: str, what: str = "time") -> int:
-    """ISO 8601 (naive means UTC) or relative (+2h, -15m, +7d, now) -> Unix ms."""
-    value = text.strip()
-    if value == "now":
-        return now_ms()
-    if value[:1] in "+-" and value[1:-1].isdigit() and value[-1] in "smhdw":
-        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[value[-1]]
-        seconds = int(value[1:-1]) * unit
-        return now_ms() + (seconds if value[0] == "+" else -seconds) * 1000
-    try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise CLIError(
-            f"{what}: expected ISO 8601 like 2026-12-31T23:59:00Z or relative like +7d, "
-            f"got {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return int(when.timestamp() * 1000)
+def parse_time(text: str, what: str = "expires_at") -> int | None:
+    """A link time from the command line: admin/timerange.py's one parser, as the API
+    reads it (ISO 8601, UTC without an offset; +7d; Unix ms)."""
+    return timerange.time_ms(text, what, now_ms() / 1000)
 
 
 def format_time(ms: int | None) -> str:
-    if ms is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return timerange.iso_ms(ms) or "-"
 
 
 def short_url(link: dict[str, Any]) -> str:
     return f"https://{link['domain']}/{link['slug']}"
+
+
+def local_url(args: argparse.Namespace, link: dict[str, Any]) -> str | None:
+    """For a link on this machine's own name: the address that reaches it through the
+    edge here (its https://localhost/... short URL cannot be clicked locally)."""
+    if link["domain"] not in LOCAL_HOSTS:
+        return None
+    port = setting(args, "edge_port") or 8080
+    return f"http://{link['domain']}:{port}/{link['slug']}"
 
 
 # --- serve ---------------------------------------------------------------------------------
@@ -92,7 +103,9 @@ def _add_serve_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, metavar=f.name.upper(), help=help_text)
 
 
-def config_from_args(args: argparse.Namespace) -> cfg.Config:
+def config_from_args(args: argparse.Namespace, **defaults: Any) -> cfg.Config:
+    """The Config `serve` runs with: flags, then the environment and the settings file,
+    then `defaults` (the demo's), then the fields' own."""
     overrides: dict[str, Any] = {}
     for f in cfg.settings():
         value = getattr(args, f.name, None)
@@ -101,14 +114,21 @@ def config_from_args(args: argparse.Namespace) -> cfg.Config:
         if isinstance(value, list):
             value = tuple(value)
         elif isinstance(value, str):
-            value = cfg.parse_value(f, value)
+            try:
+                value = cfg.parse_value(f, value)
+            except ValueError as exc:
+                raise CLIError(str(exc)) from None
         overrides[f.name] = value
     if getattr(args, "edge", None):
         overrides["edge_host"], overrides["edge_port"] = parse_hostport(args.edge, "--edge")
     if getattr(args, "admin", None):
         overrides["admin_host"], overrides["admin_port"] = parse_hostport(args.admin, "--admin")
+    env = admin_cli.settings_env(args)
+    for name, value in defaults.items():
+        if name not in overrides and cfg.env_name(name) not in env:
+            overrides[name] = value
     try:
-        config = cfg.from_env(**overrides)
+        config = cfg.from_env(env, **overrides)
     except ValueError as exc:
         raise CLIError(str(exc)) from None
     import ipaddress
@@ -131,45 +151,142 @@ def config_from_args(args: argparse.Namespace) -> cfg.Config:
     return config
 
 
+def _check_port(host: str, port: int, what: str, flag: str) -> None:
+    """Fail early, with a hint, when a listener's address is taken (the server itself
+    would only say 'address already in use')."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise CLIError(f"{flag}: cannot listen on {host!r}: {exc.strerror}") from None
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:  # exit 2, as the server's own bind error
+                    raise CLIError(
+                        f"cannot start: {host}:{port} ({what}): address already in use; "
+                        f"another linkedge running? Stop it, or use {flag} HOST:PORT"
+                    ) from None
+                raise CLIError(
+                    f"cannot start: cannot listen on {host}:{port} ({what}): {exc.strerror}",
+                    EXIT_RUNTIME,
+                ) from None
+
+
+def _prepare_to_serve(args: argparse.Namespace, config: cfg.Config) -> sqlite3.Connection:
+    """Everything `serve` can check before it starts, each failure one line: the
+    database (created when missing, migrated) and the listeners' addresses."""
+    args.db = config.db_path
+    conn = open_db(args, create=True)
+    _check_port(config.edge_host, config.edge_port, "the redirect edge", "--edge")
+    if config.admin_enabled:
+        _check_port(config.admin_host, config.admin_port, "the admin API", "--admin")
+    return conn
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
+    _prepare_to_serve(args, config).close()
     from admin.runtime import run
 
     _setup_logging(config.log_level)
     return run(config)
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    path = admin_cli.db_path(args)
+    existed = os.path.exists(path) and os.path.getsize(path) > 0
+    conn = open_db(args, create=True)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    default = catalog.domain_row(conn, None)["host"]
+    conn.close()
+    if existed:
+        print(f"{args.db_shown} is a linkedge database already (schema {version}): nothing to do")
+    else:
+        print(f"created {args.db_shown} (schema {version}, default domain {default})")
+    return 0
+
+
+def _demo_link(conn: sqlite3.Connection) -> dict[str, Any]:
+    """The demo link wherever it lives (the default domain may have changed since it was
+    made: it stays on its domain), else a new one on the default domain."""
+    row = conn.execute(
+        "SELECT l.id FROM links l JOIN domains d ON d.id = l.domain_id WHERE l.slug = ? "
+        "AND l.archived_at IS NULL ORDER BY d.is_default DESC, l.id LIMIT 1",
+        (DEMO_SLUG,),
+    ).fetchone()
+    if row is not None:
+        return catalog.get_link(conn, row[0])
+    return catalog.create_link(
+        conn,
+        {"url": "https://example.com/", "title": "linkedge demo", "campaign": "demo"},
+        slug=DEMO_SLUG,
+    )
+
+
+def _free_slug(conn: sqlite3.Connection, base: str) -> str:
+    """`base`, or `base-2`, `base-3`, ... : a slug the hint can use without a conflict."""
+    default = catalog.domain_row(conn, None)
+    n = 1
+    while True:
+        slug = base if n == 1 else f"{base}-{n}"
+        if not conn.execute(
+            "SELECT 1 FROM links WHERE domain_id = ? AND slug = ?", (default["id"], slug)
+        ).fetchone():
+            return slug
+        n += 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Set up a demo link on the default domain and serve."""
-    config = config_from_args(args)
+    """Set up a demo link and serve, on 127.0.0.1 unless asked otherwise."""
+    config = config_from_args(args, edge_host=DEMO_HOST)
+    conn = _prepare_to_serve(args, config)
+    link = _demo_link(conn)
+    default_host = catalog.domain_row(conn, None)["host"]
+    slug = _free_slug(conn, "launch")
+    tokens = [t for t in catalog.list_tokens(conn) if t["revoked_at"] is None]
+    conn.close()
     from admin.runtime import Supervisor, run
 
     _setup_logging(config.log_level)
-    conn = catalog.open_db(config.db_path)
-    try:
-        catalog.find_link(conn, "demo")
-    except LinkedgeError:
-        catalog.create_link(
-            conn,
-            {"url": "https://example.com/", "title": "linkedge demo", "campaign": "demo"},
-            slug="demo",
-        )
-    conn.close()
-
     exe = os.path.relpath(sys.argv[0]) if sys.argv[0].endswith("linkedge") else "linkedge"
+    db = "" if config.db_path == admin_cli.DEFAULT_DB else f" --db {config.db_path}"
+    host = "" if link["domain"] == default_host else f" -H 'Host: {link['domain']}'"
+    token_env = os.environ.get("LINKEDGE_ADMIN_TOKEN")
 
     def ready(sup: Supervisor) -> None:
-        port = sup.edge_port
-        print(
-            "\nlinkedge is running with a demo link. Try:\n"
-            f"  curl -i http://127.0.0.1:{port}/demo\n"
-            f"  curl -i 'http://127.0.0.1:{port}/demo?utm_source=readme'\n"
-            f"  {exe} link add https://example.org/launch --slug launch --db {config.db_path}\n"
-            "Press Ctrl-C to stop (every click is written before exit).\n",
-            flush=True,
-        )
+        edge = f"http://{_url_host(config.edge_host)}:{sup.edge_port}"
+        lines = [
+            "",
+            f"linkedge is running with a demo link ({config.db_path}). Try:",
+            f"  curl -i{host} {edge}/{link['slug']}",
+            f"  curl -i{host} '{edge}/{link['slug']}?utm_source=readme'",
+            f"  {exe} link add https://example.org/launch --slug {slug}{db}",
+        ]
+        if sup.admin_port is not None:
+            admin = f"http://{_url_host(config.admin_host)}:{sup.admin_port}"
+            if tokens and not token_env:
+                lines.append(
+                    f"Admin API on {admin}: an admin token already exists (tokens are shown "
+                    f"once, when made); make another with `{exe} token create NAME{db}`"
+                )
+            else:
+                lines.append(f"Admin API on {admin} with the token printed above")
+        lines.append("Press Ctrl-C to stop (every click is written before exit).\n")
+        print("\n".join(lines), flush=True)
 
     return run(config, ready)
+
+
+def _url_host(host: str) -> str:
+    """A listener's address as a URL's host: 0.0.0.0 and :: are reached on 127.0.0.1."""
+    if host in ("0.0.0.0", "", "::"):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 # --- links ---------------------------------------------------------------------------------
@@ -186,7 +303,7 @@ def _link_fields(args: argparse.Namespace) -> dict[str, Any]:
         if value is not None:
             fields[name] = value
     if args.tag is not None:
-        fields["tags"] = args.tag
+        fields["tags"] = [t for value in args.tag for t in value.split(",")]
     if args.expires is not None:
         fields["expires_at"] = None if args.expires == "never" else parse_time(args.expires)
     if args.expired_url is not None:
@@ -200,23 +317,51 @@ def _link_fields(args: argparse.Namespace) -> dict[str, Any]:
     return fields
 
 
-def _show_link(link: dict[str, Any], as_json: bool) -> None:
+def _state(link: dict[str, Any]) -> str:
+    state = catalog.link_state(link, now_ms())
+    if state == "expired":
+        return "expired (redirects to its expired URL)" if link["expired_url"] else "expired (410)"
+    return state
+
+
+def _show_link(args: argparse.Namespace, link: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print_json({**link, "short_url": short_url(link)})
         return
-    state = "archived" if link["archived_at"] else "disabled" if link["disabled"] else "active"
     print(f"{short_url(link)} -> {link['url']}")
     print(
-        f"  id {link['id']}, {link['status']}, {state}, expires {format_time(link['expires_at'])}"
+        f"  id {link['id']}, {link['status']}, {_state(link)}, "
+        f"expires {format_time(link['expires_at'])}"
     )
     tags = ", ".join(link["tags"]) or "-"
     print(f"  campaign {link['campaign'] or '-'}, tags {tags}")
+    utm = [f"{name} {link[name]}" for name in catalog.UTM_FIELDS if link[name]]
+    if utm:
+        location = catalog.link_location(link["url"], link)
+        print(f"  UTM {', '.join(utm)}: visitors go to {location}")
+    local = local_url(args, link)
+    if local:
+        print(f"  here: curl -i {local}")
+
+
+def _warn_if_expired(fields: dict[str, Any]) -> None:
+    expires = fields.get("expires_at")
+    if expires is not None and expires <= now_ms():
+        print(
+            f"linkedge: warning: --expires {format_time(expires)} is in the past: the link is "
+            "expired at once (410, or its --expired-url)",
+            file=sys.stderr,
+        )
 
 
 def cmd_link_add(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    link = catalog.create_link(conn, _link_fields(args), domain=args.domain, slug=args.slug)
-    _show_link(link, args.json)
+    fields = _link_fields(args)
+    _warn_if_expired(fields)
+    link = catalog.create_link(conn, fields, domain=args.domain, slug=args.slug)
+    _show_link(args, link, args.json)
+    if not args.json:
+        print(f"saved {changed(args)}")
     return 0
 
 
@@ -240,8 +385,9 @@ def cmd_link_list(args: argparse.Namespace) -> int:
         print_json([{**link, "short_url": short_url(link)} for link in links])
         return 0
     rows = []
+    now = now_ms()
     for link in links:
-        state = "archived" if link["archived_at"] else "disabled" if link["disabled"] else "active"
+        state = catalog.link_state(link, now)
         rows.append(
             [
                 str(link["id"]),
@@ -261,17 +407,60 @@ def _find(conn: Any, args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_link_show(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    _show_link(_find(conn, args), args.json)
+    _show_link(args, _find(conn, args), args.json)
     return 0
+
+
+def _tag_changes(args: argparse.Namespace, link: dict[str, Any]) -> list[str] | None:
+    """The tags after --add-tag / --rm-tag (None when neither was given)."""
+    added = [t.strip().lower() for v in args.add_tag or () for t in v.split(",") if t.strip()]
+    removed = [t.strip().lower() for v in args.rm_tag or () for t in v.split(",") if t.strip()]
+    if not added and not removed:
+        return None
+    if args.tag is not None:
+        raise CLIError("--tag replaces every tag: give it, or --add-tag/--rm-tag, not both")
+    tags = list(link["tags"])
+    for tag in removed:
+        if tag not in tags:
+            raise CLIError(
+                f"{link['slug']} has no tag {tag!r} (its tags: {', '.join(tags) or 'none'})"
+            )
+        tags.remove(tag)
+    tags.extend(t for t in added if t not in tags)
+    return tags
+
+
+def _say_tags(before: list[str], after: list[str], replaced: bool) -> None:
+    gone = [t for t in before if t not in after]
+    new = [t for t in after if t not in before]
+    if not gone and not new:
+        return
+    words = [f"tags {', '.join(before) or '(none)'} -> {', '.join(after) or '(none)'}"]
+    if new:
+        words.append(f"its clicks so far now count under {', '.join(new)}")
+    if gone:
+        words.append(f"no longer under {', '.join(gone)} in tag stats")
+    line = "; ".join(words)
+    if replaced and gone:
+        line += " (--add-tag/--rm-tag change one tag and keep the others)"
+    print(line)
 
 
 def cmd_link_set(args: argparse.Namespace) -> int:
     conn = open_db(args)
     link = _find(conn, args)
     changes = _link_fields(args)
+    tags = _tag_changes(args, link)
+    if tags is not None:
+        changes["tags"] = tags
     if not changes:
-        raise CLIError("nothing to change: give --url, --status, --expires, ...")
-    _show_link(catalog.update_link(conn, link["id"], changes), args.json)
+        raise CLIError("nothing to change: give --url, --status, --expires, --add-tag, ...")
+    _warn_if_expired(changes)
+    updated = catalog.update_link(conn, link["id"], changes)
+    _show_link(args, updated, args.json)
+    if not args.json:
+        _say_tags(link["tags"], updated["tags"], replaced=args.tag is not None)
+        print(f"saved {changed(args)}")
     return 0
 
 
@@ -287,14 +476,37 @@ def cmd_link_state(args: argparse.Namespace) -> int:
     elif args.action == "rm":
         if args.purge:
             catalog.purge_link(conn, link["id"])
-            print(f"purged {link['domain']}/{link['slug']} (its clicks stay in the stats)")
+            print(
+                f"purged {link['domain']}/{link['slug']} (its clicks stay in the stats) "
+                f"{changed(args)}"
+            )
             return 0
         link = catalog.archive_link(conn, link["id"])
-    _show_link(link, getattr(args, "json", False))
+    as_json = getattr(args, "json", False)
+    _show_link(args, link, as_json)
+    if not as_json:
+        print(f"saved {changed(args)}")
     return 0
 
 
 # --- domains -------------------------------------------------------------------------------
+
+
+def _say_default(args: argparse.Namespace, conn: sqlite3.Connection, host: str) -> None:
+    """What making `host` the default domain did, and what it left as it was."""
+    print(
+        f"{host} is now the default domain: links added without --domain go on it, and "
+        f"requests for a host that is no domain here (an IP address like 127.0.0.1, a name "
+        f"not added) get its links."
+    )
+    port = setting(args, "edge_port") or 8080
+    for other, count in catalog.changed_default(conn, host):
+        if count:
+            print(
+                f"  {other} keeps its {count} link(s), with their short URLs: they answer "
+                f"requests for Host: {other} (e.g. curl -H 'Host: {other}' "
+                f"http://127.0.0.1:{port}/SLUG)"
+            )
 
 
 def cmd_domain_add(args: argparse.Namespace) -> int:
@@ -305,11 +517,14 @@ def cmd_domain_add(args: argparse.Namespace) -> int:
         default=args.default,
         root_url=args.root_url,
         fallback_url=args.fallback_url,
+        case_insensitive_slugs=bool(args.case_insensitive_slugs),
     )
     if args.json:
         print_json(d)
-    else:
-        print(f"added {d['host']}{' (default)' if d['default'] else ''}")
+        return 0
+    print(f"added {d['host']} {changed(args)}")
+    if d["default"]:
+        _say_default(args, conn, d["host"])
     return 0
 
 
@@ -322,10 +537,21 @@ def cmd_domain_set(args: argparse.Namespace) -> int:
         changes["root_url"] = args.root_url
     if args.fallback_url is not None:
         changes["fallback_url"] = args.fallback_url
+    if args.case_insensitive_slugs is not None:
+        changes["case_insensitive_slugs"] = args.case_insensitive_slugs
     if not changes:
-        raise CLIError("nothing to change: give --default, --root-url or --fallback-url")
+        raise CLIError(
+            "nothing to change: give --default, --root-url, --fallback-url or "
+            "--case-insensitive-slugs"
+        )
+    was_default = catalog.domain_row(conn, args.host, "host")["is_default"]
     d = catalog.update_domain(conn, args.host, changes)
-    print_json(d) if args.json else print(f"updated {d['host']}")
+    if args.json:
+        print_json(d)
+        return 0
+    print(f"updated {d['host']} {changed(args)}")
+    if d["default"] and not was_default:
+        _say_default(args, conn, d["host"])
     return 0
 
 
@@ -340,12 +566,13 @@ def cmd_domain_list(args: argparse.Namespace) -> int:
             [
                 d["host"],
                 "yes" if d["default"] else "",
+                "any case" if d["case_insensitive_slugs"] else "exact",
                 d["root_url"] or "-",
                 d["fallback_url"] or "-",
             ]
             for d in domains
         ],
-        ["HOST", "DEFAULT", "ROOT URL", "FALLBACK URL"],
+        ["HOST", "DEFAULT", "SLUGS", "ROOT URL", "FALLBACK URL"],
     )
     return 0
 
@@ -353,7 +580,7 @@ def cmd_domain_list(args: argparse.Namespace) -> int:
 def cmd_domain_rm(args: argparse.Namespace) -> int:
     conn = open_db(args)
     catalog.remove_domain(conn, args.host)
-    print(f"removed {args.host}")
+    print(f"removed {args.host} {changed(args)}")
     return 0
 
 
@@ -363,7 +590,8 @@ DEFAULT_GEOIP_FILE = "dbip-city-lite.mmdb"
 
 
 def _geoip_path(args: argparse.Namespace) -> str | None:
-    return args.geoip or os.environ.get(cfg.env_name("geoip_path")) or None
+    path: str | None = getattr(args, "geoip", None) or setting(args, "geoip_path")
+    return path
 
 
 def cmd_geo_info(args: argparse.Namespace) -> int:
@@ -397,7 +625,7 @@ def cmd_geo_lookup(args: argparse.Namespace) -> int:
     except ValueError:
         raise CLIError(f"{args.ip!r} is not an IPv4 or IPv6 address") from None
     path = _geoip_path(args)
-    asn_path = args.geoip_asn or os.environ.get(cfg.env_name("geoip_asn_path")) or None
+    asn_path = args.geoip_asn or setting(args, "geoip_asn_path")
     if not path and not asn_path:
         raise CLIError("no GeoIP database: pass --geoip PATH or run `linkedge geo update`")
     db = GeoDatabase(path, asn_path)
@@ -417,10 +645,12 @@ def cmd_geo_lookup(args: argparse.Namespace) -> int:
 def cmd_geo_update(args: argparse.Namespace) -> int:
     from geo.update import ATTRIBUTION, GeoUpdateError, default_url, download_database, redact
 
-    key = args.maxmind_licence_key or os.environ.get("LINKEDGE_MAXMIND_LICENCE_KEY")
+    env = admin_cli.settings_env(args)
+    key = args.maxmind_licence_key or env.get("LINKEDGE_MAXMIND_LICENCE_KEY")
     url = args.url or default_url(dt.date.today(), key)
     dest = args.dest or _geoip_path(args) or DEFAULT_GEOIP_FILE
-    print(f"downloading {redact(url)} -> {dest}", file=sys.stderr)
+    verb = "downloading" if "://" in url and not url.startswith("file:") else "installing"
+    print(f"{verb} {redact(url)} -> {dest}", file=sys.stderr)
     try:
         info = download_database(url, dest, timeout_s=args.timeout)
     except GeoUpdateError as exc:
@@ -431,7 +661,10 @@ def cmd_geo_update(args: argparse.Namespace) -> int:
         print(f"installed {dest}: {info.get('database_type')} built {info.get('build_date')}")
         if "dbip" in str(info.get("database_type", "")).lower():
             print(ATTRIBUTION)
-        print(f"serve with: linkedge serve --geoip {dest}  (a running server reloads it)")
+        print(
+            f"serve with: linkedge serve --geoip {dest}  (a server already using this file "
+            "reloads it)"
+        )
     return 0
 
 
@@ -440,6 +673,18 @@ def cmd_geo_update(args: argparse.Namespace) -> int:
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line that says where the help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+CONFIG_HELP = (
+    "settings file of LINKEDGE_*=VALUE lines, e.g. /etc/linkedge.env (env LINKEDGE_CONFIG)"
+)
 
 
 def _cmd(
@@ -456,8 +701,18 @@ def _cmd(
     return p
 
 
+def _config_option(p: argparse.ArgumentParser) -> None:
+    # SUPPRESS: given before the command (`linkedge --config F link list`) it stays set.
+    p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
+
+
 def _db_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", help="SQLite file (env LINKEDGE_DB_PATH, default ./linkedge.db)")
+    p.add_argument(
+        "--db",
+        help="the database file (env LINKEDGE_DB_PATH or --config, default ./linkedge.db); "
+        "it must exist: `linkedge init` creates one",
+    )
+    _config_option(p)
 
 
 def _link_options(p: argparse.ArgumentParser) -> None:
@@ -465,12 +720,19 @@ def _link_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--title")
     p.add_argument("--notes")
     p.add_argument("--campaign")
-    p.add_argument("--tag", action="append", help="a tag (repeat for several)")
+    p.add_argument(
+        "--tag",
+        action="append",
+        help="a tag, or several comma-separated (repeatable); on `set` it replaces them all",
+    )
     for name in catalog.UTM_FIELDS:
         p.add_argument(
             "--" + name.replace("_", "-"), dest=name, help=f"{name} merged into Location"
         )
-    p.add_argument("--expires", help="ISO 8601 time or relative (+7d); 'never' clears it")
+    p.add_argument(
+        "--expires",
+        help="ISO 8601 time (UTC without an offset) or relative like +7d; 'never' clears it",
+    )
     p.add_argument("--expired-url", help="where to send visitors after expiry (else 410)")
     p.add_argument("--cache-max-age", type=int, help="seconds browsers may cache (default 0)")
     p.add_argument("--no-forward-query", action="store_true", help="do not pass ?query on")
@@ -479,30 +741,44 @@ def _link_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="linkedge",
         description="Self-hosted redirect edge for branded short links with live click stats.",
-        epilog="example:\n  linkedge serve --edge 0.0.0.0:8080 --geoip GeoLite2-City.mmdb",
+        epilog="example:\n  linkedge --config /etc/linkedge.env link list",
         formatter_class=_Formatter,
+    )
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    parser.add_argument(
+        "--traceback", action="store_true", help="on an unexpected error, print the traceback"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = _cmd(
         sub,
+        "init",
+        cmd_init,
+        "create the database (only init, serve and demo create one)",
+        "linkedge init --db /var/lib/linkedge/linkedge.db",
+    )
+    _db_option(p)
+    p = _cmd(
+        sub,
         "serve",
         cmd_serve,
         "run the redirect edge and the admin API",
-        "linkedge serve --db /var/lib/linkedge/links.db --trusted-proxy 127.0.0.1/32",
+        "linkedge serve --db /var/lib/linkedge/linkedge.db --trusted-proxy 127.0.0.1/32",
     )
     _add_serve_options(p)
+    _config_option(p)
     p = _cmd(
         sub,
         "demo",
         cmd_demo,
-        "serve with a demo link (what `make run` does)",
+        "serve with a demo link, on 127.0.0.1 unless --edge says otherwise (make run)",
         "linkedge demo --edge 127.0.0.1:8080",
     )
     _add_serve_options(p)
+    _config_option(p)
 
     link = _cmd(
         sub,
@@ -519,6 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
         "add a link",
         "linkedge link add https://example.com/spring --slug spring --utm-source newsletter",
     )
+    p._negative_number_matcher = admin_cli.RELATIVE_ARG_RE  # --expires -1h (see stats)
     p.add_argument("url", help="destination (absolute http or https URL)")
     p.add_argument("--slug", help="the short path (default: 7 random characters)")
     p.add_argument("--domain", help="domain (default: the default domain)")
@@ -541,9 +818,12 @@ def build_parser() -> argparse.ArgumentParser:
         "change a link (served within a second)",
         "linkedge link set spring --url https://example.com/spring-sale",
     )
+    p._negative_number_matcher = admin_cli.RELATIVE_ARG_RE
     p.add_argument("slug")
     p.add_argument("--url", help="new destination")
     p.add_argument("--domain")
+    p.add_argument("--add-tag", action="append", help="add a tag, keeping the others (repeatable)")
+    p.add_argument("--rm-tag", action="append", help="remove one tag (repeatable)")
     _link_options(p)
     _db_option(p)
     for action, help_text in (
@@ -576,9 +856,18 @@ def build_parser() -> argparse.ArgumentParser:
         "linkedge domain add go.example.com --default --root-url https://example.com/",
     )
     p.add_argument("host")
-    p.add_argument("--default", action="store_true", help="serve unknown hosts and new links")
+    p.add_argument(
+        "--default",
+        action="store_true",
+        help="new links go here, and hosts without a domain (127.0.0.1) get its links",
+    )
     p.add_argument("--root-url", help="where / on this domain redirects")
     p.add_argument("--fallback-url", help="where unknown slugs redirect (instead of 404)")
+    p.add_argument(
+        "--case-insensitive-slugs",
+        action="store_true",
+        help="/Spring finds /spring (for printed and QR links people retype)",
+    )
     p.add_argument("--json", action="store_true")
     _db_option(p)
     p = _cmd(
@@ -589,9 +878,15 @@ def build_parser() -> argparse.ArgumentParser:
         "linkedge domain set go.example.com --fallback-url https://example.com/",
     )
     p.add_argument("host")
-    p.add_argument("--default", action="store_true")
+    p.add_argument("--default", action="store_true", help="make it the default domain")
     p.add_argument("--root-url")
     p.add_argument("--fallback-url")
+    p.add_argument(
+        "--case-insensitive-slugs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="match slugs in any letter case (refused while two differ only in case)",
+    )
     p.add_argument("--json", action="store_true")
     _db_option(p)
     p = _cmd(dsub, "list", cmd_domain_list, "list domains", "linkedge domain list --json")
@@ -643,16 +938,25 @@ def build_parser() -> argparse.ArgumentParser:
         "download DB-IP Lite City (free, CC BY 4.0) or, with a licence key, GeoLite2-City",
         "linkedge geo update --dest /var/lib/linkedge/dbip-city-lite.mmdb",
     )
-    p.add_argument("--dest", help=f"where to install (default --geoip or ./{DEFAULT_GEOIP_FILE})")
-    p.add_argument("--geoip", help=argparse.SUPPRESS)
-    p.add_argument("--url", help="download from this URL instead (.mmdb, .mmdb.gz or .tar.gz)")
+    p.add_argument(
+        "--dest",
+        help=f"where to install (default LINKEDGE_GEOIP_PATH, else ./{DEFAULT_GEOIP_FILE})",
+    )
+    p.add_argument(
+        "--url",
+        help="download from this URL instead (.mmdb, .mmdb.gz or .tar.gz), or install a "
+        "local file (./x.mmdb or file:///path) on a machine without internet access",
+    )
     p.add_argument(
         "--maxmind-licence-key",
         help="MaxMind licence key for GeoLite2-City (env LINKEDGE_MAXMIND_LICENCE_KEY)",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     p.add_argument("--json", action="store_true")
-    admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats
+    _config_option(p)
+    for name in ("info", "lookup"):
+        _config_option(gsub.choices[name])
+    admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats, backup
     return parser
 
 
@@ -669,11 +973,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.fn(args))
-    except (CLIError, LinkedgeError) as exc:
-        message = exc.message if isinstance(exc, LinkedgeError) else str(exc)
-        return _fail(message)
+    except CommandError as exc:
+        return _fail(exc.message, exc.exit_status)
+    except LinkedgeError as exc:
+        return _fail(exc.message)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # the world failed, or a bug: one line, unless --traceback
+        if args.traceback:
+            traceback.print_exc()
+        if isinstance(exc, sqlite3.Error):
+            error = admin_cli.database_error(exc, args)
+            return _fail(error.message, error.exit_status)
+        if isinstance(exc, OSError):
+            where = f" ({exc.filename})" if exc.filename else ""
+            return _fail(f"{exc.strerror or exc}{where}", EXIT_RUNTIME)
+        return _fail(
+            f"unexpected {type(exc).__name__}: {exc} (a bug: please report it; "
+            "`linkedge --traceback ...` shows where it happened)",
+            EXIT_RUNTIME,
+        )
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ from urllib.parse import unquote
 
 import orjson
 
+from edge.catalog import bounded_int
 from edge.errors import InvalidField, LinkedgeError, NotFound
 from edge.http import (
     STATUS_REASONS,
@@ -175,7 +176,13 @@ def response_for_error(exc: Exception) -> Response:
         )
     if isinstance(exc, BadRequest):
         code = _CODES_BY_STATUS.get(exc.status, "bad_request")
-        return error_response(exc.status, code, exc.message, close=True)
+        message = exc.message
+        if exc.status == 413:  # however the parser found out, say what the limit is
+            message = (
+                f"request body too large: the admin API takes at most {MAX_BODY_BYTES} bytes "
+                "(1 MiB) of body, framing included"
+            )
+        return error_response(exc.status, code, message, close=True)
     _limiter.log(log, logging.ERROR, "unexpected", "admin API: unexpected error", exc_info=exc)
     return error_response(500, "internal", "internal error: the server log has the details")
 
@@ -230,9 +237,19 @@ class Call:
         text = self.query.get(name)
         if text is None:
             return default
-        if not text.isdigit() or not low <= int(text) <= high:
+        value = bounded_int(text)
+        if value is None or not low <= value <= high:
             raise InvalidField(f"{name} must be an integer from {low} to {high}", name)
-        return int(text)
+        return value
+
+    def path_id(self, what: str) -> int:
+        """The `{id}` path parameter; an id past SQLite's range is a 404 like any other
+        id that does not exist."""
+        text = self.params["id"]
+        value = bounded_int(text)
+        if value is None:
+            raise NotFound(f"no {what} with id {text}")
+        return value
 
     def q_bool(self, name: str) -> bool:
         text = self.query.get(name)

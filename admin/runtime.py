@@ -78,11 +78,13 @@ class Child:
     def start(self) -> None:
         r, w = os.pipe()
         env = {**os.environ, **self.env, "LINKEDGE_READY_FD": str(w), "PYTHONUNBUFFERED": "1"}
+        # the children find our packages even when run from a source tree, in the
+        # caller's working directory (a relative path means the same file to them)
+        root = str(Path(__file__).resolve().parents[1])
+        path = env.get("PYTHONPATH")
+        env["PYTHONPATH"] = root if not path else f"{root}{os.pathsep}{path}"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module],
-            env=env,
-            pass_fds=(*self.fds, w),
-            cwd=Path(__file__).resolve().parents[1],
+            [sys.executable, "-m", self.module], env=env, pass_fds=(*self.fds, w)
         )
         os.close(w)
         self.ready_fd = r
@@ -198,7 +200,13 @@ class Supervisor:
         self.run_dir = tempfile.mkdtemp(prefix="linkedge-")
         os.chmod(self.run_dir, 0o700)
         socket_path = os.path.join(self.run_dir, "collector.sock")
-        child_config = config.replace(edge_port=self.edge_port, workers=self.workers_n)
+        child_config = config.replace(
+            edge_port=self.edge_port,
+            workers=self.workers_n,
+            db_path=os.path.abspath(config.db_path),
+            geoip_path=config.geoip_path and os.path.abspath(config.geoip_path),
+            geoip_asn_path=config.geoip_asn_path and os.path.abspath(config.geoip_asn_path),
+        )
         common = {
             "LINKEDGE_CHILD_CONFIG": config_to_json(child_config),
             "LINKEDGE_COLLECTOR_SOCKET": socket_path,
@@ -373,7 +381,7 @@ def stop_line(report: dict[str, Any]) -> str:
         return f"linkedge stopped: {served} redirects served, clicks not recorded"
     return (
         f"linkedge stopped: {served} redirects served, {workers.get('captured', 0)} clicks "
-        f"captured, {report.get('written', 0)} written, {workers.get('dropped', 0)} dropped, "
+        f"captured, {workers.get('acked', 0)} written, {workers.get('dropped', 0)} dropped, "
         f"{report.get('unwritten', 0) + workers.get('queued', 0)} unwritten; "
         f"peak queue {report.get('peak_queue', 0)}, "
         f"max flush lag {report.get('max_flush_lag_s', 0.0) * 1000:.0f} ms"

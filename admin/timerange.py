@@ -15,9 +15,23 @@ from dataclasses import dataclass
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from edge.catalog import MAX_TIME_MS, MIN_TIME_MS
 from edge.errors import InvalidField
 
 UTC: Final = dt.UTC
+# Every time given to the API or the CLI lies in the range a link may hold
+# (edge/catalog.py): 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z.
+MIN_TIME_S: Final = MIN_TIME_MS // 1000
+MAX_TIME_S: Final = MAX_TIME_MS // 1000
+_MAX_MS_DIGITS: Final = 15  # Unix ms up to year 9999; longer is out of range (or a DoS)
+# What the parser accepts, as each kind of time is shown in an error.
+STATS_TIME_FORMS: Final = (
+    "ISO 8601 (2025-03-01T09:30:00Z), relative (-15m, -24h, -7d), Unix milliseconds or 'now'"
+)
+LINK_TIME_FORMS: Final = (
+    "ISO 8601 (2026-12-31T23:59:00Z; UTC without an offset), relative like +7d or +12h, "
+    "or Unix milliseconds"
+)
 
 
 # A series longer than this is refused with a hint to use a coarser interval: 10,000 points
@@ -50,8 +64,11 @@ def zone(name: str | None, field: str = "tz") -> dt.tzinfo:
         ) from None
 
 
-def parse_instant(text: str, field: str, now_s: float, tz: dt.tzinfo = UTC) -> float:
-    """A point in time as Unix seconds.
+def parse_instant(
+    text: str, field: str, now_s: float, tz: dt.tzinfo = UTC, forms: str = STATS_TIME_FORMS
+) -> float:
+    """A point in time as Unix seconds, from MIN_TIME_S to MAX_TIME_S (else a 400 naming
+    the field; `forms` is what the error says is accepted).
 
     Accepts `now`, relative times (`-15m`, `-24h`, `-7d`, `+2h`; units s m h d w), Unix
     milliseconds (all digits), or ISO 8601 (`2025-03-01`, `2025-03-01T09:30`,
@@ -63,36 +80,47 @@ def parse_instant(text: str, field: str, now_s: float, tz: dt.tzinfo = UTC) -> f
     rel = _RELATIVE_RE.fullmatch(value)
     if rel:
         seconds = int(rel.group(2)) * RELATIVE_UNITS_S[rel.group(3)]
-        return now_s + seconds if rel.group(1) == "+" else now_s - seconds
+        return in_range(now_s + seconds if rel.group(1) == "+" else now_s - seconds, field)
     if value.isdigit():
-        return int(value) / 1000
+        if len(value) > _MAX_MS_DIGITS:
+            raise _out_of_range(field)
+        return in_range(int(value) / 1000, field)
     try:
         when = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidField(
-            f"{field}: expected ISO 8601 (2025-03-01T09:30:00Z), relative (-15m, -24h, -7d), "
-            f"Unix milliseconds or 'now'; got {text!r}",
-            field,
-        ) from None
+        raise InvalidField(f"{field}: expected {forms}; got {text!r}", field) from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=tz)
-    return when.timestamp()
+    return in_range(when.timestamp(), field)
+
+
+def in_range(ts_s: float, field: str) -> float:
+    if not MIN_TIME_S <= ts_s <= MAX_TIME_S:
+        raise _out_of_range(field)
+    return ts_s
+
+
+def _out_of_range(field: str) -> InvalidField:
+    return InvalidField(
+        f"{field} is out of range: give a time from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59Z",
+        field,
+    )
 
 
 def time_ms(value: Any, field: str, now_s: float) -> int | None:
-    """A link time from JSON: null, Unix milliseconds, ISO 8601 (UTC if no offset) or +7d."""
+    """A link time from JSON or the CLI: null, Unix milliseconds, ISO 8601 (UTC if no
+    offset) or relative (+7d), within MIN_TIME_S..MAX_TIME_S."""
     if value is None:
         return None
     if isinstance(value, bool):
-        raise InvalidField(f"{field} must be a time", field)
+        raise InvalidField(f"{field} must be {LINK_TIME_FORMS}", field)
     if isinstance(value, int):
+        if not MIN_TIME_MS <= value <= MAX_TIME_MS:
+            raise _out_of_range(field)
         return value
     if isinstance(value, str):
-        return round(parse_instant(value, field, now_s) * 1000)
-    raise InvalidField(
-        f"{field} must be ISO 8601 (2025-12-31T23:59:00Z), Unix milliseconds or relative (+7d)",
-        field,
-    )
+        return round(parse_instant(value, field, now_s, UTC, LINK_TIME_FORMS) * 1000)
+    raise InvalidField(f"{field} must be {LINK_TIME_FORMS}", field)
 
 
 def iso_ms(ms: int | None) -> str | None:

@@ -43,6 +43,10 @@ MAX_TEXT_FIELD: Final = 2000  # title, notes, campaign, UTM values
 MAX_TAGS: Final = 50
 SLUG_ATTEMPTS: Final = 20  # retries of a generated slug on collision before giving up
 DEFAULT_DOMAIN: Final = "localhost"
+# Times a link may hold (Unix ms): 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, what
+# ISO 8601 and Python's datetime can show. Outside them a stored link could not be shown.
+MIN_TIME_MS: Final = 0
+MAX_TIME_MS: Final = 253402300799999
 
 
 def link_location(url: str, fields: Any) -> str:
@@ -82,16 +86,18 @@ def ensure_default_domain(conn: sqlite3.Connection, host: str = DEFAULT_DOMAIN) 
             )
 
 
-def domain_row(conn: sqlite3.Connection, host: str | None) -> sqlite3.Row:
-    """The domain by host, or the default domain when host is None."""
+def domain_row(conn: sqlite3.Connection, host: str | None, field: str = "domain") -> sqlite3.Row:
+    """The domain by host, or the default domain when host is None (`field` names the
+    host in an error: `domain` of a link, `host` of a domain)."""
     if host is None:
         row = conn.execute("SELECT * FROM domains WHERE is_default = 1").fetchone()
         if row is None:
             raise NotFound("no default domain: add one with `linkedge domain add HOST`")
         return row  # type: ignore[no-any-return]
-    row = conn.execute("SELECT * FROM domains WHERE host = ?", (normalize_host(host),)).fetchone()
+    name = normalize_host(host, field)
+    row = conn.execute("SELECT * FROM domains WHERE host = ?", (name,)).fetchone()
     if row is None:
-        raise NotFound(f"unknown domain {host!r}: add it with `linkedge domain add`", "domain")
+        raise NotFound(f"unknown domain {host!r}: add it with `linkedge domain add`", field)
     return row  # type: ignore[no-any-return]
 
 
@@ -102,6 +108,7 @@ def domain_dict(row: sqlite3.Row) -> dict[str, Any]:
         "default": bool(row["is_default"]),
         "root_url": row["root_url"],
         "fallback_url": row["fallback_url"],
+        "case_insensitive_slugs": bool(row["case_insensitive_slugs"]),
         "created_at": row["created_at"],
     }
 
@@ -123,8 +130,9 @@ def add_domain(
     default: bool = False,
     root_url: str | None = None,
     fallback_url: str | None = None,
+    case_insensitive_slugs: bool = False,
 ) -> dict[str, Any]:
-    name = normalize_host(host)
+    name = normalize_host(host, "host")
     root = _optional_url(root_url, "root_url")
     fallback = _optional_url(fallback_url, "fallback_url")
     with Transaction(conn):
@@ -134,22 +142,22 @@ def add_domain(
         if default:
             conn.execute("UPDATE domains SET is_default = 0, rev = ? WHERE is_default = 1", (rev,))
         cur = conn.execute(
-            "INSERT INTO domains (host, is_default, root_url, fallback_url, created_at, rev) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (name, int(default), root, fallback, now_ms(), rev),
+            "INSERT INTO domains (host, is_default, root_url, fallback_url, "
+            "case_insensitive_slugs, created_at, rev) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (name, int(default), root, fallback, int(case_insensitive_slugs), now_ms(), rev),
         )
         row = conn.execute("SELECT * FROM domains WHERE id = ?", (cur.lastrowid,)).fetchone()
     return domain_dict(row)
 
 
 def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"default", "root_url", "fallback_url"}
+    allowed = {"default", "root_url", "fallback_url", "case_insensitive_slugs"}
     unknown = set(changes) - allowed
     if unknown:
         field = sorted(unknown)[0]
         raise InvalidField(f"unknown domain field {field!r}", field)
     with Transaction(conn):
-        row = domain_row(conn, host)
+        row = domain_row(conn, host, "host")
         rev = next_rev(conn)
         sets: dict[str, Any] = {}
         if "root_url" in changes:
@@ -163,6 +171,15 @@ def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) 
                 )
             conn.execute("UPDATE domains SET is_default = 0, rev = ? WHERE is_default = 1", (rev,))
             sets["is_default"] = 1
+        if "case_insensitive_slugs" in changes:
+            on = changes["case_insensitive_slugs"]
+            if not isinstance(on, bool):
+                raise InvalidField(
+                    "case_insensitive_slugs must be true or false", "case_insensitive_slugs"
+                )
+            if on:
+                _refuse_case_clashes(conn, row)
+            sets["case_insensitive_slugs"] = int(on)
         sets["rev"] = rev
         assignments = ", ".join(f"{k} = ?" for k in sets)
         conn.execute(f"UPDATE domains SET {assignments} WHERE id = ?", (*sets.values(), row["id"]))
@@ -170,9 +187,39 @@ def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) 
     return domain_dict(row)
 
 
+def _refuse_case_clashes(conn: sqlite3.Connection, domain: sqlite3.Row) -> None:
+    """Slugs that differ only in letter case cannot share a case-insensitive domain."""
+    clashes = conn.execute(
+        "SELECT group_concat(slug, ' and ') FROM links WHERE domain_id = ? "
+        "GROUP BY slug COLLATE NOCASE HAVING count(*) > 1 LIMIT 5",
+        (domain["id"],),
+    ).fetchall()
+    if clashes:
+        pairs = "; ".join(r[0] for r in clashes)
+        raise Conflict(
+            f"{domain['host']} has slugs that differ only in letter case ({pairs}): purge or "
+            "re-create all but one of each before making its slugs case-insensitive",
+            "case_insensitive_slugs",
+        )
+
+
+def changed_default(conn: sqlite3.Connection, new_default: str) -> list[tuple[str, int]]:
+    """(host, live links) of every other domain: what a change of the default domain
+    leaves where it is (links keep their domain; only hosts without a domain of their own,
+    like 127.0.0.1, move to the new default)."""
+    return [
+        (str(r[0]), int(r[1]))
+        for r in conn.execute(
+            "SELECT d.host, count(l.id) FROM domains d LEFT JOIN links l ON l.domain_id = d.id "
+            "AND l.archived_at IS NULL WHERE d.host != ? GROUP BY d.id ORDER BY d.host",
+            (new_default,),
+        )
+    ]
+
+
 def remove_domain(conn: sqlite3.Connection, host: str) -> None:
     with Transaction(conn):
-        row = domain_row(conn, host)
+        row = domain_row(conn, host, "host")
         if row["is_default"]:
             raise Conflict(
                 f"{row['host']} is the default domain: make another domain the default first",
@@ -281,8 +328,47 @@ def _validate_link_value(name: str, value: Any, utm_lower: bool = True) -> Any:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
             raise InvalidField("expires_at must be a time", name)
+        check_time_ms(value, name)
         return value
     raise InvalidField(f"unknown link field {name!r}", name)
+
+
+# SQLite's integers are signed 64-bit: a larger id (or cursor, or count) names nothing that
+# can exist, and SQLite refuses to bind it.
+MAX_ROW_ID: Final = 2**63 - 1
+_MAX_ROW_ID_DIGITS: Final = len(str(MAX_ROW_ID))
+
+
+def bounded_int(text: str) -> int | None:
+    """ASCII digits as an int from 0 to MAX_ROW_ID, None for anything else (checked before
+    int(), so a 5,000-digit number costs nothing and never raises)."""
+    if not text.isascii() or not text.isdigit() or len(text) > _MAX_ROW_ID_DIGITS:
+        return None
+    value = int(text)
+    return value if value <= MAX_ROW_ID else None
+
+
+def check_time_ms(value: int, field: str) -> int:
+    """A time a link may hold (MIN_TIME_MS..MAX_TIME_MS), else a 400 naming the field."""
+    if not MIN_TIME_MS <= value <= MAX_TIME_MS:
+        raise InvalidField(
+            f"{field} is out of range: give a time from 1970-01-01T00:00:00Z to "
+            "9999-12-31T23:59:59Z",
+            field,
+        )
+    return value
+
+
+def link_state(link: dict[str, Any], now: int) -> str:
+    """What the edge does with a link at `now` (Unix ms): archived, disabled, expired (410
+    or its expired_url) or active. One definition for every listing."""
+    if link["archived_at"] is not None:
+        return "archived"
+    if link["disabled"]:
+        return "disabled"
+    if link["expires_at"] is not None and now >= link["expires_at"]:
+        return "expired"
+    return "active"
 
 
 def link_dict(row: sqlite3.Row) -> dict[str, Any]:
@@ -340,17 +426,15 @@ def _insert_link(
     if slug is None:
         for _ in range(SLUG_ATTEMPTS):
             candidate = generate_slug(slug_length)
-            if not conn.execute(
-                "SELECT 1 FROM links WHERE domain_id = ? AND slug = ?", (drow["id"], candidate)
-            ).fetchone():
+            if _slug_holder(conn, drow, candidate) is None:
                 slug = candidate
                 break
         else:
             raise Conflict("could not generate a free slug; try a longer length", "slug")
-    elif conn.execute(
-        "SELECT archived_at FROM links WHERE domain_id = ? AND slug = ?", (drow["id"], slug)
-    ).fetchone():
-        raise Conflict(f"slug {slug!r} is already taken on {drow['host']}", "slug")
+    else:
+        holder = _slug_holder(conn, drow, slug)
+        if holder is not None:
+            raise _slug_taken(drow, slug, holder)
     rev = next_rev(conn)
     ts = now_ms()
     columns = ", ".join(LINK_COLUMNS)
@@ -363,6 +447,43 @@ def _insert_link(
         (drow["id"], slug, *values.values(), link_location(values["url"], values), ts, ts, rev),
     )
     return conn.execute(f"{_LINK_SELECT} WHERE links.id = ?", (cur.lastrowid,)).fetchone()  # type: ignore[no-any-return]
+
+
+def _slug_holder(conn: sqlite3.Connection, drow: sqlite3.Row, slug: str) -> sqlite3.Row | None:
+    """The link holding this slug on the domain (archived ones keep theirs): the exact
+    slug, or on a case-insensitive domain one differing only in letter case."""
+    row = conn.execute(
+        "SELECT id, slug, archived_at FROM links WHERE domain_id = ? AND slug = ?",
+        (drow["id"], slug),
+    ).fetchone()
+    if row is None and drow["case_insensitive_slugs"]:
+        row = conn.execute(
+            "SELECT id, slug, archived_at FROM links WHERE domain_id = ? "
+            "AND slug = ? COLLATE NOCASE LIMIT 1",
+            (drow["id"], slug),
+        ).fetchone()
+    return row  # type: ignore[no-any-return]
+
+
+def _slug_taken(drow: sqlite3.Row, slug: str, holder: sqlite3.Row) -> Conflict:
+    host, other, link_id = drow["host"], holder["slug"], holder["id"]
+    archived = holder["archived_at"] is not None
+    who = f"an archived link (id {link_id})" if archived else f"link {link_id}"
+    if other == slug:
+        what = f"slug {slug!r} is already taken on {host} by {who}"
+    else:
+        what = (
+            f"slug {slug!r} is taken on {host}: its slugs are case-insensitive and {who} "
+            f"has {other!r}"
+        )
+    if archived:
+        what += (
+            f": restore it (`linkedge link enable {other} --domain {host}`, or PATCH "
+            '{"archived": false}), or free the slug for good, its clicks staying in the '
+            f"stats (`linkedge link rm {other} --domain {host} --purge`, or DELETE "
+            f"/api/links/{link_id}?purge=true)"
+        )
+    return Conflict(what, "slug")
 
 
 _NEXT_LINK_ID: Final = (
@@ -379,12 +500,27 @@ def get_link(conn: sqlite3.Connection, link_id: int) -> dict[str, Any]:
 
 
 def find_link(conn: sqlite3.Connection, slug: str, domain: str | None = None) -> dict[str, Any]:
+    """A link by slug (on a case-insensitive domain, in any letter case)."""
     drow = domain_row(conn, domain)
     row = conn.execute(
         f"{_LINK_SELECT} WHERE links.domain_id = ? AND links.slug = ?", (drow["id"], slug)
     ).fetchone()
+    if row is None and drow["case_insensitive_slugs"]:
+        row = conn.execute(
+            f"{_LINK_SELECT} WHERE links.domain_id = ? AND links.slug = ? COLLATE NOCASE",
+            (drow["id"], slug),
+        ).fetchone()
     if row is None:
-        raise NotFound(f"no link {slug!r} on {drow['host']}", "slug")
+        hint = ""
+        if domain is None:  # on the default domain: say where a link of that slug is
+            other = conn.execute(
+                "SELECT d.host FROM links l JOIN domains d ON d.id = l.domain_id "
+                "WHERE l.slug = ? ORDER BY d.host LIMIT 1",
+                (slug,),
+            ).fetchone()
+            if other is not None:
+                hint = f" (the default domain; {other[0]} has one: give --domain {other[0]})"
+        raise NotFound(f"no link {slug!r} on {drow['host']}{hint}", "slug")
     return link_dict(row)
 
 
@@ -399,7 +535,10 @@ def update_link(conn: sqlite3.Connection, link_id: int, changes: dict[str, Any])
         if row is None:
             raise NotFound(f"no link with id {link_id}")
         if row["archived_at"] is not None:
-            raise Conflict(f"link {link_id} is archived; restore it first")
+            raise Conflict(
+                f"link {link_id} is archived: restore it first (`linkedge link enable SLUG`, "
+                'or send "archived": false, in this PATCH or before)'
+            )
         groups_before = link_group_keys(conn, link_id)
         sets["rev"] = next_rev(conn)
         sets["updated_at"] = now_ms()
@@ -736,4 +875,4 @@ def domain_hosts(conn: sqlite3.Connection) -> dict[int, str]:
 
 
 def get_domain(conn: sqlite3.Connection, host: str) -> dict[str, Any]:
-    return domain_dict(domain_row(conn, host))
+    return domain_dict(domain_row(conn, host, "host"))

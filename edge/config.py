@@ -1,9 +1,12 @@
-"""The one frozen configuration object.
+"""The one frozen configuration object, and where its values come from.
 
 Settings are data: each field carries its default and its help text, its name carries its
-unit, and every field can also come from a `LINKEDGE_<NAME>` environment variable. The CLI
-builds its `serve` options from these fields and docs/configuration.md documents each one
-(a test fails when a field is missing there).
+unit, and every field can also come from a `LINKEDGE_<NAME>` environment variable or a
+settings file of such variables (`--config FILE` / `LINKEDGE_CONFIG`: the KEY=VALUE lines of
+a systemd EnvironmentFile, so the service and an operator's `linkedge ...` read the same
+file). Precedence: flags, then the environment, then the settings file, then defaults. The
+CLI builds its `serve` options from these fields and docs/configuration.md documents each
+one, and each of OTHER_VARIABLES (a test fails when one is missing there).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 
 def _setting(default: Any, help: str, *, flag: str | None = None) -> Any:
@@ -22,8 +25,15 @@ def _setting(default: Any, help: str, *, flag: str | None = None) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    db_path: str = _setting("linkedge.db", "SQLite database file (created if missing).", flag="db")
-    edge_host: str = _setting("0.0.0.0", "Address the redirect edge listens on.")
+    db_path: str = _setting(
+        "linkedge.db",
+        "SQLite database file. `serve` and `init` create it when missing; every other command "
+        "refuses a missing one.",
+        flag="db",
+    )
+    edge_host: str = _setting(
+        "0.0.0.0", "Address the redirect edge listens on (`linkedge demo`: 127.0.0.1)."
+    )
     edge_port: int = _setting(8080, "Port of the redirect edge (0 picks a free port).")
     admin_host: str = _setting("127.0.0.1", "Address of the admin API listener.")
     admin_port: int = _setting(8081, "Port of the admin API (0 picks a free port).")
@@ -59,8 +69,8 @@ class Config:
     )
     db_busy_timeout_s: float = _setting(
         5.0,
-        "How long the server's SQLite writes wait for a lock held by another process before "
-        "failing; failed click writes are kept and retried.",
+        "How long SQLite waits for a lock held by another process before failing: the "
+        "server's writes (failed click writes are kept and retried) and every CLI command's.",
     )
     link_poll_interval_s: float = _setting(
         0.25, "How often the server checks SQLite for link changes made by other processes."
@@ -124,8 +134,76 @@ def config_from_json(text: str) -> Config:
     return Config(**values)
 
 
+# linkedge's environment variables that are not settings of Config.
+CONFIG_VARIABLE: Final = "LINKEDGE_CONFIG"
+OTHER_VARIABLES: Final = {
+    CONFIG_VARIABLE: "A settings file to read (what --config FILE gives): KEY=VALUE lines of "
+    "LINKEDGE_* variables, as in a systemd EnvironmentFile.",
+    "LINKEDGE_ADMIN_TOKEN": "An admin API token (24 printable characters or more) that "
+    "`serve` stores at start, e.g. for automation; without one the first start prints one.",
+    "LINKEDGE_MAXMIND_LICENCE_KEY": "MaxMind licence key: `geo update` then fetches "
+    "GeoLite2-City instead of DB-IP Lite City.",
+}
+
+
 def env_name(name: str) -> str:
     return "LINKEDGE_" + name.upper()
+
+
+class SettingsFileError(ValueError):
+    """A settings file that cannot be read or has a bad line (the message says where)."""
+
+
+def read_settings_file(path: str) -> dict[str, str]:
+    """The LINKEDGE_* variables of a settings file, as systemd's EnvironmentFile= reads
+    them: `KEY=VALUE` lines, blank lines and lines starting with `#` or `;` ignored, a
+    value in matching single or double quotes unquoted. Other variables are left alone (the
+    file may hold some for other programs); an unknown LINKEDGE_ name or a bad value is an
+    error naming the line, so a typo never passes silently."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise SettingsFileError(f"cannot read settings file {path}: {reason}") from None
+    by_name = {env_name(f.name): f for f in settings()}
+    values: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text[0] in "#;":
+            continue
+        key, eq, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        where = f"{path}:{number}"
+        if not eq or not key:
+            raise SettingsFileError(f"{where}: expected KEY=VALUE, got {line.strip()!r}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        if not key.startswith("LINKEDGE_"):
+            continue
+        if key == CONFIG_VARIABLE or (key not in by_name and key not in OTHER_VARIABLES):
+            raise SettingsFileError(
+                f"{where}: unknown setting {key} (docs/configuration.md lists them)"
+            )
+        if key in by_name:
+            try:
+                parse_value(by_name[key], value)
+            except ValueError as exc:
+                raise SettingsFileError(f"{where}: {exc}") from None
+        values[key] = value
+    return values
+
+
+def environment(
+    settings_file: str | None, environ: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The variables settings come from: the settings file's (`settings_file`, else the
+    one LINKEDGE_CONFIG names, if any), overridden by the environment's."""
+    environ = os.environ if environ is None else environ
+    path = settings_file or environ.get(CONFIG_VARIABLE) or None
+    merged = read_settings_file(path) if path else {}
+    merged.update(environ)
+    return merged
 
 
 def settings() -> list[dataclasses.Field[Any]]:

@@ -6,7 +6,10 @@ Rules:
 - Each Link carries the bytes of its answer (status line, Location, Cache-Control,
   Content-Length) built once when it loads. The server only appends the Date line.
 - Lookups take the raw Host header and path bytes from the parser: the host is normalised
-  once per distinct raw value and remembered; slugs are bytes keys.
+  once per distinct raw value and remembered (a malformed one reaches no domain); slugs
+  are bytes keys. A domain with case_insensitive_slugs also holds its entries by
+  lowercased slug, folded once when each link loads; only a lookup that missed the exact
+  slug asks it, so exact domains pay nothing.
 - A visit with a query string gets its Location merged per request (unavoidable); a visit
   without one uses the prebuilt bytes.
 - One path: `LinkTable.answer(req, now)` decides every GET/HEAD answer (redirect, 404,
@@ -22,7 +25,7 @@ from typing import Final
 from urllib.parse import unquote_to_bytes
 
 from edge.http import Request, response_head, status_line
-from edge.urls import merge_query, split_url
+from edge.urls import ipv6_literal, merge_query, split_url
 
 HOST_CACHE_SIZE: Final = 4096  # distinct raw Host values remembered (ports, case variants)
 _FAVICON: Final = b"/favicon.ico"
@@ -208,13 +211,18 @@ def plain_head(entry: bytes, query: bytes = b"") -> bytes:
 
 
 class Domain:
-    __slots__ = ("id", "host", "is_default", "slugs", "root_head", "fallback_head")
+    __slots__ = ("id", "host", "is_default", "slugs", "folded", "root_head", "fallback_head")
 
-    def __init__(self, row: sqlite3.Row, slugs: dict[bytes, Entry]) -> None:
+    def __init__(
+        self, row: sqlite3.Row, slugs: dict[bytes, Entry], folded: dict[bytes, Entry] | None
+    ) -> None:
         self.id: int = row["id"]
         self.host: str = row["host"]
         self.is_default: bool = bool(row["is_default"])
         self.slugs = slugs
+        # With case_insensitive_slugs: the same entries keyed by the lowercased slug, asked
+        # only when the exact slug misses (None: the domain matches slugs exactly).
+        self.folded = folded
         self.root_head: bytes | None = (
             redirect_head(302, row["root_url"]) if row["root_url"] else None
         )
@@ -223,14 +231,24 @@ class Domain:
         )
 
 
-def normalize_raw_host(raw: bytes) -> str:
-    """The Host header as a domain key: lowercase, no port, no trailing dot."""
+def normalize_raw_host(raw: bytes) -> str | None:
+    """The Host header as a domain key: lowercase, no port, no trailing dot, an IPv6
+    literal in its canonical bracketed form (edge/urls.py ipv6_literal, as domains are
+    stored); None when it is malformed (`[::1`, `[::1]junk`, `[]`, a port that is not
+    digits, a bare IPv6 address): such a request reaches no domain, not even the default.
+    The parser has already kept everything but RFC 9110 host characters out."""
     text = raw.decode("ascii", "replace").lower()
     if text.startswith("["):
         end = text.find("]")
-        return text[: end + 1] if end > 0 else text
-    text = text.rpartition(":")[0] if ":" in text else text
-    return text.rstrip(".")
+        literal = ipv6_literal(text[1:end]) if end > 0 else None
+        port = text[end + 1 :] if literal is not None else ""
+        if literal is None or (port and (port[0] != ":" or not port[1:].isdigit())):
+            return None
+        return literal
+    name, colon, port = text.partition(":")
+    if colon and (":" in port or (port and not port.isdigit())):
+        return None
+    return name.rstrip(".")
 
 
 class LinkTable:
@@ -241,6 +259,8 @@ class LinkTable:
         self.rev = 0
         self._count = 0
         self._slugs: dict[int, dict[bytes, Entry]] = {}
+        # Domains with case_insensitive_slugs: their entries by lowercased slug (Domain.folded).
+        self._folded: dict[int, dict[bytes, Entry]] = {}
         self._domains: dict[str, Domain] = {}
         self._default: Domain | None = None
         self._host_cache: dict[bytes, Domain | None] = {}
@@ -254,8 +274,9 @@ class LinkTable:
             return self._host_cache[raw_host]
         except KeyError:
             pass
-        domain = self._domains.get(normalize_raw_host(raw_host))
-        if domain is None and not self.unknown_host_404:
+        key = normalize_raw_host(raw_host)
+        domain = None if key is None else self._domains.get(key)
+        if domain is None and key is not None and not self.unknown_host_404:
             domain = self._default
         if len(self._host_cache) >= HOST_CACHE_SIZE:
             self._host_cache.clear()
@@ -275,7 +296,11 @@ class LinkTable:
             slugs = domain.slugs
             entry = slugs.get(path[1:])
             if entry is None and path != b"/":
-                entry = slugs.get(slug_from_path(path))
+                slug = slug_from_path(path)
+                entry = slugs.get(slug)
+                # Only a miss pays for case folding, and only on a domain that asked for it.
+                if entry is None and domain.folded is not None:
+                    entry = domain.folded.get(slug.lower())
         if entry is None:
             if path == _ROBOTS:
                 return ROBOTS_HEAD, ROBOTS_BODY, 200, 0, 0
@@ -320,6 +345,7 @@ class LinkTable:
             if domain_id is not None and slug is not None:
                 changed += self._remove(link_id, domain_id, slug.encode())
         slugs_of = self._slugs
+        folded_of = self._folded
         for row in links:
             link_id = row["id"]
             domain_id = row["domain_id"]
@@ -331,9 +357,13 @@ class LinkTable:
             if old is not None and entry_id(old) == link_id:
                 del slugs[key]
                 self._count -= 1
-            if is_servable(row):
-                slugs[key] = entry_for(row)
+            entry = entry_for(row) if is_servable(row) else None
+            if entry is not None:
+                slugs[key] = entry
                 self._count += 1
+            folded = folded_of.get(domain_id)
+            if folded is not None:  # the slug is folded once, when its link loads
+                _refold(folded, key.lower(), link_id, entry)
             changed += 1
         self.rev = rev
         return changed
@@ -346,19 +376,40 @@ class LinkTable:
         assert slugs is not None
         del slugs[key]
         self._count -= 1
+        folded = self._folded.get(domain_id)
+        if folded is not None:
+            _refold(folded, key.lower(), link_id, None)
         return 1
 
     def _set_domains(self, rows: Iterable[sqlite3.Row]) -> None:
         domains: dict[str, Domain] = {}
         default = None
+        folded_of: dict[int, dict[bytes, Entry]] = {}
         for row in rows:
-            domain = Domain(row, self._slugs.setdefault(row["id"], {}))
+            slugs = self._slugs.setdefault(row["id"], {})
+            folded = None
+            if row["case_insensitive_slugs"]:
+                folded = self._folded.get(row["id"])
+                if folded is None:  # switched on: fold the domain's slugs once
+                    folded = {key.lower(): entry for key, entry in slugs.items()}
+                folded_of[row["id"]] = folded
+            domain = Domain(row, slugs, folded)
             domains[domain.host] = domain
             if domain.is_default:
                 default = domain
+        self._folded = folded_of
         self._domains = domains
         self._default = default
         self._host_cache = {}
+
+
+def _refold(folded: dict[bytes, Entry], key: bytes, link_id: int, entry: Entry | None) -> None:
+    """Put a link's entry under its lowercased slug (None: take it away)."""
+    old = folded.get(key)
+    if old is not None and entry_id(old) == link_id:
+        del folded[key]
+    if entry is not None:
+        folded[key] = entry
 
 
 def slug_from_path(path: bytes) -> bytes:

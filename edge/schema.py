@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import array
+import ipaddress
 import itertools
 import sqlite3
 import sys
@@ -456,6 +457,51 @@ def _v5_backfill_groups(conn: sqlite3.Connection) -> None:
     conn.execute("DROP INDEX link_day_visitors_day")
 
 
+# --- 0006 ---------------------------------------------------------------------------------
+# Times a link may hold, as edge/catalog.py bounds them since 0006: 1970-01-01T00:00:00Z to
+# 9999-12-31T23:59:59.999Z (what ISO 8601 and Python's datetime can show).
+_V6_MIN_TIME_MS: Final = 0
+_V6_MAX_TIME_MS: Final = 253402300799999
+_V6_IPV6_CHARS: Final = frozenset("0123456789abcdef:.")
+
+_M0006_SQL: Final = (
+    "ALTER TABLE domains ADD COLUMN case_insensitive_slugs INTEGER NOT NULL DEFAULT 0",
+    # Finds a slug that differs only in letter case (slugs are ASCII: NOCASE folds A-Z).
+    "CREATE INDEX links_domain_slug_nocase ON links (domain_id, slug COLLATE NOCASE)",
+    # An expiry outside the range stored before 0006 (e.g. -10^18) made every read of the
+    # link fail: the nearest bound expires it exactly as before (at once, or never).
+    f"UPDATE links SET expires_at = {_V6_MIN_TIME_MS} WHERE expires_at < {_V6_MIN_TIME_MS}",
+    f"UPDATE links SET expires_at = {_V6_MAX_TIME_MS} WHERE expires_at > {_V6_MAX_TIME_MS}",
+)
+
+
+def _v6_ipv6_host(host: str) -> str | None:
+    """`[2001:DB8:0::1]` -> `[2001:db8::1]`, None when it is no IPv6 literal
+    (edge/urls.py ipv6_literal as of 0006)."""
+    inner = host[1:-1].lower() if host.startswith("[") and host.endswith("]") else ""
+    if not inner or not set(inner) <= _V6_IPV6_CHARS:
+        return None
+    try:
+        return f"[{ipaddress.IPv6Address(inner).compressed}]"
+    except ValueError:
+        return None
+
+
+def _m0006_slug_case_and_time_bounds(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0006_SQL)
+    # IPv6 domains are matched in their canonical form since 0006: store them so (unless
+    # the canonical form is taken already; such a domain keeps its old, unmatched host).
+    for domain_id, host in conn.execute(
+        "SELECT id, host FROM domains WHERE host LIKE '[%'"
+    ).fetchall():
+        canonical = _v6_ipv6_host(host)
+        if canonical is None or canonical == host:
+            continue
+        taken = conn.execute("SELECT 1 FROM domains WHERE host = ?", (canonical,)).fetchone()
+        if not taken:
+            conn.execute("UPDATE domains SET host = ? WHERE id = ?", (canonical, domain_id))
+
+
 # --- 0007 ---------------------------------------------------------------------------------
 _M0007_SQL: Final = (
     # Per worker process (its random epoch): the highest batch seq whose clicks are
@@ -480,6 +526,7 @@ MIGRATIONS: Final[list[Migration]] = [
     (3, "0003_create_tokens_and_utm_allow", _m0003_create_tokens_and_utm_allow),
     (4, "0004_add_link_location", _m0004_add_link_location),
     (5, "0005_rollups_for_big_ranges", _m0005_rollups_for_big_ranges),
+    (6, "0006_slug_case_and_time_bounds", _m0006_slug_case_and_time_bounds),
     (7, "0007_create_ingest_progress", _m0007_create_ingest_progress),
 ]
 LATEST: Final = MIGRATIONS[-1][0]
@@ -504,6 +551,7 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
                 "INSERT INTO schema_migrations (id, name, applied_at) VALUES (?, ?, ?)",
                 (number, name, now_ms()),
             )
-            conn.execute(f"PRAGMA user_version = {number}")
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(f"PRAGMA user_version = {max(number, current)}")
         applied.append(name)
     return applied

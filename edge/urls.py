@@ -12,6 +12,7 @@ Rules:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import secrets
 import string
@@ -36,6 +37,10 @@ _REFUSED_SCHEMES: Final = ("javascript", "data", "file", "vbscript", "about", "b
 _SAFE_PATH: Final = "/%:@!$&'()*+,;=-._~"
 _SAFE_QUERY: Final = "/?%:@!$&'()*+,;=-._~"
 _HOST_LABEL_RE: Final = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+# What may stand between the brackets of an IPv6 literal (ipaddress then checks the form;
+# this keeps CR, LF and everything else that must never reach a header out first).
+_IPV6_CHARS_RE: Final = re.compile(r"[0-9A-Fa-f:.]{2,45}")
+_PORT_RE: Final = re.compile(r":[0-9]{1,5}")
 
 
 def generate_slug(length: int = GENERATED_SLUG_LENGTH) -> str:
@@ -62,9 +67,15 @@ def normalize_host(host: str, field: str = "domain") -> str:
         raise InvalidField(f"give a bare host name like go.example.com, not {host!r}", field)
     if text.startswith("["):  # IPv6 literal, maybe with a port
         end = text.find("]")
-        if end < 0:
-            raise InvalidField(f"invalid host {host!r}", field)
-        return text[: end + 1].lower()
+        literal = ipv6_literal(text[1:end]) if end > 0 else None
+        rest = text[end + 1 :] if end > 0 else ""
+        if literal is None or not (rest == "" or _PORT_RE.fullmatch(rest)):
+            raise InvalidField(
+                f"invalid host {host!r}: an IPv6 address goes in brackets, like [2001:db8::1] "
+                "or [2001:db8::1]:8080",
+                field,
+            )
+        return literal
     if text.count(":") == 1:
         text, _, port = text.partition(":")
         if not port.isdigit():
@@ -81,6 +92,18 @@ def normalize_host(host: str, field: str = "domain") -> str:
     if len(ascii_host) > 253 or not all(_HOST_LABEL_RE.fullmatch(label) for label in labels):
         raise InvalidField(f"invalid host name {host!r}", field)
     return ascii_host
+
+
+def ipv6_literal(text: str) -> str | None:
+    """`2001:DB8:0::1` -> `[2001:db8::1]` (the canonical bracketed form), None when the text
+    is not exactly an IPv6 address (zone ids like `%eth0` included: they mean nothing to
+    another host)."""
+    if not text or not _IPV6_CHARS_RE.fullmatch(text):
+        return None
+    try:
+        return f"[{ipaddress.IPv6Address(text).compressed}]"
+    except ValueError:
+        return None
 
 
 def normalize_destination(url: str, field: str = "url") -> str:
@@ -123,7 +146,10 @@ def normalize_destination(url: str, field: str = "url") -> str:
     if not hostname:
         raise InvalidURL("the URL has no host", field)
     if ":" in hostname:  # IPv6 literal
-        host = f"[{hostname}]"
+        literal = ipv6_literal(hostname)
+        if literal is None:
+            raise InvalidURL(f"the URL's host [{hostname}] is not an IPv6 address", field)
+        host = literal
     else:
         try:
             host = normalize_host(hostname, field)

@@ -16,6 +16,8 @@
 # - DB-IP publishes the month's Lite database on the 1st; a 404 for a monthly DB-IP URL
 #   ("...-YYYY-MM.mmdb.gz") falls back once to the previous month's file.
 # - A MaxMind licence key travels in the URL; it is redacted from every message.
+# - A local file works like a download (`./x.mmdb`, `/path/x.mmdb.gz`, `file:///path`),
+#   for machines without internet access: copied, unpacked and verified the same way.
 from __future__ import annotations
 
 import contextlib
@@ -165,12 +167,30 @@ def _temp_file(dest: Path, suffix: str, cleanup: contextlib.ExitStack) -> Path:
     return path
 
 
+def _local_file(url: str) -> Path | None:
+    """The file a `file:` URL or a plain path names; None for anything else."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise GeoUpdateError(f"a file: URL names a file on this machine (file:///path): {url}")
+        return Path(urllib.request.url2pathname(parts.path))
+    return Path(url) if not scheme else None
+
+
 def _fetch(url: str, into: Path, timeout_s: float, max_bytes: int) -> int:
-    """Stream url into the file; returns the byte count."""
+    """Stream url (or the local file it names) into the file; returns the byte count."""
+    local = _local_file(url)
+    if local is not None:
+        try:
+            with local.open("rb") as source:
+                return _copy_limited(source, into, max_bytes, str(local))
+        except OSError as exc:
+            raise GeoUpdateError(f"cannot read {local}: {exc.strerror or exc}") from None
     shown = redact(url)
     scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme not in ("http", "https"):
-        raise GeoUpdateError(f"not an http(s) URL: {shown}")
+        raise GeoUpdateError(f"not an http(s) URL or a local file: {shown}")
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as response:

@@ -78,9 +78,17 @@ class ServerProcess:
         return self.proc.returncode, "".join(self.lines) + out, err
 
 
+def init_db(path: Path) -> Path:
+    """A database as `linkedge init` makes it (the CLI refuses a missing one)."""
+    from edge import catalog
+
+    catalog.open_db(str(path)).close()
+    return path
+
+
 @pytest.fixture
 def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "linkedge.db"
+    return init_db(tmp_path / "linkedge.db")
 
 
 @pytest.fixture

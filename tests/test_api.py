@@ -518,6 +518,26 @@ def test_domains_crud_and_fallbacks_served_at_once(api: Api, server: ServerProce
     assert_error(error, "invalid_field", "host")
     status, error = api.post("/api/domains", {"host": "https://bad/"})
     assert status == 400
+    assert_error(error, "invalid_field", "host")  # issue 11 item 10: the field is `host`
+
+
+@pytest.mark.parametrize("host", ["[b\r\nSet-Cookie: x=1]", "[]", "[::1]junk", "[::1"])
+def test_a_domain_host_cannot_inject_headers(api: Api, host: str) -> None:
+    """Issue 9 defect 6: a host starting with "[" was kept unchecked up to "]", stored,
+    and echoed into the 201's Location header."""
+    status, headers, error = api.call("POST", "/api/domains", {"host": host})
+    assert status == 400 and "set-cookie" not in headers
+    assert_error(error, "invalid_field", "host")
+    assert host not in [d["host"] for d in api.get("/api/domains")[1]["domains"]]
+
+
+def test_an_ipv6_domain_is_stored_canonical_and_served(api: Api, server: ServerProcess) -> None:
+    status, headers, domain = api.call("POST", "/api/domains", {"host": "[0:0::1]:8080"})
+    assert status == 201 and domain["host"] == "[::1]"
+    assert headers["location"] == "/api/domains/[::1]"
+    api.post("/api/links", {"url": "https://example.com/v6", "slug": "v6", "domain": "[::1]"})
+    assert edge_get(server.edge_port, "/v6", host="[::1]:8080") == (302, "https://example.com/v6")
+    assert edge_get(server.edge_port, "/v6", host="[::1")[0] == 404  # malformed: no domain
 
 
 # --- UTM allow-lists -----------------------------------------------------------------------
@@ -788,3 +808,142 @@ def test_idle_sockets_cannot_lock_out_the_admin_api(server: ServerProcess) -> No
     finally:
         for sock in idle:
             sock.close()
+
+
+# --- hostile numbers (issue 9, defects 5 and 8) ----------------------------------------
+
+HUGE = "9" * 25  # past 2**64
+PAST_SQLITE = str(2**63)  # one past SQLite's largest integer
+
+
+def _cursor(value: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(f"id:{value}".encode()).decode().rstrip("=")
+
+
+def test_out_of_range_times_and_huge_numbers_are_4xx_and_log_nothing(tmp_path: Path) -> None:
+    """Defect 5: an out-of-range expires_at was stored, answered 500, and made every
+    listing 500 from then on. Defect 8: ids, cursors and counts past 2^63 answered 500
+    with a traceback in the log. Each is a 4xx naming the field, and the log stays clean."""
+    proc = start_server(tmp_path / "hostile.db")
+    try:
+        api = Api(proc.admin_port)
+        status, link = api.post("/api/links", {"url": "https://e.com/", "slug": "ok"})
+        assert status == 201
+        for value in (-(10**18), 10**18, 253402300800000, "+3000000d", "-999999999w", HUGE):
+            for method, path in (("POST", "/api/links"), ("PATCH", f"/api/links/{link['id']}")):
+                body = {"expires_at": value} | (
+                    {"url": "https://e.com/"} if method == "POST" else {}
+                )
+                status, _h, error = api.call(method, path, body)
+                assert status == 400, (method, value, error)
+                assert_error(error, "invalid_field", "expires_at")
+                assert "out of range" in error["error"]["message"]
+        status, error = api.post(
+            "/api/links/bulk", {"links": [{"url": "https://e.com/", "expires_at": -(10**18)}]}
+        )
+        assert status == 400 and error["error"]["items"][0]["field"] == "expires_at"
+        assert api.post("/api/links", {"url": "https://e.com/", "expires_at": 2**70})[0] == 400
+        # the edges of the range are fine, and shown
+        status, edge = api.post("/api/links", {"url": "https://e.com/", "expires_at": 0})
+        assert status == 201 and edge["expires_at"] == "1970-01-01T00:00:00Z"
+        status, edge = api.patch(f"/api/links/{edge['id']}", {"expires_at": "9999-12-31T23:59:59"})
+        assert status == 200 and edge["expires_at"] == "9999-12-31T23:59:59Z"
+        for query, field in (
+            ("from=-999999999w", "from"),
+            (f"from={HUGE}", "from"),
+            (f"to={'9' * 5000}", "to"),
+            ("from=+3000000d", "from"),
+        ):
+            status, error = api.get(f"/api/links/{link['id']}/stats?{query}")
+            assert status == 400, (query, error)
+            assert_error(error, "invalid_field", field)
+        status, error = api.get(f"/api/links?created_from={HUGE}")
+        assert_error(error, "invalid_field", "created_from")
+        # ids: a 404 like any id that does not exist; cursors and counts: a 400
+        for bad_id in (HUGE, PAST_SQLITE, str(2**63 - 1), "%D9%A1%D9%A2"):  # last: Arabic digits
+            for method, path in (
+                ("GET", f"/api/links/{bad_id}"),
+                ("PATCH", f"/api/links/{bad_id}"),
+                ("DELETE", f"/api/links/{bad_id}"),
+                ("GET", f"/api/links/{bad_id}/stats"),
+                ("GET", f"/api/links/{bad_id}/velocity"),
+                ("GET", f"/api/links/{bad_id}/checkpoints"),
+                ("DELETE", f"/api/tokens/{bad_id}"),
+            ):
+                body = {"title": "x"} if method == "PATCH" else None
+                status, _h, error = api.call(method, path, body)
+                assert status == 404, (method, path, error)
+                assert_error(error, "not_found")
+        for query, field in (
+            (f"cursor={_cursor(HUGE)}", "cursor"),
+            (f"cursor={_cursor(PAST_SQLITE)}", "cursor"),
+            (f"limit={HUGE}", "limit"),
+            (f"limit={'9' * 5000}", "limit"),
+        ):
+            status, error = api.get(f"/api/links?{query}")
+            assert status == 400, (query, error)
+            assert_error(error, "invalid_field", field)
+        assert api.get(f"/api/stats?top={HUGE}")[0] == 400
+        assert api.get(f"/api/live?top={HUGE}")[0] == 400
+        # nothing bad was stored: listing and reading every link still work
+        status, listing = api.get("/api/links?archived=any")
+        assert status == 200 and len(listing["links"]) == 2
+        assert api.get(f"/api/links/{link['id']}")[0] == 200
+    finally:
+        _code, out, err = proc.stop()
+    assert "Traceback" not in err and "unexpected error" not in err, err
+
+
+def test_413_states_the_limit(server: ServerProcess) -> None:
+    """Issue 11 item 10: the 413 says how big a body may be, however it was found."""
+    for framing in (b"Content-Length: 2000000\r\n", b"Content-Length: " + b"9" * 40 + b"\r\n"):
+        head = (
+            b"POST /api/links HTTP/1.1\r\nHost: a\r\n" + _auth() + b"Content-Type: "
+            b"application/json\r\n" + framing + b"\r\n"
+        )
+        with socket.create_connection(("127.0.0.1", server.admin_port), timeout=5) as sock:
+            sock.sendall(head)
+            answer = read_responses(sock, 1)[0]
+        assert answer.startswith(b"HTTP/1.1 413 ")
+        message = json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["message"]
+        assert "1048576 bytes" in message, message
+
+
+def test_case_insensitive_slugs_per_domain(api: Api, server: ServerProcess) -> None:
+    """Issue 11 item 11, through the API and the real edge."""
+    status, domain = api.post("/api/domains", {"host": "qr.example", "case_insensitive_slugs": 1})
+    assert_error(domain, "invalid_field", "case_insensitive_slugs")
+    status, domain = api.post(
+        "/api/domains", {"host": "qr.example", "case_insensitive_slugs": True}
+    )
+    assert status == 201 and domain["case_insensitive_slugs"] is True
+    api.post("/api/links", {"url": "https://example.com/nl", "slug": "nl", "domain": "qr.example"})
+    assert edge_get(server.edge_port, "/NL", host="qr.example") == (302, "https://example.com/nl")
+    status, error = api.post(
+        "/api/links", {"url": "https://example.com/x", "slug": "Nl", "domain": "qr.example"}
+    )
+    assert status == 409
+    assert_error(error, "conflict", "slug")
+    # an exact domain keeps both cases apart, and refuses to fold while they clash
+    api.post("/api/domains", {"host": "exact.example"})
+    for slug in ("ab", "AB"):
+        body = {"url": f"https://example.com/{slug}", "slug": slug, "domain": "exact.example"}
+        assert api.post("/api/links", body)[0] == 201
+    assert edge_get(server.edge_port, "/Ab", host="exact.example")[0] == 404
+    status, error = api.patch("/api/domains/exact.example", {"case_insensitive_slugs": True})
+    assert status == 409
+    assert_error(error, "conflict", "case_insensitive_slugs")
+    status, off = api.patch("/api/domains/qr.example", {"case_insensitive_slugs": False})
+    assert status == 200 and off["case_insensitive_slugs"] is False
+    assert edge_get(server.edge_port, "/NL", host="qr.example")[0] == 404
+
+
+def test_a_token_made_by_the_cli_works_at_once(api: Api, server: ServerProcess) -> None:
+    """README: `export TOKEN=$(linkedge token create readme)`, then curl right away."""
+    status, _ = api.get("/api/links")  # the server's token cache was just refreshed
+    assert status == 200
+    secret = cli("token", "create", "at-once", db=server.db).stdout.strip()
+    assert Api(server.admin_port, secret).get("/api/links")[0] == 200
+    assert Api(server.admin_port, "le_not-a-token-at-all").get("/api/links")[0] == 401

@@ -210,7 +210,7 @@ def regenerate(db: Path) -> None:
             pieces.append("```http\n" + rendered[line] + "\n```")
             pos = following.end()
     pieces.append(text[pos:])
-    DOC.write_text("".join(pieces).replace(str(db), "/var/lib/linkedge/links.db"))
+    DOC.write_text("".join(pieces).replace(str(db), "/var/lib/linkedge/linkedge.db"))
 
 
 if __name__ == "__main__":
@@ -218,3 +218,21 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory() as tmp:
         regenerate(Path(tmp) / "linkedge.db")
+
+
+def test_every_live_number_and_link_field_form_is_explained(server: ServerProcess) -> None:
+    """Issue 11 item 10: `rate_per_s` read 0.0 beside `rate_per_min: 3` with no word on
+    what it counts; `tags` as a comma-separated string worked but was undocumented."""
+    from tests.test_api import Api
+
+    api = Api(server.admin_port)
+    status, live = api.get("/api/live")
+    assert status == 200
+    text = DOC.read_text()
+    section = text[text.index("### GET /api/live\n") : text.index("### GET /api/live/stream")]
+    unexplained = [name for name in live["overall"] if f"`{name}`" not in section]
+    assert not unexplained, f"explain in docs/api.md's /api/live section: {unexplained}"
+    assert "last 10 s" in section  # what rate_per_s counts
+    status, link = api.post("/api/links", {"url": "https://example.com/", "tags": "Launch,email"})
+    assert status == 201 and link["tags"] == ["launch", "email"]
+    assert '`"launch,email"` is `["launch", "email"]`' in text

@@ -153,6 +153,12 @@ def test_link_stats_from_real_clicks(api: Api, server: ServerProcess) -> None:
     assert json.loads(out.stdout)["totals"] == stats["totals"]
     table = cli("stats", "stats-real", "--from", "-1h", db=server.db).stdout
     assert "clicks 5" in table and "London" in table
+    # Issue 11 item 4: seconds after the clicks, the CLI's velocity (from the rollups) is
+    # the API's (from the live counters): the current minute counts in both.
+    speed = json.loads(out.stdout)["velocity"]
+    assert speed["current"] == stats["velocity"]["current"] == 5
+    assert speed["label"] == stats["velocity"]["label"] == "accelerating"
+    assert "velocity: accelerating (5 clicks in the last 15 min vs 0 before)" in table
 
 
 def insert_history(db: Path, link_id: int, rows_in: list[tuple[str, int, int]]) -> None:

@@ -109,3 +109,86 @@ def test_salts_rotate_and_old_ones_are_deleted(conn: sqlite3.Connection) -> None
     s2 = visitors.salt_for_day(conn, 101, lambda: b"c" * 32)
     assert s2 != s1
     assert [r[0] for r in conn.execute("SELECT day FROM salts")] == [101]
+
+
+# --- case-insensitive slugs (issue 11 item 11) ------------------------------------------
+
+
+def test_slugs_differing_only_in_case_share_an_exact_domain(conn: sqlite3.Connection) -> None:
+    """The default stays as it was: slugs are exact, `nl` and `NL` are two links."""
+    catalog.create_link(conn, {"url": "https://example.com/a"}, slug="nl")
+    catalog.create_link(conn, {"url": "https://example.com/b"}, slug="NL")
+    assert catalog.find_link(conn, "NL")["url"] == "https://example.com/b"
+    with pytest.raises(NotFound):
+        catalog.find_link(conn, "Nl")
+
+
+def test_a_case_insensitive_domain_refuses_a_slug_differing_only_in_case(
+    conn: sqlite3.Connection,
+) -> None:
+    d = catalog.add_domain(conn, "qr.example", case_insensitive_slugs=True)
+    assert d["case_insensitive_slugs"] is True
+    nl = catalog.create_link(
+        conn, {"url": "https://example.com/nl"}, slug="nl", domain="qr.example"
+    )
+    with pytest.raises(Conflict) as info:
+        catalog.create_link(conn, {"url": "https://example.com/x"}, slug="NL", domain="qr.example")
+    assert info.value.field == "slug" and "case-insensitive" in info.value.message
+    assert "'nl'" in info.value.message
+    assert catalog.find_link(conn, "nL", "qr.example")["id"] == nl["id"]
+    # an archived holder keeps its slug in every case, and the message says what to do
+    catalog.archive_link(conn, nl["id"])
+    with pytest.raises(Conflict) as info:
+        catalog.create_link(conn, {"url": "https://example.com/x"}, slug="Nl", domain="qr.example")
+    assert "archived link" in info.value.message and "--purge" in info.value.message
+    catalog.purge_link(conn, nl["id"])
+    catalog.create_link(conn, {"url": "https://example.com/x"}, slug="Nl", domain="qr.example")
+
+
+def test_turning_it_on_is_refused_while_slugs_clash(conn: sqlite3.Connection) -> None:
+    catalog.create_link(conn, {"url": "https://example.com/a"}, slug="nl")
+    b = catalog.create_link(conn, {"url": "https://example.com/b"}, slug="NL")
+    catalog.create_link(conn, {"url": "https://example.com/c"}, slug="other")
+    with pytest.raises(Conflict) as info:
+        catalog.update_domain(conn, "localhost", {"case_insensitive_slugs": True})
+    assert info.value.field == "case_insensitive_slugs"
+    assert "nl" in info.value.message and "NL" in info.value.message
+    assert catalog.get_domain(conn, "localhost")["case_insensitive_slugs"] is False
+    with pytest.raises(InvalidField):
+        catalog.update_domain(conn, "localhost", {"case_insensitive_slugs": "yes"})
+    catalog.purge_link(conn, b["id"])
+    on = catalog.update_domain(conn, "localhost", {"case_insensitive_slugs": True})
+    assert on["case_insensitive_slugs"] is True
+    off = catalog.update_domain(conn, "localhost", {"case_insensitive_slugs": False})
+    assert off["case_insensitive_slugs"] is False
+
+
+def test_the_case_check_is_an_index_seek(conn: sqlite3.Connection) -> None:
+    """A million links on a domain: the check must not scan them."""
+    plan = " ".join(
+        str(r[3])
+        for r in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT id, slug, archived_at FROM links WHERE domain_id = 1 "
+            "AND slug = 'x' COLLATE NOCASE"
+        )
+    )
+    assert "INDEX links_domain_slug_nocase (domain_id=? AND slug=?)" in plan, plan
+
+
+# --- times and states (issue 9 defect 5, issue 11 item 6) ----------------------------
+
+
+@pytest.mark.parametrize("value", [-1, -(10**18), catalog.MAX_TIME_MS + 1, 2**63 - 1])
+def test_an_expiry_out_of_range_is_refused(conn: sqlite3.Connection, value: int) -> None:
+    with pytest.raises(InvalidField) as info:
+        catalog.create_link(conn, {"url": "https://example.com/", "expires_at": value})
+    assert info.value.field == "expires_at"
+
+
+def test_link_state_says_expired(conn: sqlite3.Connection) -> None:
+    now = 1_900_000_000_000
+    link = catalog.create_link(conn, {"url": "https://example.com/", "expires_at": now})
+    assert catalog.link_state(link, now - 1) == "active"
+    assert catalog.link_state(link, now) == "expired"
+    assert catalog.link_state({**link, "disabled": True}, now) == "disabled"
+    assert catalog.link_state({**link, "archived_at": 1}, now) == "archived"

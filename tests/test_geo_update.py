@@ -295,8 +295,34 @@ def test_gzip_bomb_is_cut_at_the_limit(server: FixtureServer, dest: Path) -> Non
 
 
 def test_non_http_url_is_refused(dest: Path, tmp_path: Path) -> None:
+    before = dest.read_bytes()
     with pytest.raises(GeoUpdateError, match="^not an http"):
-        download_database(f"file://{tmp_path}/x.mmdb", str(dest))
+        download_database("ftp://example.com/x.mmdb", str(dest))
+    with pytest.raises(GeoUpdateError, match="names a file on this machine"):
+        download_database("file://elsewhere/x.mmdb", str(dest))
+    assert_untouched(dest, before)
+
+
+def test_a_local_file_is_installed_like_a_download(
+    dest: Path, tmp_path: Path, city_bytes: bytes
+) -> None:
+    """Offline machines (issue 11 item 10): a path or a file: URL, checked the same way."""
+    plain = tmp_path / "copied.mmdb"
+    plain.write_bytes(city_bytes)
+    info = download_database(str(plain), str(dest))
+    assert_installed(dest, info, "GeoLite2-City")
+    packed = tmp_path / "copied.mmdb.gz"
+    packed.write_bytes(gzip.compress(city_bytes))
+    info = download_database(packed.as_uri(), str(dest))
+    assert_installed(dest, info, "GeoLite2-City")
+    before = dest.read_bytes()
+    with pytest.raises(GeoUpdateError, match="^cannot read .*missing.mmdb"):
+        download_database(str(tmp_path / "missing.mmdb"), str(dest))
+    broken = tmp_path / "broken.mmdb"
+    broken.write_bytes(b"not a database" * 100)
+    with pytest.raises(GeoUpdateError, match="not a MaxMind DB"):
+        download_database(str(broken), str(dest))
+    assert_untouched(dest, before)
 
 
 # -- DB-IP monthly files and MaxMind URLs -----------------------------------------------

@@ -150,3 +150,88 @@ def test_a_big_change_is_applied_in_slices_and_completely(tmp_path: Path) -> Non
     assert asyncio.run(run()) == 1200
     assert len(table) == 1200 and table.rev == current_rev(conn)
     assert location(table, b"localhost", b"/s1199") == "https://example.com/1199"
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        (b"[::1]", "[::1]"),
+        (b"[::1]:8080", "[::1]"),
+        (b"[0:0::1]:8080", "[::1]"),
+        (b"[2001:DB8::1]", "[2001:db8::1]"),
+        (b"Example.COM.:80", "example.com"),
+        (b"example.com:", "example.com"),
+        (b"[::1", None),  # issue 9 defect 6: the edge no longer guesses
+        (b"[::1]junk", None),
+        (b"[]", None),
+        (b"[::1]:80x", None),
+        (b"[zz]", None),
+        (b"::1", None),
+        (b"example.com:80x", None),
+    ],
+)
+def test_raw_hosts_normalise_strictly(raw: bytes, key: str | None) -> None:
+    from edge.links import normalize_raw_host
+
+    assert normalize_raw_host(raw) == key
+
+
+def test_a_malformed_host_reaches_no_domain_not_even_the_default(conn: sqlite3.Connection) -> None:
+    catalog.add_domain(conn, "[::1]")
+    catalog.create_link(conn, {"url": "https://example.com/six"}, slug="six", domain="[0::1]")
+    catalog.create_link(conn, {"url": "https://example.com/d"}, slug="six")  # on localhost
+    table = LinkTable()
+    table.apply(*catalog.changes_since(conn, 0))
+    assert location(table, b"[::1]:8080", b"/six") == "https://example.com/six"
+    assert location(table, b"[0:0:0::1]", b"/six") == "https://example.com/six"
+    assert location(table, b"127.0.0.1", b"/six") == "https://example.com/d"  # the default
+    for bad in (b"[::1", b"[::1]junk", b"[]", b"[::1]:x"):
+        assert answer(table, bad, b"/six")[2] == 404, bad
+
+
+def test_case_insensitive_slugs_are_found_in_any_case_only_where_asked(
+    conn: sqlite3.Connection,
+) -> None:
+    """Issue 11 item 11: a domain's case_insensitive_slugs folds its slugs once when they
+    load; other domains stay exact."""
+    catalog.add_domain(conn, "qr.example")
+    nl = catalog.create_link(
+        conn, {"url": "https://example.com/nl"}, slug="nl", domain="qr.example"
+    )
+    catalog.create_link(conn, {"url": "https://example.com/Mix"}, slug="MiX", domain="qr.example")
+    catalog.create_link(conn, {"url": "https://example.com/e"}, slug="nl")  # exact localhost
+    table = LinkTable()
+    rev, links, purged, domains = catalog.changes_since(conn, 0)
+    table.apply(rev, links, purged, domains)
+    assert location(table, b"qr.example", b"/NL") is None  # off by default
+    # switched on while served: the domain's loaded slugs fold at once
+    catalog.update_domain(conn, "qr.example", {"case_insensitive_slugs": True})
+    rev2, *changes = catalog.changes_since(conn, rev)
+    table.apply(rev2, *changes)
+    for path in (b"/NL", b"/nl", b"/Nl/", b"/%4El", b"/mix", b"/MIX?x=1"):
+        assert location(table, b"qr.example", path) is not None, path
+    assert location(table, b"qr.example", b"/NL") == "https://example.com/nl"
+    assert location(table, b"localhost", b"/NL") is None  # localhost stays exact
+    assert location(table, b"localhost", b"/nl") == "https://example.com/e"
+    # a change, a purge and a new link keep the folded entries in step
+    catalog.update_link(conn, nl["id"], {"url": "https://example.com/nl2"})
+    later = catalog.create_link(conn, {"url": "https://e.com/n"}, slug="New", domain="qr.example")
+    rev3, *changes = catalog.changes_since(conn, rev2)
+    table.apply(rev3, *changes)
+    assert location(table, b"qr.example", b"/NL") == "https://example.com/nl2"
+    assert answer(table, b"qr.example", b"/nEW")[3] == later["id"]
+    catalog.purge_link(conn, nl["id"])
+    rev4, *changes = catalog.changes_since(conn, rev3)
+    table.apply(rev4, *changes)
+    assert location(table, b"qr.example", b"/NL") is None
+    assert location(table, b"qr.example", b"/nl") is None
+    # switched off: exact again
+    catalog.update_domain(conn, "qr.example", {"case_insensitive_slugs": False})
+    table.apply(*catalog.changes_since(conn, rev4))
+    assert location(table, b"qr.example", b"/mix") is None
+    assert location(table, b"qr.example", b"/MiX") == "https://example.com/Mix"
+    # a table loaded from scratch with the option on folds as it loads
+    catalog.update_domain(conn, "qr.example", {"case_insensitive_slugs": True})
+    fresh = LinkTable()
+    fresh.apply(*catalog.changes_since(conn, 0))
+    assert location(fresh, b"qr.example", b"/mix") == "https://example.com/Mix"

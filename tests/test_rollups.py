@@ -305,14 +305,22 @@ def _old_schema_db(path: str, seed: int) -> sqlite3.Connection:
 
 def test_migration_0005_keeps_every_number(tmp_path: Path) -> None:
     conn = _old_schema_db(str(tmp_path / "old.db"), 1)
-    # links created through the current code path, minus the tables 0005 adds
-    catalog.add_domain(conn, "go.example.com")
+    # links as the code of 0004's time wrote them (today's catalog writes today's schema)
     links = []
-    for i in range(6):
-        fields: dict[str, Any] = {"url": f"https://example.com/{i}", "campaign": f"c{i % 2}"}
-        if i % 2:
-            fields["tags"] = ["alpha"]
-        links.append(catalog.create_link(conn, fields, slug=f"l{i}"))
+    with Transaction(conn):
+        conn.execute(
+            "INSERT INTO domains (host, is_default, created_at, rev) "
+            "VALUES ('go.example.com', 0, 0, 1)"
+        )
+        for i in range(6):
+            url = f"https://example.com/{i}"
+            cur = conn.execute(
+                "INSERT INTO links (domain_id, slug, url, tags, campaign, location, created_at, "
+                "updated_at, rev) VALUES ((SELECT id FROM domains WHERE is_default = 1), "
+                "?, ?, ?, ?, ?, 0, 0, 1)",
+                (f"l{i}", url, '["alpha"]' if i % 2 else "[]", f"c{i % 2}", url),
+            )
+            links.append({"id": cur.lastrowid})
     rng_ = random.Random(11)
     visitors = [rng_.randbytes(8) for _ in range(40)]
     start_ms = (END - 2 * DAY) * 1000

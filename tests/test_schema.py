@@ -118,3 +118,43 @@ def test_a_semicolon_inside_a_literal_does_not_break_a_migration(tmp_path: Path)
     with Transaction(conn):
         schema._run(conn, ("CREATE TABLE t (v TEXT DEFAULT 'a;b')", "INSERT INTO t DEFAULT VALUES"))
     assert conn.execute("SELECT v FROM t").fetchone()[0] == "a;b"
+
+
+def test_0006_bounds_old_expiries_and_canonicalises_ipv6_hosts(tmp_path: Path) -> None:
+    """An expiry stored before 0006 outside 1970..9999 made every read of its link fail
+    (issue 9 defect 5): the nearest bound expires it as before. IPv6 domains are matched
+    canonical since 0006 (defect 6), and every domain starts case-sensitive (item 11)."""
+    conn = connect(str(tmp_path / "five.db"))
+    conn.execute(
+        "CREATE TABLE schema_migrations (id INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+        "applied_at INTEGER NOT NULL)"
+    )
+    for number, name, apply in schema.MIGRATIONS[:5]:
+        with Transaction(conn):
+            apply(conn)
+            conn.execute("INSERT INTO schema_migrations VALUES (?, ?, 0)", (number, name))
+    with Transaction(conn):
+        conn.execute(
+            "INSERT INTO domains (host, is_default, created_at, rev) VALUES "
+            "('localhost', 1, 0, 1), ('[0:0::1]', 0, 0, 1), ('[::2]', 0, 0, 1), "
+            "('[0::2]', 0, 0, 1), ('[b\r\nx]', 0, 0, 1)"
+        )
+        for slug, expires in (("past", -(10**18)), ("far", 10**18), ("fine", 1_900_000_000_000)):
+            conn.execute(
+                "INSERT INTO links (domain_id, slug, url, location, expires_at, created_at, "
+                "updated_at, rev) VALUES (1, ?, 'https://e.com/', 'https://e.com/', ?, 0, 0, 1)",
+                (slug, expires),
+            )
+    assert schema.migrate(conn) == [name for n, name, _ in schema.MIGRATIONS if n >= 6]
+    expiries = dict(conn.execute("SELECT slug, expires_at FROM links").fetchall())
+    assert expiries == {"past": 0, "far": catalog.MAX_TIME_MS, "fine": 1_900_000_000_000}
+    from admin.timerange import iso_ms
+
+    assert [iso_ms(catalog.get_link(conn, i)["expires_at"]) for i in (1, 2)] == [
+        "1970-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+    ]
+    hosts = [r[0] for r in conn.execute("SELECT host FROM domains ORDER BY id")]
+    # '[0::2]' would collide with '[::2]': it keeps its old (unmatched) host
+    assert hosts == ["localhost", "[::1]", "[::2]", "[0::2]", "[b\r\nx]"]
+    assert {d["case_insensitive_slugs"] for d in catalog.list_domains(conn)} == {False}

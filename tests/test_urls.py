@@ -101,3 +101,36 @@ def test_a_lone_surrogate_is_an_invalid_url_not_a_crash() -> None:
     """Found by the fuzzer: non-UTF-8 argv bytes arrive as lone surrogates."""
     with pytest.raises(InvalidURL):
         normalize_destination("https://example.com/\udce9")
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[b\r\nSet-Cookie: x]",  # issue 9 defect 6: CR/LF kept up to "]" and echoed in Location
+        "[b\nx]",
+        "[]",
+        "[::1]junk",
+        "[::1",
+        "[::1]:",
+        "[::1]:80x",
+        "[::1]x:80",
+        "[fe80::1%eth0]",
+        "[1.2.3.4]",
+        "[gggg::1]",
+        "[::1]]",
+    ],
+)
+def test_a_bracketed_host_must_be_exactly_an_ipv6_address(host: str) -> None:
+    with pytest.raises(InvalidField) as info:
+        normalize_host(host, "host")
+    assert info.value.field == "host"
+    assert "IPv6" in info.value.message
+
+
+def test_ipv6_hosts_are_stored_canonical() -> None:
+    assert normalize_host("[2001:DB8:0::1]") == "[2001:db8::1]"
+    assert normalize_host("[::1]:8080") == "[::1]"
+    assert normalize_host(" [0:0:0:0:0:0:0:1] ") == "[::1]"
+    assert normalize_destination("https://[2001:DB8:0::1]:8443/x") == "https://[2001:db8::1]:8443/x"
+    with pytest.raises(InvalidURL):
+        normalize_destination("https://[::1%25eth0]/")
