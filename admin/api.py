@@ -63,9 +63,9 @@ METRICS_TICK_S: Final = 1.0  # the histogram takes new flush durations this ofte
 LINK_FIELDS: Final = frozenset(catalog.LINK_COLUMNS)
 CREATE_FIELDS: Final = LINK_FIELDS | {"slug", "domain"}
 PATCH_FIELDS: Final = LINK_FIELDS | {"archived"}
-LINK_TIME_FIELDS: Final = ("expires_at", "archived_at", "created_at", "updated_at")
+LINK_TIME_FIELDS: Final = ("expires_at", "launched_at", "archived_at", "created_at", "updated_at")
 DOMAIN_FIELDS: Final = frozenset(
-    {"host", "default", "root_url", "fallback_url", "case_insensitive_slugs"}
+    {"host", "default", "root_url", "fallback_url", "case_insensitive_slugs", "click_ids"}
 )
 
 
@@ -237,8 +237,9 @@ class AdminServer:
 
     def _link_fields(self, body: dict[str, Any], now_s: float) -> dict[str, Any]:
         fields = {k: v for k, v in body.items() if k in LINK_FIELDS}
-        if "expires_at" in fields:
-            fields["expires_at"] = timerange.time_ms(fields["expires_at"], "expires_at", now_s)
+        for name in ("expires_at", "launched_at"):
+            if name in fields:
+                fields[name] = timerange.time_ms(fields[name], name, now_s)
         return fields
 
     def _create_args(self, body: dict[str, Any], now_s: float) -> tuple[Any, ...]:

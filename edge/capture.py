@@ -6,7 +6,7 @@ Rules:
   it: no parsing, lookups or I/O. The raw header bytes travel as the parser handed them
   over; the collector (edge/clicks.py) decodes, enriches and writes them in batches.
 - A RawClick is (unix time s, link id, domain id, client ip, user-agent bytes, referer
-  bytes, accept-language bytes, flags); the flags are the bits below.
+  bytes, accept-language bytes, flags, route, click id); the flags are the bits below.
 - Between a worker and the collector (a Unix stream socket in a private directory, both
   ends the same user and the same interpreter) travel length-prefixed frames: a 4-byte
   little-endian length of what follows, a 1-byte kind, then the payload. Batches and stats
@@ -31,18 +31,24 @@ FLAG_HEAD: Final = 1  # a HEAD request: a probe, never a person navigating
 FLAG_PREFETCH: Final = 2  # Sec-Purpose/Purpose: prefetch or prerender
 FLAG_DNT: Final = 4  # DNT: 1 (counted without a visitor id or geo below country)
 FLAG_GPC: Final = 8  # Sec-GPC: 1 (the same)
+FLAG_TEST: Final = 16  # `?lc_test=1`: a test click (bot kind "test", spends no budget)
+FLAG_LIMITED: Final = 32  # this click spent a unit of its link's click budget
 
-RawClick = tuple[float, int, int, str, bytes, bytes, bytes, int]
+# (time, link id, domain id, ip, user agent, referer, accept-language, flags, route, click
+# id): route is edge/rules.py's index (None: a link without routes), click id 16 bytes
+RawClick = tuple[float, int, int, str, bytes, bytes, bytes, int, int | None, bytes | None]
 
 # Frame kinds, worker -> collector.
 HELLO: Final = 1  # marshal (epoch, slot, pid, rev): who is on this connection
 # (the collector answers HELLO with an ACK of what of this epoch it has committed)
-BATCH: Final = 2  # 8-byte seq, then marshal list[RawClick]
+BATCH: Final = 2  # 8-byte seq, then marshal (list[RawClick], {link id: budget spent})
 STATS: Final = 3  # marshal dict: the worker's counters, sent every second and at exit
 AT_REV: Final = 4  # 8-byte link revision the worker now serves
+LEASE_ASK: Final = 5  # marshal {link id: clicks wanted} of limited links' budgets
 # Frame kinds, collector -> worker.
 ACK: Final = 10  # 8-byte seq: every batch of this epoch up to it is committed
 REFRESH: Final = 11  # 8-byte revision: reload links changed up to it now
+LEASE: Final = 12  # marshal {link id: clicks granted} (added to the worker's budget)
 
 # A batch of 20,000 clicks with long headers is ~20 MB at most; more is a broken peer.
 MAX_FRAME_BYTES: Final = 64 * 1024 * 1024
@@ -58,8 +64,9 @@ def frame(kind: int, payload: bytes) -> bytes:
     return _HEAD.pack(len(payload) + 1, kind) + payload
 
 
-def batch_frame(seq: int, clicks: list[RawClick]) -> bytes:
-    return frame(BATCH, _U64.pack(seq) + marshal.dumps(clicks))
+def batch_frame(seq: int, clicks: list[RawClick], spent: dict[int, int] | None = None) -> bytes:
+    """A batch and what its clicks spent of limited links' budgets (leases)."""
+    return frame(BATCH, _U64.pack(seq) + marshal.dumps((clicks, spent or {})))
 
 
 def number_frame(kind: int, value: int) -> bytes:
@@ -76,12 +83,15 @@ def read_number(payload: bytes | memoryview) -> int:
     return int(_U64.unpack_from(payload)[0])
 
 
-def read_batch(payload: bytes | memoryview) -> tuple[int, list[RawClick]]:
+def read_batch(payload: bytes | memoryview) -> tuple[int, list[RawClick], dict[int, int]]:
     seq = _U64.unpack_from(payload)[0]
-    clicks = marshal.loads(payload[8:])
-    if not isinstance(clicks, list):
-        raise FrameError("a batch frame must hold a list of clicks")
-    return int(seq), clicks
+    body = marshal.loads(payload[8:])
+    if not (isinstance(body, tuple) and len(body) == 2 and isinstance(body[0], list)):
+        raise FrameError("a batch frame must hold (clicks, spent)")
+    clicks, spent = body
+    if not isinstance(spent, dict):
+        raise FrameError("a batch frame's spent budgets must be a dict")
+    return int(seq), clicks, spent
 
 
 def read_data(payload: bytes | memoryview) -> Any:

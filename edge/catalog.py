@@ -17,6 +17,7 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,6 +29,7 @@ import orjson
 from edge.db import Transaction, connect, current_rev, next_rev, now_ms
 from edge.errors import Conflict, InvalidField, NotFound
 from edge.rollups import link_group_keys, move_link_groups
+from edge.rules import validate_rules, validate_variants
 from edge.schema import migrate
 from edge.urls import (
     generate_slug,
@@ -38,6 +40,12 @@ from edge.urls import (
 )
 
 REDIRECT_STATUSES: Final = (301, 302, 303, 307, 308)
+MAX_LIMIT: Final = 10**12  # max_clicks
+DEFAULT_CLICK_ID_PARAM: Final = "lc"
+CLICK_ID_PARAM_RE: Final = re.compile(r"[A-Za-z0-9_]{1,32}")
+DEFAULT_ATTRIBUTION_S: Final = 30 * 86400  # a conversion up to 30 days after its click
+MIN_ATTRIBUTION_S: Final = 60
+MAX_ATTRIBUTION_S: Final = 365 * 86400
 UTM_FIELDS: Final = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
 MAX_TEXT_FIELD: Final = 2000  # title, notes, campaign, UTM values
 MAX_TAGS: Final = 50
@@ -109,6 +117,8 @@ def domain_dict(row: sqlite3.Row) -> dict[str, Any]:
         "root_url": row["root_url"],
         "fallback_url": row["fallback_url"],
         "case_insensitive_slugs": bool(row["case_insensitive_slugs"]),
+        "click_ids": bool(row["click_ids"]),
+        "postback": row["postback_secret"] is not None,
         "created_at": row["created_at"],
     }
 
@@ -151,7 +161,7 @@ def add_domain(
 
 
 def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"default", "root_url", "fallback_url", "case_insensitive_slugs"}
+    allowed = {"default", "root_url", "fallback_url", "case_insensitive_slugs", "click_ids"}
     unknown = set(changes) - allowed
     if unknown:
         field = sorted(unknown)[0]
@@ -180,6 +190,10 @@ def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) 
             if on:
                 _refuse_case_clashes(conn, row)
             sets["case_insensitive_slugs"] = int(on)
+        if "click_ids" in changes:
+            if not isinstance(changes["click_ids"], bool):
+                raise InvalidField("click_ids must be true or false", "click_ids")
+            sets["click_ids"] = int(changes["click_ids"])
         sets["rev"] = rev
         assignments = ", ".join(f"{k} = ?" for k in sets)
         conn.execute(f"UPDATE domains SET {assignments} WHERE id = ?", (*sets.values(), row["id"]))
@@ -253,6 +267,14 @@ LINK_COLUMNS: Final = (
     "disabled",
     "expires_at",
     "expired_url",
+    "rules",
+    "variants",
+    "max_clicks",
+    "overflow_url",
+    "click_ids",
+    "click_id_param",
+    "attribution_window_s",
+    "launched_at",
 )
 _LINK_SELECT: Final = (
     "SELECT links.*, domains.host AS domain FROM links JOIN domains ON domains.id = links.domain_id"
@@ -323,12 +345,49 @@ def _validate_link_value(name: str, value: Any, utm_lower: bool = True) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 31536000:
             raise InvalidField("cache_max_age_s must be an integer from 0 to 31536000", name)
         return value
-    if name == "expires_at":
+    if name in ("expires_at", "launched_at"):
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidField("expires_at must be a time", name)
+            raise InvalidField(f"{name} must be a time", name)
         check_time_ms(value, name)
+        return value
+    if name == "rules":
+        rules = validate_rules(value)
+        return None if rules is None else orjson.dumps(rules).decode()
+    if name == "variants":
+        variants = validate_variants(value)
+        return None if variants is None else orjson.dumps(variants).decode()
+    if name == "max_clicks":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+            raise InvalidField(f"max_clicks must be an integer from 1 to {MAX_LIMIT}", name)
+        return value
+    if name == "overflow_url":
+        return _optional_url(value, "overflow_url")
+    if name == "click_ids":
+        if value is None:
+            return 0
+        if not isinstance(value, bool):
+            raise InvalidField("click_ids must be true or false", name)
+        return int(value)
+    if name == "click_id_param":
+        if value is None:
+            return None
+        if not isinstance(value, str) or not CLICK_ID_PARAM_RE.fullmatch(value):
+            raise InvalidField(
+                "click_id_param must be 1-32 letters, digits or '_' (the default is lc)", name
+            )
+        return value
+    if name == "attribution_window_s":
+        if value is None:
+            return None
+        low, high = MIN_ATTRIBUTION_S, MAX_ATTRIBUTION_S
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InvalidField(
+                f"attribution_window_s must be from {low} (a minute) to {high} (a year)", name
+            )
         return value
     raise InvalidField(f"unknown link field {name!r}", name)
 
@@ -389,6 +448,14 @@ def link_dict(row: sqlite3.Row) -> dict[str, Any]:
         "disabled": bool(row["disabled"]),
         "expires_at": row["expires_at"],
         "expired_url": row["expired_url"],
+        "rules": orjson.loads(row["rules"]) if row["rules"] else [],
+        "variants": orjson.loads(row["variants"]) if row["variants"] else [],
+        "max_clicks": row["max_clicks"],
+        "overflow_url": row["overflow_url"],
+        "click_ids": bool(row["click_ids"]),
+        "click_id_param": row["click_id_param"] or DEFAULT_CLICK_ID_PARAM,
+        "attribution_window_s": row["attribution_window_s"] or DEFAULT_ATTRIBUTION_S,
+        "launched_at": row["launched_at"],
         "archived_at": row["archived_at"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
@@ -617,6 +684,17 @@ SERVED_COLUMNS: Final = (
     "expires_at",
     "expired_url",
     "archived_at",
+    "rules",
+    "variants",
+    "max_clicks",
+    "overflow_url",
+    "click_ids",
+    "click_id_param",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_content",
+    "utm_term",
 )
 
 
@@ -769,6 +847,18 @@ def active_token_id(conn: sqlite3.Connection, digest: bytes) -> int | None:
         "SELECT id FROM api_tokens WHERE token_hash = ? AND revoked_at IS NULL", (digest,)
     ).fetchone()
     return None if row is None else int(row[0])
+
+
+def click_limits(conn: sqlite3.Connection) -> tuple[dict[int, int], dict[int, int]]:
+    """(limit of every servable link with max_clicks, what each has spent)."""
+    limits = {
+        int(r[0]): int(r[1])
+        for r in conn.execute(
+            "SELECT id, max_clicks FROM links WHERE max_clicks IS NOT NULL AND archived_at IS NULL"
+        )
+    }
+    spent = {int(r[0]): int(r[1]) for r in conn.execute("SELECT link_id, spent FROM link_spent")}
+    return limits, spent
 
 
 def touch_token(conn: sqlite3.Connection, token_id: int) -> None:

@@ -44,7 +44,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from edge import rollups, visitors
-from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH, RawClick
+from edge.capture import (
+    FLAG_DNT,
+    FLAG_GPC,
+    FLAG_HEAD,
+    FLAG_PREFETCH,
+    FLAG_TEST,
+    RawClick,
+)
 from edge.config import Config
 from edge.db import Database, Transaction, now_ms
 from edge.live import LiveCounters
@@ -215,11 +222,13 @@ class Enricher:
         ids_of = {day: self._visitor_ids(day, salt) for day, salt in salts.items()}
         ua_cache, ref_cache, lang_cache = self._ua_cache, self._ref_cache, self._lang_cache
         truncated = self.store_truncated_ip
-        for ts, link_id, domain_id, ip, ua_raw, ref_raw, lang_raw, flags in clicks:
+        for ts, link_id, domain_id, ip, ua_raw, ref_raw, lang_raw, flags, route, cid in clicks:
             ua = ua_cache.get(ua_raw) or self._ua(ua_raw)
             if flags:
-                if flags & FLAG_PREFETCH:
-                    bot_kind: str | None = "prefetch"
+                if flags & FLAG_TEST:
+                    bot_kind: str | None = "test"
+                elif flags & FLAG_PREFETCH:
+                    bot_kind = "prefetch"
                 elif flags & FLAG_HEAD:
                     bot_kind = "head"
                 else:
@@ -251,11 +260,11 @@ class Enricher:
                     None,
                     None,
                 )
-                tail: tuple[Any, ...] = (lang, 1, None)
+                tail: tuple[Any, ...] = (lang, 1, None, route, cid)
             else:
                 vid = ids_of[second // DAY_S].of(ip, ua_raw, domain_id)
                 head = (int(ts * 1000), link_id, vid, bot_kind, method, *geo)
-                tail = (lang, 0, truncate_ip(ip) if truncated else None)
+                tail = (lang, 0, truncate_ip(ip) if truncated else None, route, cid)
             append((*head, *ua[1], *ref, *tail))
             key = (link_id, second)
             seconds.append(key)
@@ -300,8 +309,9 @@ ENRICH_CHUNK_CLICKS: Final = 20_000
 # batches can only come from a worker that is alive).
 PROGRESS_KEPT_MS: Final = 7 * 86400 * 1000
 
-Batch = tuple[int, int, list[RawClick]]  # worker epoch, seq, clicks
+Batch = tuple[int, int, list[RawClick], dict[int, int]]  # epoch, seq, clicks, budget spent
 Progress = dict[int, int]  # worker epoch -> the highest seq of its batches in a write
+Spent = dict[int, dict[int, int]]  # worker epoch -> link -> clicks that spent its budget
 
 
 class ClickRecorder:
@@ -326,13 +336,13 @@ class ClickRecorder:
         self.committed: Progress = {}
         self.received: Progress = {}
         # told after each commit (the ingest acknowledges), and when there is room again
-        self.on_committed: Callable[[Progress], None] | None = None
+        self.on_committed: Callable[[Progress, Spent], None] | None = None
         self.on_room: Callable[[], None] | None = None
         # waiting: batches not enriched yet; enriched rows not written yet (a failed
         # write keeps them, with the progress they carry)
         self._batches: deque[Batch] = deque()
         self._raw_count = 0
-        self._pending: list[tuple[list[Row], Progress]] = []
+        self._pending: list[tuple[list[Row], Progress, Spent]] = []
         self._pending_count = 0
         self._in_flight = 0  # clicks being enriched right now
         # rollups
@@ -374,7 +384,9 @@ class ClickRecorder:
         await self._catch_up_rollups()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="click-flusher")
 
-    def accept(self, epoch: int, seq: int, clicks: list[RawClick]) -> bool:
+    def accept(
+        self, epoch: int, seq: int, clicks: list[RawClick], spent: dict[int, int] | None = None
+    ) -> bool:
         """A worker's batch; False when it was received or committed before (a resend after
         a reconnect or a crash): the caller acknowledges it from `committed`."""
         if seq <= self.received.get(epoch, 0) or seq <= self.committed.get(epoch, 0):
@@ -382,7 +394,7 @@ class ClickRecorder:
             return False
         self.received[epoch] = seq
         if clicks:
-            self._batches.append((epoch, seq, clicks))
+            self._batches.append((epoch, seq, clicks, spent or {}))
             self._raw_count += len(clicks)
             self.metrics.received += len(clicks)
             depth = self.queued
@@ -391,7 +403,7 @@ class ClickRecorder:
             if self._raw_count >= ENRICH_CHUNK_CLICKS:
                 self._wake.set()
         else:  # nothing to write: committed as soon as everything before it is
-            self._batches.append((epoch, seq, clicks))
+            self._batches.append((epoch, seq, clicks, spent or {}))
         return True
 
     async def _run(self) -> None:
@@ -423,9 +435,14 @@ class ClickRecorder:
             self._raw_count -= n
             self._in_flight = n
             progress: Progress = {}
-            for epoch, seq, _clicks in take:
+            spent: Spent = {}
+            for epoch, seq, _clicks, batch_spent in take:
                 progress[epoch] = max(progress.get(epoch, 0), seq)
-            raw = [click for _e, _s, clicks in take for click in clicks]
+                if batch_spent:
+                    mine = spent.setdefault(epoch, {})
+                    for link_id, n in batch_spent.items():
+                        mine[link_id] = mine.get(link_id, 0) + n
+            raw = [click for _e, _s, clicks, _spent in take for click in clicks]
             try:
                 rows, live = await self._enrich(raw)
             except BaseException as exc:
@@ -438,7 +455,7 @@ class ClickRecorder:
             finally:
                 self._in_flight = 0
             self.live.add(live)
-            self._pending.append((rows, progress))
+            self._pending.append((rows, progress, spent))
             self._pending_count += len(rows)
         if not self._pending:
             await self._write_idle_rollup()
@@ -464,16 +481,31 @@ class ClickRecorder:
 
     async def _write_pending(self) -> int:
         pending = self._pending
-        rows: list[Row] = [row for part, _p in pending for row in part]
+        rows: list[Row] = [row for part, _p, _s in pending for row in part]
         progress: Progress = {}
-        for _rows, part in pending:
+        spent: Spent = {}
+        for _rows, part, part_spent in pending:
             for epoch, seq in part.items():
                 progress[epoch] = max(progress.get(epoch, 0), seq)
+            for epoch, links in part_spent.items():
+                mine = spent.setdefault(epoch, {})
+                for link_id, n in links.items():
+                    mine[link_id] = mine.get(link_id, 0) + n
+        spent_total: dict[int, int] = {}
+        for links in spent.values():
+            for link_id, n in links.items():
+                spent_total[link_id] = spent_total.get(link_id, 0) + n
         started = time.monotonic()
         rollup_due = self._rollup_due(started)
         write = asyncio.ensure_future(
             self.db.run(
-                _write_batch, rows, progress, rollup_due, self._rollup_state, ROLLUP_MAX_CLICKS
+                _write_batch,
+                rows,
+                progress,
+                rollup_due,
+                self._rollup_state,
+                ROLLUP_MAX_CLICKS,
+                spent_total,
             )
         )
         # A cancellation must not leave us guessing: the write goes on in its thread and
@@ -493,13 +525,19 @@ class ClickRecorder:
             if cancelled:
                 raise asyncio.CancelledError from None
             return 0
-        self._committed(rows, progress, started, rollup_due, rolled)
+        self._committed(rows, progress, spent, started, rollup_due, rolled)
         if cancelled:
             raise asyncio.CancelledError
         return len(rows)
 
     def _committed(
-        self, rows: list[Row], progress: Progress, started: float, rollup_due: bool, rolled: int
+        self,
+        rows: list[Row],
+        progress: Progress,
+        spent: Spent,
+        started: float,
+        rollup_due: bool,
+        rolled: int,
     ) -> None:
         self._pending = []
         self._pending_count = 0
@@ -522,7 +560,7 @@ class ClickRecorder:
         if rollup_due:
             self._rolled_up(started, duration, rolled)
         if self.on_committed is not None:
-            self.on_committed(progress)
+            self.on_committed(progress, spent)
         if self.on_room is not None and self.queued < self.config.max_queued_clicks // 2:
             self.on_room()
 
@@ -661,6 +699,7 @@ def _write_batch(
     rollup_due: bool,
     state: rollups.RollupState | None = None,
     limit: int = 0,
+    spent: dict[int, int] | None = None,
 ) -> tuple[int, int, int]:
     """One transaction: insert the rows, record the workers' progress (the batches they
     came in), and, when `rollup_due`, roll up the clicks above the watermark (at most
@@ -674,6 +713,12 @@ def _write_batch(
         if progress and _already_written(conn, progress):
             rows = []  # a retry of a write that committed (its outcome was lost): not twice
         first, last = rollups.insert_clicks(conn, rows) if rows else (0, -1)
+        if spent and rows:  # click budgets: spent with the clicks that spent them
+            conn.executemany(
+                "INSERT INTO link_spent (link_id, spent) VALUES (?, ?) "
+                "ON CONFLICT (link_id) DO UPDATE SET spent = spent + excluded.spent",
+                list(spent.items()),
+            )
         if progress:
             stamp = now_ms()
             conn.executemany(

@@ -27,6 +27,7 @@ from typing import Any, Final
 from edge import capture
 from edge.capture import FrameError, FrameReader
 from edge.clicks import ClickRecorder
+from edge.limits import Budgets
 
 log = logging.getLogger("linkedge.ingest")
 
@@ -74,6 +75,7 @@ class Ingest:
         self.last: dict[int, dict[str, Any]] = {}  # slot -> its newest stats (any process)
         self.retired: dict[int, dict[str, Any]] = {}  # slot -> sums of finished processes
         self.bad_frames = 0
+        self.budgets = Budgets()  # click limits: the leases of every worker
         self._server: asyncio.AbstractServer | None = None
         self._paused = False
         self._rev_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -114,21 +116,23 @@ class Ingest:
 
     def on_frame(self, session: WorkerSession, kind: int, payload: bytes) -> None:
         if kind == capture.BATCH:
-            seq, clicks = capture.read_batch(payload)
+            seq, clicks, spent = capture.read_batch(payload)
             recorder = self.recorder
             if recorder is None:  # not recording: nothing to keep
+                self.budgets.written(session.epoch, spent)
                 session.send(capture.number_frame(capture.ACK, seq))
                 return
-            if not recorder.accept(session.epoch, seq, clicks):
+            if not recorder.accept(session.epoch, seq, clicks, spent):
                 done = recorder.committed.get(session.epoch, 0)
                 if seq <= done:
                     session.send(capture.number_frame(capture.ACK, done))
             if recorder.full and not self._paused:
                 self._pause()
         elif kind == capture.HELLO:
-            epoch, slot, pid, rev = capture.read_data(payload)
+            epoch, slot, pid, rev, held = capture.read_data(payload)
             session.epoch, session.slot, session.pid = int(epoch), int(slot), int(pid)
             session.rev = int(rev)
+            self.budgets.hello(session.epoch, held)
             self.sessions[session.epoch] = session
             self._all_gone.clear()
             # the answer to HELLO: what of this epoch is committed (a worker resending
@@ -147,12 +151,18 @@ class Ingest:
                     self._at_rev(session, int(stats["rev"]))
         elif kind == capture.AT_REV:
             self._at_rev(session, capture.read_number(payload))
+        elif kind == capture.LEASE_ASK:
+            asks = capture.read_data(payload)
+            if isinstance(asks, dict):
+                grants = self.budgets.grant(session.epoch, asks, len(self.sessions))
+                session.send(capture.data_frame(capture.LEASE, grants))
         else:
             raise FrameError(f"unknown frame kind {kind}")
 
     def on_lost(self, session: WorkerSession) -> None:
         if self.sessions.get(session.epoch) is session:
             del self.sessions[session.epoch]
+            self.budgets.lost(session.epoch)
             final = self.last.get(session.slot)
             if final is not None and final.get("epoch") == session.epoch:
                 # this process is done: its figures move to the slot's retired sums
@@ -169,7 +179,9 @@ class Ingest:
 
     # --- acknowledgements and backpressure -----------------------------------------------
 
-    def _acknowledge(self, progress: dict[int, int]) -> None:
+    def _acknowledge(self, progress: dict[int, int], spent: dict[int, dict[int, int]]) -> None:
+        for epoch, links in spent.items():
+            self.budgets.written(epoch, links)
         for epoch, seq in progress.items():
             session = self.sessions.get(epoch)
             if session is not None:

@@ -19,13 +19,36 @@ Rules:
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import secrets
 import sqlite3
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Final, Protocol
 from urllib.parse import unquote_to_bytes
 
+import orjson
+
+from edge.capture import FLAG_LIMITED, FLAG_TEST
+from edge.facts import FactCache
 from edge.http import Request, response_head, status_line
-from edge.urls import ipv6_literal, merge_query, split_url
+from edge.rules import (
+    OVERFLOW,
+    VARIANT_BASE,
+    compile_when,
+    cumulative_weights,
+    first_match,
+    pick_variant,
+)
+from edge.urls import ipv6_literal, merge_query, split_url, with_params
+
+UTM_FIELDS: Final = ("utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term")
+DEFAULT_CLICK_ID_PARAM: Final = "lc"
+
+
+def _NO_IP() -> str:
+    return ""
+
 
 HOST_CACHE_SIZE: Final = 4096  # distinct raw Host values remembered (ports, case variants)
 _FAVICON: Final = b"/favicon.ico"
@@ -105,6 +128,7 @@ class Link:
         "flags",
         "expires_at_s",
         "expired_head",
+        "routes",
     )
 
     def __init__(self, row: sqlite3.Row) -> None:
@@ -126,6 +150,7 @@ class Link:
         expired_url = row["expired_url"]
         # None: an expired link answers 410 Gone.
         self.expired_head: bytes | None = redirect_head(302, expired_url) if expired_url else None
+        self.routes: Routes | None = Routes(row, location) if Routes.wanted(row) else None
 
     @property
     def slug(self) -> str:
@@ -151,11 +176,133 @@ class Link:
         """The response head for a visit that carried `?query` on the short URL."""
         if not self.flags & FORWARD_QUERY:
             return self.head
-        base, pairs, fragment = split_url(self.location)
-        location = merge_query(
+        return redirect_head(self.status, self.merged(self.location, query), self.max_age_s)
+
+    def merged(self, location: str, query: bytes) -> str:
+        """`location` with the visit's `?query` merged in as this link says."""
+        if not query or not self.flags & FORWARD_QUERY:
+            return location
+        base, pairs, fragment = split_url(location)
+        return merge_query(
             base, pairs, fragment, query.decode("ascii"), bool(self.flags & REQUEST_WINS)
         )
-        return redirect_head(self.status, location, self.max_age_s)
+
+
+class Routes:
+    """What a routed link adds to a Link: its rules (compiled), variants, click limit,
+    click ids. Built when the link loads; evaluated by LinkTable.answer per request."""
+
+    __slots__ = (
+        "rules",
+        "targets",
+        "weights",
+        "variant_targets",
+        "limited",
+        "overflow_head",
+        "click_id_param",
+    )
+
+    @staticmethod
+    def wanted(row: sqlite3.Row) -> bool:
+        return bool(row["rules"] or row["variants"] or row["max_clicks"] or row["click_ids"])
+
+    def __init__(self, row: sqlite3.Row, location: str) -> None:
+        utm = [(f, row[f]) for f in UTM_FIELDS if row[f]]  # a link's tags go everywhere
+
+        def tagged(url: str) -> str:
+            return with_params(url, utm) if utm else url
+
+        rules = orjson.loads(row["rules"]) if row["rules"] else []
+        self.rules = tuple(compile_when(r["when"]) for r in rules)
+        self.targets = tuple((int(r["status"]), tagged(r["url"])) for r in rules)
+        variants = orjson.loads(row["variants"]) if row["variants"] else []
+        self.weights = cumulative_weights(variants) if variants else ()
+        self.variant_targets = tuple(tagged(v["url"]) for v in variants)
+        self.limited = bool(row["max_clicks"])
+        overflow = row["overflow_url"]
+        # None: a link past its click limit answers 410 Gone (without an overflow URL)
+        self.overflow_head = redirect_head(302, overflow) if overflow else None
+        self.click_id_param = (
+            (row["click_id_param"] or DEFAULT_CLICK_ID_PARAM) if row["click_ids"] else None
+        )
+
+
+class Routing(Protocol):
+    """What routed links need from the process serving them (edge/worker.py gives the
+    real one: leases from the collector, the day's visitor-id salt)."""
+
+    facts: FactCache
+
+    def visitor(self, ip: str, user_agent: bytes, domain_id: int, now: float) -> int:
+        """The visitor's id (an unsigned 64-bit int): variants are picked from it."""
+        ...
+
+    def take(self, link_id: int) -> bool:
+        """One human click of a limited link spends one unit of its budget: True while
+        there is budget, False once the limit is reached."""
+        ...
+
+    def exhausted(self, link_id: int) -> bool:
+        """Whether a limited link is past its limit (without spending)."""
+        ...
+
+    def click_id(self, now: float) -> bytes:
+        """A new click id: 16 bytes, the time first, then random (unguessable)."""
+        ...
+
+
+class LocalRouting:
+    """Routing for one process alone (tools, tests): no budget leases, no salt."""
+
+    def __init__(self, facts: FactCache | None = None) -> None:
+        self.facts = facts or FactCache(None)
+        self.spent: dict[int, int] = {}
+        self.limits: dict[int, int] = {}
+        self._key = secrets.token_bytes(16)
+
+    def visitor(self, ip: str, user_agent: bytes, domain_id: int, now: float) -> int:
+        digest = hashlib.blake2b(
+            ip.encode() + b"\0" + user_agent + b"\0" + b"%d" % domain_id,
+            digest_size=8,
+            key=self._key,
+        ).digest()
+        return int.from_bytes(digest, "little")
+
+    def take(self, link_id: int) -> bool:
+        if self.exhausted(link_id):
+            return False
+        self.spent[link_id] = self.spent.get(link_id, 0) + 1
+        return True
+
+    def exhausted(self, link_id: int) -> bool:
+        limit = self.limits.get(link_id)
+        return limit is not None and self.spent.get(link_id, 0) >= limit
+
+    def click_id(self, now: float) -> bytes:
+        return new_click_id(now)
+
+
+def new_click_id(now: float, random_part: bytes | None = None) -> bytes:
+    """16 bytes: 6 of Unix milliseconds (the index on clicks grows at its right edge),
+    10 random (80 bits: unguessable)."""
+    return int(now * 1000).to_bytes(6, "big") + (random_part or secrets.token_bytes(10))
+
+
+def click_id_text(click_id: bytes) -> str:
+    """The click id as it goes into a URL: 22 characters of base64url."""
+    return base64.urlsafe_b64encode(click_id).decode("ascii").rstrip("=")
+
+
+_TEST_MARKER: Final = b"lc_test=1"
+
+
+def strip_test_marker(query: bytes) -> tuple[bytes, bool]:
+    """(the query without `lc_test=1`, whether it was there): a test click is recorded as
+    one (bot kind "test") and its marker is not forwarded."""
+    if _TEST_MARKER not in query:
+        return query, False
+    kept = [p for p in query.split(b"&") if p != _TEST_MARKER]
+    return b"&".join(kept), len(kept) != query.count(b"&") + 1
 
 
 def is_servable(row: sqlite3.Row) -> bool:
@@ -174,7 +321,9 @@ _PLAIN_INDEX: Final = {s: i for i, s in enumerate(PLAIN_STATUSES)}
 _MAX_PLAIN_ID: Final = 2**32 - 1
 
 Entry = bytes | Link  # what a domain's slug dict holds
-Answer = tuple[bytes, bytes, int, int, int]  # head, body, status, link id, domain id
+# head, body, status, link id, domain id, route (edge/rules.py index, or None for a link
+# without routes), click id (or None), flags the click gets (capture.FLAG_*)
+Answer = tuple[bytes, bytes, int, int, int, int | None, bytes | None, int]
 
 
 def entry_for(row: sqlite3.Row) -> Entry:
@@ -188,6 +337,7 @@ def entry_for(row: sqlite3.Row) -> Entry:
         and row["expires_at"] is None
         and row["status"] in _PLAIN_INDEX
         and 0 <= link_id <= _MAX_PLAIN_ID
+        and not Routes.wanted(row)
     ):
         return (
             link_id.to_bytes(4, "little")
@@ -211,7 +361,16 @@ def plain_head(entry: bytes, query: bytes = b"") -> bytes:
 
 
 class Domain:
-    __slots__ = ("id", "host", "is_default", "slugs", "folded", "root_head", "fallback_head")
+    __slots__ = (
+        "id",
+        "host",
+        "is_default",
+        "slugs",
+        "folded",
+        "root_head",
+        "fallback_head",
+        "click_id_param",
+    )
 
     def __init__(
         self, row: sqlite3.Row, slugs: dict[bytes, Entry], folded: dict[bytes, Entry] | None
@@ -229,6 +388,8 @@ class Domain:
         self.fallback_head: bytes | None = (
             redirect_head(302, row["fallback_url"]) if row["fallback_url"] else None
         )
+        # every click on this domain gets a click id (None: only links that ask for one)
+        self.click_id_param: str | None = DEFAULT_CLICK_ID_PARAM if row["click_ids"] else None
 
 
 def normalize_raw_host(raw: bytes) -> str | None:
@@ -256,6 +417,9 @@ class LinkTable:
 
     def __init__(self, *, unknown_host_404: bool = False) -> None:
         self.unknown_host_404 = unknown_host_404
+        # what routed links need of the process (edge/worker.py sets the real one)
+        self.routing: Routing = LocalRouting()
+        self.limited: set[int] = set()  # ids of links with a click limit
         self.rev = 0
         self._count = 0
         self._slugs: dict[int, dict[bytes, Entry]] = {}
@@ -283,12 +447,13 @@ class LinkTable:
         self._host_cache[raw_host] = domain
         return domain
 
-    def answer(self, req: Request, now: float) -> Answer:
-        """The answer to a GET or HEAD: (head, body, status, link id, domain id). The head
-        is the status line and headers without Date and the blank line (the server
-        appends them, then the body unless HEAD); link id is 0 for anything that is not a
-        served redirect (nothing to record). The edge serves exactly this, and tests call
-        it: one path."""
+    def answer(self, req: Request, now: float, client_ip: Callable[[], str] = _NO_IP) -> Answer:
+        """The answer to a GET or HEAD: (head, body, status, link id, domain id, route,
+        click id, flags). The head is the status line and headers without Date and the
+        blank line (the server appends them, then the body unless HEAD); link id is 0 for
+        anything that is not a served redirect (nothing to record). `client_ip` gives the
+        client's address when a rule needs its country. The edge serves exactly this, and
+        tests call it: one path."""
         domain = self.domain_for(req.host)
         path = req.path
         entry = None
@@ -303,30 +468,128 @@ class LinkTable:
                     entry = domain.folded.get(slug.lower())
         if entry is None:
             if path == _ROBOTS:
-                return ROBOTS_HEAD, ROBOTS_BODY, 200, 0, 0
+                return ROBOTS_HEAD, ROBOTS_BODY, 200, 0, 0, None, None, 0
             if domain is not None and path != _FAVICON:
                 fallback = domain.root_head if path == b"/" else domain.fallback_head
                 if fallback is not None:
-                    return fallback, b"", 302, 0, domain.id
-            return NOT_FOUND_HEAD, NOT_FOUND_BODY, 404, 0, 0
+                    return fallback, b"", 302, 0, domain.id, None, None, 0
+            return NOT_FOUND_HEAD, NOT_FOUND_BODY, 404, 0, 0, None, None, 0
         assert domain is not None  # an entry was found on it
-        if entry.__class__ is bytes:  # a plain link (entry_for): the common case
+        if entry.__class__ is bytes and domain.click_id_param is None:
+            # a plain link (entry_for): the common case
             plain: bytes = entry
             index = plain[4]
             link_id = int.from_bytes(plain[:4], "little")
             if req.query:
-                return plain_head(plain, req.query), b"", PLAIN_STATUSES[index], link_id, domain.id
+                head = plain_head(plain, req.query)
+                return head, b"", PLAIN_STATUSES[index], link_id, domain.id, None, None, 0
             head = PLAIN_LINES[index] + plain[5:] + PLAIN_TAIL
-            return head, b"", PLAIN_STATUSES[index], link_id, domain.id
+            return head, b"", PLAIN_STATUSES[index], link_id, domain.id, None, None, 0
+        if entry.__class__ is bytes:  # plain, on a domain that gives every click an id
+            return self._with_click_id(entry, domain, req, now)
         link: Link = entry  # type: ignore[assignment]
         if link.flags & DISABLED:
-            return GONE_HEAD, GONE_BODY, 410, 0, domain.id
+            return GONE_HEAD, GONE_BODY, 410, 0, domain.id, None, None, 0
         if link.expires_at_s is not None and now >= link.expires_at_s:
             if link.expired_head is None:
-                return GONE_HEAD, GONE_BODY, 410, 0, domain.id
-            return link.expired_head, b"", 302, 0, domain.id
+                return GONE_HEAD, GONE_BODY, 410, 0, domain.id, None, None, 0
+            return link.expired_head, b"", 302, 0, domain.id, None, None, 0
+        if link.routes is not None:
+            return self._route(link, link.routes, domain, req, now, client_ip)
+        if domain.click_id_param is not None:
+            return self._routed_head(
+                link, domain, req, now, link.status, link.location, None, 0, domain.click_id_param
+            )
         head = link.head_for_query(req.query) if req.query else link.head
-        return head, b"", link.status, link.id, domain.id
+        return head, b"", link.status, link.id, domain.id, None, None, 0
+
+    def _route(
+        self,
+        link: Link,
+        routes: Routes,
+        domain: Domain,
+        req: Request,
+        now: float,
+        client_ip: Callable[[], str],
+    ) -> Answer:
+        """A routed link: the first matching rule, else past its click limit the overflow,
+        else its variant (sticky per visitor), else its own URL."""
+        routing = self.routing
+        flags = 0
+        query, test = strip_test_marker(req.query) if req.query else (b"", False)
+        if test:
+            flags |= FLAG_TEST
+        param = routes.click_id_param or domain.click_id_param
+        if routes.rules:
+            facts = routing.facts.facts(req, client_ip, now)
+            i = first_match(routes.rules, facts)
+            if i >= 0:
+                status, location = routes.targets[i]
+                return self._routed_head(
+                    link, domain, req, now, status, location, i + 1, flags, param, query
+                )
+        if routes.limited:
+            human = not test and not routing.facts.is_bot(req)
+            if (human and not routing.take(link.id)) or (not human and routing.exhausted(link.id)):
+                if routes.overflow_head is None:
+                    return GONE_HEAD, GONE_BODY, 410, 0, domain.id, None, None, 0
+                return routes.overflow_head, b"", 302, link.id, domain.id, OVERFLOW, None, flags
+            if human:
+                flags |= FLAG_LIMITED
+        if routes.weights:
+            if routing.facts.is_bot(req):
+                v = 0  # bots always get the first variant (and stats leave them out)
+            else:
+                visitor = routing.visitor(client_ip(), req.user_agent, domain.id, now)
+                v = pick_variant(routes.weights, visitor)
+            return self._routed_head(
+                link,
+                domain,
+                req,
+                now,
+                link.status,
+                routes.variant_targets[v],
+                VARIANT_BASE + v,
+                flags,
+                param,
+                query,
+            )
+        return self._routed_head(
+            link, domain, req, now, link.status, link.location, 0, flags, param, query
+        )
+
+    def _routed_head(
+        self,
+        link: Link,
+        domain: Domain,
+        req: Request,
+        now: float,
+        status: int,
+        location: str,
+        route: int | None,
+        flags: int,
+        param: str | None,
+        query: bytes | None = None,
+    ) -> Answer:
+        location = link.merged(location, req.query if query is None else query)
+        click_id = None
+        if param is not None:
+            click_id = self.routing.click_id(now)
+            location = with_params(location, [(param, click_id_text(click_id))])
+        head = redirect_head(status, location, link.max_age_s)
+        return head, b"", status, link.id, domain.id, route, click_id, flags
+
+    def _with_click_id(self, plain: bytes, domain: Domain, req: Request, now: float) -> Answer:
+        assert domain.click_id_param is not None
+        status = PLAIN_STATUSES[plain[4]]
+        location = plain[5:].decode("ascii")
+        if req.query:
+            base, pairs, fragment = split_url(location)
+            location = merge_query(base, pairs, fragment, req.query.decode("ascii"), False)
+        click_id = self.routing.click_id(now)
+        location = with_params(location, [(domain.click_id_param, click_id_text(click_id))])
+        link_id = int.from_bytes(plain[:4], "little")
+        return redirect_head(status, location), b"", status, link_id, domain.id, None, click_id, 0
 
     def apply(
         self,
@@ -361,6 +624,10 @@ class LinkTable:
             if entry is not None:
                 slugs[key] = entry
                 self._count += 1
+            if entry.__class__ is Link and entry.routes is not None and entry.routes.limited:
+                self.limited.add(link_id)
+            else:
+                self.limited.discard(link_id)
             folded = folded_of.get(domain_id)
             if folded is not None:  # the slug is folded once, when its link loads
                 _refold(folded, key.lower(), link_id, entry)
@@ -376,6 +643,7 @@ class LinkTable:
         assert slugs is not None
         del slugs[key]
         self._count -= 1
+        self.limited.discard(link_id)
         folded = self._folded.get(domain_id)
         if folded is not None:
             _refold(folded, key.lower(), link_id, None)

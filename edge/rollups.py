@@ -71,6 +71,8 @@ CLICK_COLUMNS: Final = (
     "language",
     "dnt",
     "ip_truncated",
+    "route",
+    "click_id",
 )
 _INSERT_CLICK_HEAD: Final = f"INSERT INTO clicks ({', '.join(CLICK_COLUMNS)})"
 

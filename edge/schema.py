@@ -519,6 +519,43 @@ def _m0007_create_ingest_progress(conn: sqlite3.Connection) -> None:
     _run(conn, _M0007_SQL)
 
 
+# --- 0008 ---------------------------------------------------------------------------------
+_M0008_SQL: Final = (
+    # redirect rules and A/B variants (JSON, edge/rules.py's stored form), click limits,
+    # click ids for conversions, the attribution window, the launch (send) time
+    "ALTER TABLE links ADD COLUMN rules TEXT",
+    "ALTER TABLE links ADD COLUMN variants TEXT",
+    "ALTER TABLE links ADD COLUMN max_clicks INTEGER",
+    "ALTER TABLE links ADD COLUMN overflow_url TEXT",
+    "ALTER TABLE links ADD COLUMN click_ids INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE links ADD COLUMN click_id_param TEXT",
+    "ALTER TABLE links ADD COLUMN attribution_window_s INTEGER",
+    "ALTER TABLE links ADD COLUMN launched_at INTEGER",
+    "ALTER TABLE domains ADD COLUMN click_ids INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE domains ADD COLUMN postback_secret TEXT",
+    # where each click went (edge/rules.py route index) and its click id (16 bytes, time
+    # first: the partial index grows at its right edge, like the table)
+    "ALTER TABLE clicks ADD COLUMN route INTEGER",
+    "ALTER TABLE clicks ADD COLUMN click_id BLOB",
+    "CREATE UNIQUE INDEX clicks_click_id ON clicks (click_id) WHERE click_id IS NOT NULL",
+    # the clicks each limited link has spent of its budget (counted when written)
+    """CREATE TABLE link_spent (
+        link_id INTEGER PRIMARY KEY,
+        spent INTEGER NOT NULL
+    )""",
+    """CREATE TABLE campaign_launches (
+        campaign TEXT PRIMARY KEY,
+        launched_at INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    # what a token may do: read, links, events, admin (comma-separated)
+    "ALTER TABLE api_tokens ADD COLUMN scopes TEXT NOT NULL DEFAULT 'admin'",
+)
+
+
+def _m0008_rules_limits_click_ids(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0008_SQL)
+
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 MIGRATIONS: Final[list[Migration]] = [
     (1, "0001_create_links", _m0001_create_links),
@@ -528,6 +565,7 @@ MIGRATIONS: Final[list[Migration]] = [
     (5, "0005_rollups_for_big_ranges", _m0005_rollups_for_big_ranges),
     (6, "0006_slug_case_and_time_bounds", _m0006_slug_case_and_time_bounds),
     (7, "0007_create_ingest_progress", _m0007_create_ingest_progress),
+    (8, "0008_rules_limits_click_ids", _m0008_rules_limits_click_ids),
 ]
 LATEST: Final = MIGRATIONS[-1][0]
 

@@ -296,6 +296,7 @@ class EdgeProtocol(asyncio.Protocol):
         "scanner",
         "body",
         "body_req",
+        "req",
         "deadline",
         "head_started",
         "closing",
@@ -316,6 +317,7 @@ class EdgeProtocol(asyncio.Protocol):
         self.scanner: HeadScanner | None = None
         self.body: BodyReader | None = None
         self.body_req: Request | None = None
+        self.req: Request | None = None  # the request being answered (for client_ip)
         self.closing = False  # close after the answers already queued
         self.paused = False  # reading paused by flow control
         # timeouts: `deadline` is when the sweep acts; `head_started` is set while a
@@ -489,36 +491,49 @@ class EdgeProtocol(asyncio.Protocol):
             metrics.count(405)
             return METHOD_NOT_ALLOWED_HEAD + tail + METHOD_NOT_ALLOWED_BODY
         now = time.time()
-        head, body, status, link_id, domain_id = self.table.answer(req, now)
+        self.req = req
+        head, body, status, link_id, domain_id, route, click_id, flags = self.table.answer(
+            req, now, self.client_ip
+        )
         metrics.count(status)
         if not link_id:
             return head + tail + (b"" if is_head else body)
         metrics.redirects += 1
         click_buffer = server.click_buffer
         if click_buffer is not None:
-            flags = FLAG_HEAD if is_head else 0
+            if is_head:
+                flags |= FLAG_HEAD
             if req.prefetch:
                 flags |= FLAG_PREFETCH
             if req.dnt:
                 flags |= FLAG_DNT
             if req.gpc:
                 flags |= FLAG_GPC
-            ip = self.peer_ip
-            if self.trusted_peer and (req.forwarded_for is not None or req.forwarded is not None):
-                ip = server.trusted.client_ip(ip, req)
             click_buffer.append(
                 (
                     now,
                     link_id,
                     domain_id,
-                    ip,
+                    self.client_ip(),
                     req.user_agent,
                     req.referer,
                     req.accept_language,
                     flags,
+                    route,
+                    click_id,
                 )
             )
         return head + tail
+
+    def client_ip(self) -> str:
+        """The client's address for the request being answered: the peer, or what a
+        trusted proxy says it forwarded for."""
+        req = self.req
+        forwarded = req is not None and (req.forwarded_for is not None or req.forwarded is not None)
+        if self.trusted_peer and forwarded:
+            assert req is not None
+            return self.server.trusted.client_ip(self.peer_ip, req)
+        return self.peer_ip
 
 
 def install_event_loop_policy() -> str:

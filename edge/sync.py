@@ -13,6 +13,7 @@ import contextlib
 import gc
 import logging
 import sqlite3
+from collections.abc import Callable
 from typing import Final
 
 from edge import catalog
@@ -51,6 +52,7 @@ class LinkSync:
         self.table = table
         self.interval_s = interval_s
         self.data_version = -1
+        self.on_change: Callable[[], None] | None = None  # after changes were applied
         self.last_error: str | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -69,6 +71,8 @@ class LinkSync:
                 await asyncio.sleep(0)
             changed += table.apply(old, links[i : i + APPLY_SLICE_ROWS])
         table.rev = rev
+        if self.on_change is not None:
+            self.on_change()
         if old and changed:
             log.debug("link table: %d link(s) changed, now at rev %d", changed, rev)
         return changed

@@ -73,15 +73,14 @@ class VisitorIds:
 
 
 def salt_for_day(conn: sqlite3.Connection, day: int, new_salt: Callable[[], bytes]) -> bytes:
-    """The visitor-hash salt of a UTC day, created if missing; older salts are deleted."""
+    """The visitor-hash salt of a UTC day, created if missing (by whichever process asks
+    first: the collector, or a worker picking A/B variants by visitor); salts older than
+    the day before are deleted for good (the day before stays for clicks written late)."""
     with Transaction(conn):
-        conn.execute("DELETE FROM salts WHERE day < ?", (day,))
+        conn.execute("DELETE FROM salts WHERE day < ?", (day - 1,))
+        conn.execute("INSERT OR IGNORE INTO salts (day, salt) VALUES (?, ?)", (day, new_salt()))
         row = conn.execute("SELECT salt FROM salts WHERE day = ?", (day,)).fetchone()
-        if row is not None:
-            return bytes(row[0])
-        salt = new_salt()
-        conn.execute("INSERT INTO salts (day, salt) VALUES (?, ?)", (day, salt))
-        return salt
+        return bytes(row[0])
 
 
 def visitor_int(vid: bytes) -> int:

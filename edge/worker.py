@@ -39,15 +39,23 @@ from edge import capture
 from edge.capture import FrameError, FrameReader, RawClick
 from edge.config import Config
 from edge.db import Database
-from edge.links import LinkTable
+from edge.facts import FactCache
+from edge.limits import LOW_WATER, Leases
+from edge.links import LinkTable, LocalRouting, new_click_id
 from edge.looplag import LoopLag
 from edge.server import EdgeServer
 from edge.sync import LinkSync
+from edge.visitors import DAY_S, VisitorIds, salt_for_day, visitor_int
+from geo.geoip import GeoDatabase
 
 log = logging.getLogger("linkedge.worker")
 
 STATS_INTERVAL_S: Final = 1.0  # counters go to the collector this often
 CONNECT_TIMEOUT_S: Final = 10.0  # a worker reports ready once connected, or after this
+LEASE_WAIT_S: Final = 0.5  # a refresh waits this long at most for a new limit's lease
+GEO_CHECK_INTERVAL_S: Final = 2.0  # the GeoIP file is stat()ed this often (rules' country)
+SALT_CHECK_S: Final = 30.0  # the day's salt is looked for this often
+SALT_AHEAD_S: Final = 600.0  # tomorrow's salt is read this long before midnight
 RECONNECT_BACKOFF_S: Final = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 DROP_LOG_INTERVAL_S: Final = 10.0
 # A connection whose peer stops reading gets no more frames past this many buffered bytes
@@ -82,11 +90,14 @@ class Shipper:
         # connection
         self.link: CollectorLink | None = None
         self.on_refresh: Any = None  # async callable(rev) set by the worker
+        self.on_connected: Callable[[], None] | None = None
         self._ship_handle: asyncio.TimerHandle | None = None
         self._connector: asyncio.Task[None] | None = None
         self._closing = False
         self._acked_all = asyncio.Event()
         self.connected = asyncio.Event()  # the collector answered our HELLO
+        # click budgets of limited links, leased by the collector (edge/limits.py)
+        self.leases = Leases(lambda asks: self.send(capture.data_frame(capture.LEASE_ASK, asks)))
         self.rev: Callable[[], int] = lambda: -1  # the link revision this worker serves
 
     @property
@@ -126,10 +137,12 @@ class Shipper:
             self._count_drop(lost)
             if not clicks:
                 return
-        data = capture.batch_frame(self.seq + 1, clicks)
+        spent = self.leases.spent
+        data = capture.batch_frame(self.seq + 1, clicks, spent)
         if self.unacked_bytes + len(data) > self.config.max_unacked_bytes:
             self._count_drop(len(clicks))
             return
+        self.leases.shipped(self.seq + 1)
         self.seq += 1
         self.unacked.append((self.seq, data, len(clicks)))
         self.unacked_clicks += len(clicks)
@@ -165,6 +178,7 @@ class Shipper:
                 break
 
     def acked_up_to(self, seq: int) -> None:
+        self.leases.written(seq)
         unacked = self.unacked
         while unacked and unacked[0][0] <= seq:
             _s, data, n = unacked.popleft()
@@ -245,7 +259,8 @@ class CollectorLink(asyncio.Protocol):
         self.transport.set_write_buffer_limits(SEND_HIGH_WATER_BYTES)
         shipper = self.shipper
         shipper.link = self
-        hello = (shipper.epoch, shipper.slot, os.getpid(), shipper.rev())
+        shipper.leases.reconnected()
+        hello = (shipper.epoch, shipper.slot, os.getpid(), shipper.rev(), shipper.leases.held())
         self.send(capture.data_frame(capture.HELLO, hello))
         shipper.sent_seq = 0  # the collector may not have any of them: all again
         shipper._send_pending()
@@ -267,7 +282,14 @@ class CollectorLink(asyncio.Protocol):
             for kind, payload in self.reader.frames():
                 if kind == capture.ACK:
                     self.shipper.acked_up_to(capture.read_number(payload))
-                    self.shipper.connected.set()
+                    if not self.shipper.connected.is_set():  # the answer to our HELLO
+                        self.shipper.connected.set()
+                        if self.shipper.on_connected is not None:
+                            self.shipper.on_connected()
+                elif kind == capture.LEASE:
+                    grants = capture.read_data(payload)
+                    if isinstance(grants, dict):
+                        self.shipper.leases.granted(grants)
                 elif kind == capture.REFRESH and self.shipper.on_refresh is not None:
                     rev = capture.read_number(payload)
                     asyncio.get_running_loop().create_task(self.shipper.on_refresh(rev))
@@ -329,6 +351,49 @@ def worker_stats(
     return out
 
 
+class WorkerRouting:
+    """What routed links need of a worker (edge/links.py Routing): the fact caches, the
+    budgets leased by the collector, the day's visitor-id salt, click ids."""
+
+    def __init__(self, facts: FactCache, leases: Leases) -> None:
+        self.facts = facts
+        self.leases = leases
+        self.take = leases.take
+        self.exhausted = leases.exhausted
+        self.salts: dict[int, VisitorIds] = {}  # UTC day -> the visitor ids of that day
+        self._local = LocalRouting(facts)  # before a day's salt is read (a moment a day)
+        self._random = b""
+
+    def visitor(self, ip: str, user_agent: bytes, domain_id: int, now: float) -> int:
+        ids = self.salts.get(int(now) // DAY_S)
+        if ids is None:
+            return self._local.visitor(ip, user_agent, domain_id, now)
+        return visitor_int(ids.of(ip, user_agent, domain_id))
+
+    def click_id(self, now: float) -> bytes:
+        if len(self._random) < 10:
+            self._random = os.urandom(10 * 1024)  # one syscall for a thousand click ids
+        part, self._random = self._random[:10], self._random[10:]
+        return new_click_id(now, part)
+
+    async def keep_salts(self, db: Database) -> None:
+        """Today's salt (and tomorrow's, minutes before midnight), read or created the
+        way the collector does, so a worker's variant and the stored visitor id agree."""
+        while True:
+            now = time.time()
+            days = {int(now) // DAY_S, int(now + SALT_AHEAD_S) // DAY_S}
+            for day in days - set(self.salts):
+                try:
+                    salt = await db.run(salt_for_day, day, lambda: os.urandom(32))
+                except Exception as exc:  # the database is busy: the next round retries
+                    log.debug("reading the salt of day %d failed: %s", day, exc)
+                    continue
+                self.salts[day] = VisitorIds(salt)
+            for day in [d for d in self.salts if d < int(now) // DAY_S - 1]:
+                del self.salts[day]
+            await asyncio.sleep(SALT_CHECK_S)
+
+
 async def run_worker(
     config: Config, slot: int, sock: socket.socket, collector_path: str, ready_fd: int | None
 ) -> int:
@@ -340,6 +405,18 @@ async def run_worker(
     # the link to the collector carries clicks (when recording), counters and refreshes
     link = Shipper(config, slot, collector_path)
     link.rev = lambda: table.rev
+    # rules read facts (GeoIP from the copy this server's processes share)
+    geo = None
+    if config.geoip_path or config.geoip_asn_path:
+        geo = await asyncio.to_thread(
+            GeoDatabase,
+            config.geoip_path,
+            config.geoip_asn_path,
+            shared_dir=os.path.dirname(collector_path),
+        )
+    routing = WorkerRouting(FactCache(geo), link.leases)
+    table.routing = routing
+    salts_task = asyncio.get_running_loop().create_task(routing.keep_salts(reader))
     await link.start()
     shipper = link if config.record_clicks else None
     server = EdgeServer(config, table, shipper)
@@ -356,7 +433,23 @@ async def run_worker(
             await sync.refresh()
         except Exception as exc:  # a failed read: the poll retries; say where we are
             log.warning("worker %d: refresh failed: %s", slot, exc)
+        # a new limited link holds its first lease before the API says it is served
+        await link.leases.prepare(table.limited, LEASE_WAIT_S)
         link.send(capture.number_frame(capture.AT_REV, table.rev))
+
+    def keep_leases() -> None:
+        link.leases.ask(i for i in table.limited if link.leases.budget.get(i, 0) < LOW_WATER)
+
+    sync.on_change = keep_leases
+    link.on_connected = keep_leases
+
+    async def reload_geo() -> None:
+        while geo is not None:
+            await asyncio.sleep(GEO_CHECK_INTERVAL_S)
+            with contextlib.suppress(Exception):  # status() has the reason; never fatal
+                await asyncio.to_thread(geo.maybe_reload)
+
+    geo_task = loop.create_task(reload_geo())
 
     def send_stats() -> None:
         link.send(
@@ -390,7 +483,13 @@ async def run_worker(
     await asyncio.sleep(0)  # let the transport write it
     await link.disconnect()
     await sync.stop()
+    for task in (salts_task, geo_task):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     await reader.close()
+    if geo is not None:
+        geo.close()
     return 0 if left == 0 else 1
 
 

@@ -26,8 +26,9 @@
 # - Reload is cheap to poll: maybe_reload() stats the files and reopens only a file
 #   whose (inode, mtime, size) changed. A replacement that fails to open is recorded and
 #   not retried until the file changes again; the previous reader keeps serving.
-# - What is mapped is a private copy of the file (_private_copy), never the operator's
-#   file: overwriting or truncating that in place cannot fault a lookup (SIGBUS). A file
+# - What is mapped is a private copy of the file (_private_copy, or one shared by the
+#   processes of a server: _shared_copy), never the operator's file: overwriting or
+#   truncating that in place cannot fault a lookup (SIGBUS). A file
 #   renamed into place is loaded at the next check; one changed in place (same inode) once
 #   it has held still for one check, and only if it did not change while being copied.
 from __future__ import annotations
@@ -39,6 +40,7 @@ import logging
 import mmap
 import os
 import re
+import shutil
 import tempfile
 from collections import OrderedDict
 from typing import Any, Final, NamedTuple
@@ -167,14 +169,46 @@ def _release_copy(fd: int, target: str) -> None:
             os.unlink(target)
 
 
-def _open(path: str, *, private: bool = False) -> maxminddb.Reader:
-    """Open and sanity-check one file; GeoDatabaseError with a human reason otherwise.
-    `private`: open a private copy of it (what a long-running reader must do)."""
-    copy: tuple[int, str] | None = None
+def _shared_copy(path: str, directory: str, signature: tuple[int, int, int]) -> str:
+    """A copy of `path` in `directory` (this server's own, 0700), named by the file's
+    signature, so every process of the server maps the same file (one copy in the page
+    cache): the first one to need it writes it (aside, then renamed into place), the
+    others open it. Nobody writes a copy after it is in place."""
+    ino, mtime_ns, size = signature
+    target = os.path.join(directory, f"geoip-{ino}-{mtime_ns}-{size}.mmdb")
+    if os.path.exists(target):
+        return target
+    fd, tmp = tempfile.mkstemp(prefix=".geoip-", dir=directory)
     try:
-        if private:
+        with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
+            shutil.copyfileobj(src, dst, _COPY_CHUNK_BYTES)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target
+
+
+def _open(
+    path: str,
+    *,
+    private: bool = False,
+    shared_dir: str | None = None,
+    signature: tuple[int, int, int] | None = None,
+) -> maxminddb.Reader:
+    """Open and sanity-check one file; GeoDatabaseError with a human reason otherwise.
+    `private`: open a private copy of it (what a long-running reader must do): in
+    `shared_dir` when given (one copy for every process of the server), else a memfd."""
+    copy: tuple[int, str] | None = None
+    target = path
+    try:
+        if private and shared_dir is not None and signature is not None:
+            target = _shared_copy(path, shared_dir, signature)
+        elif private:
             copy = _private_copy(path)
-        reader = maxminddb.open_database(copy[1] if copy else path, maxminddb.MODE_AUTO)
+            target = copy[1]
+        reader = maxminddb.open_database(target, maxminddb.MODE_AUTO)
     except FileNotFoundError:
         raise GeoDatabaseError(f"file not found: {path}") from None
     except PermissionError:
@@ -296,12 +330,14 @@ class _Source:
         "pin",
         "reader",
         "seen",
+        "shared_dir",
         "tried",
     )
 
-    def __init__(self, path: str, label: str) -> None:
+    def __init__(self, path: str, label: str, shared_dir: str | None = None) -> None:
         self.path = path
         self.label = label  # "geoip" or "asn", for logs and messages
+        self.shared_dir = shared_dir
         self.reader: maxminddb.Reader | None = None
         self.meta: Any = None
         self.mode: str | None = None
@@ -335,7 +371,7 @@ class _Source:
             self.error = f"{self.path} is changing in place{self._serving_note()}"
             return False
         try:
-            reader = _open(self.path, private=True)
+            reader = _open(self.path, private=True, shared_dir=self.shared_dir, signature=signature)
         except GeoDatabaseError as exc:
             self.tried = signature
             self.error = f"{exc}{self._serving_note()}"
@@ -360,8 +396,9 @@ class _Source:
         self.mode = _mode_of(reader)
         self.loaded_signature = signature
         self.error = None
-        if old is not None:
-            old.close()
+        # The old reader is not closed here: a lookup on another thread may be using it; it
+        # is released (unmapped) when its last reference goes.
+        del old
         logger.info(
             "%s database %s loaded: %s built %s, %s",
             self.label,
@@ -419,12 +456,18 @@ class GeoDatabase:
     )
 
     def __init__(
-        self, path: str | None, asn_path: str | None = None, cache_size: int = DEFAULT_CACHE_SIZE
+        self,
+        path: str | None,
+        asn_path: str | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        shared_dir: str | None = None,
     ) -> None:
+        """`shared_dir`: where the processes of one server keep their common copies of
+        the files (see _shared_copy); without it, each reader has its own (a memfd)."""
         self.path = path
         self.asn_path = asn_path
-        self._main = _Source(path, "geoip") if path else None
-        self._asn = _Source(asn_path, "asn") if asn_path else None
+        self._main = _Source(path, "geoip", shared_dir) if path else None
+        self._asn = _Source(asn_path, "asn", shared_dir) if asn_path else None
         self._cache: OrderedDict[str, GeoResult] = OrderedDict()
         self._cache_size = max(1, cache_size)
         # statistics

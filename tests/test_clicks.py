@@ -383,12 +383,37 @@ def test_uniques_per_day_and_salt_rotation(tmp_path: Path) -> None:
             t0 = day * DAY_S - 30.0  # 30 s before midnight UTC
             people = [(f"203.0.113.{i}", b"UA/%d" % (i % 2)) for i in range(5)]
             for when in (t0, t0 + 10, t0 + 40, t0 + 50):  # two visits each side of midnight
-                feed(recorder, [(when, link["id"], 1, ip, ua, b"", b"", 0) for ip, ua in people])
+                feed(
+                    recorder,
+                    [(when, link["id"], 1, ip, ua, b"", b"", 0, None, None) for ip, ua in people],
+                )
             feed(
                 recorder,
                 [
-                    (t0 + 45, link["id"], 1, "203.0.113.1", b"UA/1", b"", b"", FLAG_DNT),
-                    (t0 + 46, link["id"], 1, "203.0.113.9", CHROME.encode(), b"", b"", FLAG_HEAD),
+                    (
+                        t0 + 45,
+                        link["id"],
+                        1,
+                        "203.0.113.1",
+                        b"UA/1",
+                        b"",
+                        b"",
+                        FLAG_DNT,
+                        None,
+                        None,
+                    ),
+                    (
+                        t0 + 46,
+                        link["id"],
+                        1,
+                        "203.0.113.9",
+                        CHROME.encode(),
+                        b"",
+                        b"",
+                        FLAG_HEAD,
+                        None,
+                        None,
+                    ),
                 ],
             )
             await recorder.flush()
@@ -426,7 +451,7 @@ def test_uniques_per_day_and_salt_rotation(tmp_path: Path) -> None:
     }
     assert len(ids_before) == 5 and len(ids_after) == 6
     assert not ids_before & ids_after  # the same people cannot be followed across days
-    assert [r[0] for r in conn.execute("SELECT day FROM salts")] == [day]
+    assert [r[0] for r in conn.execute("SELECT day FROM salts ORDER BY day")] == [day - 1, day]
     minutes = conn.execute("SELECT sum(clicks), sum(humans) FROM link_minute").fetchone()
     assert tuple(minutes) == (22, 21)
     dims = dict(
@@ -479,7 +504,7 @@ def test_the_flusher_rebuilds_groups_a_purged_link_left(tmp_path: Path) -> None:
         feed(
             recorder,
             [
-                (now, link["id"], 1, f"203.0.113.{i}", b"UA", b"", b"", 0)
+                (now, link["id"], 1, f"203.0.113.{i}", b"UA", b"", b"", 0, None, None)
                 for i, link in enumerate((keep, gone, gone))
             ],
         )
@@ -546,7 +571,7 @@ def test_cancelling_a_flush_at_any_stage_loses_nothing(tmp_path: Path) -> None:
             feed(
                 recorder,
                 [
-                    (now, link["id"], 1, f"198.51.100.{i}", b"UA/%d" % b, b"", b"", 0)
+                    (now, link["id"], 1, f"198.51.100.{i}", b"UA/%d" % b, b"", b"", 0, None, None)
                     for i in range(40)
                 ],
                 epoch=epoch,

@@ -30,7 +30,7 @@ def answer(table: LinkTable, host: bytes, target: bytes, now: float | None = Non
 
 def location(table: LinkTable, host: bytes, target: bytes) -> str | None:
     """The Location of a served redirect, or None when the answer is not one."""
-    head, _body, status, link_id, _domain = answer(table, host, target)
+    head, _body, status, link_id, *_rest = answer(table, host, target)
     if not link_id:
         return None
     assert status in (301, 302, 303, 307, 308)

@@ -281,7 +281,7 @@ class FakeWorker:
         self.sock.settimeout(10)
         self.sock.connect(path)
         self.reader = capture.FrameReader()
-        self.sock.sendall(capture.data_frame(capture.HELLO, (epoch, 7, os.getpid(), 0)))
+        self.sock.sendall(capture.data_frame(capture.HELLO, (epoch, 7, os.getpid(), 0, {})))
         self.hello_ack = self.next_ack()
 
     def next_ack(self) -> int:
@@ -310,7 +310,9 @@ def test_a_batch_sent_again_is_written_once_across_reconnects_and_crashes(link: 
         link_id = conn.execute("SELECT id FROM links WHERE slug = 'z'").fetchone()[0]
         conn.close()
         now = time.time()
-        batch = [(now, link_id, 1, f"192.0.2.{i}", b"UA", b"", b"", 0) for i in range(25)]
+        batch = [
+            (now, link_id, 1, f"192.0.2.{i}", b"UA", b"", b"", 0, None, None) for i in range(25)
+        ]
         worker = FakeWorker(path, epoch=4242)
         assert worker.hello_ack == 0
         assert worker.send_batch(1, batch) == 1  # committed, then acknowledged
