@@ -47,6 +47,7 @@ from edge.db import Database, Transaction, current_rev, now_ms
 from edge.errors import InvalidField, LinkedgeError, NotFound
 from edge.http import Request
 from edge.urls import normalize_host
+from geo import bots
 
 log = logging.getLogger("linkedge.admin")
 
@@ -702,6 +703,7 @@ class AdminServer:
                 "error": geo.get("error"),
             },
             "sync": {"ok": not sync_errors, "error": sync_errors[0] if sync_errors else None},
+            "bot_list": bots.list_info(),
             "workers": {
                 "configured": self.runtime.workers_expected,
                 "connected": len(self.runtime.edges.sessions),

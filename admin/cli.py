@@ -1,5 +1,5 @@
 """The `linkedge` command line: init, serve, demo, link, domain, geo, stats, token, utm,
-backup.
+backup, bots, import, export, doctor.
 
 Rules: every command works on the SQLite file directly, so it is usable whether or not a
 server runs (a running server picks the change up within a second). Settings come from
@@ -957,7 +957,32 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("info", "lookup"):
         _config_option(gsub.choices[name])
     admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats, backup
+    _add_bots_commands(sub)
     return parser
+
+
+def _add_bots_commands(sub: Any) -> None:
+    from admin import botcli
+
+    bots = _cmd(
+        sub,
+        "bots",
+        lambda a: 0,
+        "how clicks are labelled bots",
+        "linkedge bots explain 'curl/8.5.0'",
+    )
+    bsub = bots.add_subparsers(dest="bots_command", metavar="ACTION", required=True)
+    p = _cmd(
+        bsub,
+        "explain",
+        botcli.cmd_bots_explain,
+        "the bot kind of a User-Agent and the signal that decided it",
+        "linkedge bots explain 'Mozilla/5.0 (compatible; SemrushBot/7~bl)'",
+    )
+    p.add_argument("user_agent", metavar="UA", help="the User-Agent header's value")
+    p.add_argument("--head", action="store_true", help="as if the request were a HEAD")
+    p.add_argument("--prefetch", action="store_true", help="as if it carried Sec-Purpose")
+    p.add_argument("--json", action="store_true")
 
 
 def _setup_logging(level: str) -> None:

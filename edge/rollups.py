@@ -71,6 +71,7 @@ CLICK_COLUMNS: Final = (
     "language",
     "dnt",
     "ip_truncated",
+    "bot_reason",
 )
 _INSERT_CLICK_HEAD: Final = f"INSERT INTO clicks ({', '.join(CLICK_COLUMNS)})"
 

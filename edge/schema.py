@@ -519,6 +519,20 @@ def _m0007_create_ingest_progress(conn: sqlite3.Connection) -> None:
     _run(conn, _M0007_SQL)
 
 
+# --- 0010 ---------------------------------------------------------------------------------
+# (8 and 9 are reserved for work in progress elsewhere: numbers need not be consecutive,
+# each migration is recorded by its own number.)
+_M0010_SQL: Final = (
+    # Which signal made a click a bot (geo/bots.py Verdict.reason: "crawlerdetect:semrushbot",
+    # "linkedge:curl/", "head:method", ...); NULL for a human and for clicks written before.
+    "ALTER TABLE clicks ADD COLUMN bot_reason TEXT",
+)
+
+
+def _m0010_add_click_bot_reason(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0010_SQL)
+
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 MIGRATIONS: Final[list[Migration]] = [
     (1, "0001_create_links", _m0001_create_links),
@@ -528,6 +542,7 @@ MIGRATIONS: Final[list[Migration]] = [
     (5, "0005_rollups_for_big_ranges", _m0005_rollups_for_big_ranges),
     (6, "0006_slug_case_and_time_bounds", _m0006_slug_case_and_time_bounds),
     (7, "0007_create_ingest_progress", _m0007_create_ingest_progress),
+    (10, "0010_add_click_bot_reason", _m0010_add_click_bot_reason),
 ]
 LATEST: Final = MIGRATIONS[-1][0]
 
