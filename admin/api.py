@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import orjson
 
-from admin import auth, metrics, stats, timerange, velocity
+from admin import auth, metrics, qr, stats, timerange, velocity
 from admin.http import (
     BulkFailed,
     Call,
@@ -55,6 +55,7 @@ MAX_BULK_LINKS: Final = 1000
 # Event streams push once a second.
 STREAM_INTERVAL_S: Final = 1.0
 STREAM_RETRY_MS: Final = 2000  # EventSource reconnection delay we suggest
+QR_QUERY: Final = ("scale", "margin", "error", "dark", "light")
 # /healthz probes the writer at most this often, and gives it this long to answer.
 HEALTH_CACHE_S: Final = 1.0
 HEALTH_DB_TIMEOUT_S: Final = 2.0
@@ -193,6 +194,8 @@ class AdminServer:
             r.add("GET", ref + "/stats", self.link_stats, stats_q)
             r.add("GET", ref + "/velocity", self.link_velocity, ("window",))
             r.add("GET", ref + "/checkpoints", self.link_checkpoints)
+            for kind in qr.FORMATS:
+                r.add("GET", f"{ref}/qr.{kind}", self.link_qr, QR_QUERY)
         r.add("GET", "/api/stats", self.group_stats, (*stats_q, *filters, "group_by", "limit"))
         r.add("GET", "/api/live", self.live, ("top",))
         r.add("GET", "/api/live/stream", self.live_stream, ("top",))
@@ -327,6 +330,14 @@ class AdminServer:
     async def _read_link(self, ref: LinkRef) -> dict[str, Any]:
         link: dict[str, Any] = await self.db.run(_get_link, ref)
         return link
+
+    async def link_qr(self, call: Call) -> Response:
+        """The link's QR code (admin/qr.py): SVG or PNG by the path's extension."""
+        kind = call.req.path.rsplit(b".", 1)[-1].decode("ascii")
+        opts = qr.options(call.query)
+        link = await self._read_link(self._link_ref(call))
+        image = qr.render(stats.short_url(link["domain"], link["slug"]), kind, opts)
+        return Response(200, image, qr.CONTENT_TYPES[kind])
 
     async def get_link(self, call: Call) -> Response:
         return json_response(200, self.link_out(await self._read_link(self._link_ref(call))))

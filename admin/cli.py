@@ -411,6 +411,20 @@ def cmd_link_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_link_qr(args: argparse.Namespace) -> int:
+    from admin import qr
+
+    conn = open_db(args)
+    link = _find(conn, args)
+    kind = args.format or ("png" if args.output.lower().endswith(".png") else "svg")
+    opts = qr.options({k: getattr(args, k) for k in ("scale", "margin", "error", "dark", "light")})
+    image = qr.render(short_url(link), kind, opts)
+    with open(args.output, "wb") as out:
+        out.write(image)
+    print(f"wrote {os.path.abspath(args.output)}: {kind.upper()} of {qr.qr_url(short_url(link))}")
+    return 0
+
+
 def _tag_changes(args: argparse.Namespace, link: dict[str, Any]) -> list[str] | None:
     """The tags after --add-tag / --rm-tag (None when neither was given)."""
     added = [t.strip().lower() for v in args.add_tag or () for t in v.split(",") if t.strip()]
@@ -825,6 +839,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--add-tag", action="append", help="add a tag, keeping the others (repeatable)")
     p.add_argument("--rm-tag", action="append", help="remove one tag (repeatable)")
     _link_options(p)
+    _db_option(p)
+    p = _cmd(
+        lsub,
+        "qr",
+        cmd_link_qr,
+        "write a link's QR code (its scans count as source qr)",
+        "linkedge link qr spring -o spring.png --scale 12 --error q",
+    )
+    p.add_argument("slug")
+    p.add_argument("--domain")
+    p.add_argument("-o", "--output", required=True, help="the file (.svg or .png)")
+    p.add_argument("--format", choices=("svg", "png"), help="default: by the file's extension")
+    p.add_argument("--scale", type=int, help="pixels per module (1-50, default 10)")
+    p.add_argument("--margin", type=int, help="quiet zone in modules (0-20, default 4)")
+    p.add_argument("--error", choices=("l", "m", "q", "h"), help="error correction (default m)")
+    p.add_argument("--dark", help="colour of the modules, #rgb or #rrggbb (default #000000)")
+    p.add_argument("--light", help="background colour, or transparent (default #ffffff)")
     _db_option(p)
     for action, help_text in (
         ("disable", "answer 410 Gone for a link"),

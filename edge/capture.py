@@ -31,6 +31,7 @@ FLAG_HEAD: Final = 1  # a HEAD request: a probe, never a person navigating
 FLAG_PREFETCH: Final = 2  # Sec-Purpose/Purpose: prefetch or prerender
 FLAG_DNT: Final = 4  # DNT: 1 (counted without a visitor id or geo below country)
 FLAG_GPC: Final = 8  # Sec-GPC: 1 (the same)
+FLAG_QR: Final = 16  # the short URL carried the QR marker (edge/urls.py QR_MARKER): a scan
 
 RawClick = tuple[float, int, int, str, bytes, bytes, bytes, int]
 

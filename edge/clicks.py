@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 from edge import rollups, visitors
-from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH, RawClick
+from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH, FLAG_QR, RawClick
 from edge.config import Config
 from edge.db import Database, Transaction, now_ms
 from edge.live import LiveCounters
@@ -52,7 +52,7 @@ from edge.visitors import VisitorIds
 from geo.bots import HEAD, PREFETCH, Verdict, explain, pattern_verdict
 from geo.geoip import EMPTY_GEO, GeoDatabase, GeoResult
 from geo.language import primary_language
-from geo.referrer import parse_referrer
+from geo.referrer import click_source, parse_referrer
 from geo.useragent import UserAgentParser
 
 log = logging.getLogger("linkedge.clicks")
@@ -227,14 +227,18 @@ class Enricher:
                     verdict = ua[0]
                 method = "HEAD" if flags & FLAG_HEAD else "GET"
                 private = flags & (FLAG_DNT | FLAG_GPC)
+                scanned = bool(flags & FLAG_QR)
             else:
                 verdict = ua[0]
                 method = "GET"
                 private = 0
+                scanned = False
             geo = geo_seen.get(ip)
             if geo is None:
                 geo = geo_seen[ip] = geo_lookup(ip) if ip else EMPTY_GEO
             ref = ref_cache.get(ref_raw) or self._referrer(ref_raw)
+            if scanned:
+                ref = (ref[0], ref[1], click_source(ref[2], scanned=True))
             lang = lang_cache.get(lang_raw, _UNSET)
             if lang is _UNSET:
                 lang = self._language(lang_raw)

@@ -32,12 +32,13 @@ import time
 from email.utils import formatdate
 from typing import Any, Final, Protocol, cast
 
-from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH
+from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH, FLAG_QR
 from edge.config import Config
 from edge.http import STATUS_REASONS, BadRequest, BodyReader, HeadScanner, Request, parse_head
 from edge.links import (
     LinkTable,
 )
+from edge.urls import take_qr_marker
 
 log = logging.getLogger("linkedge.edge")
 
@@ -489,6 +490,9 @@ class EdgeProtocol(asyncio.Protocol):
             metrics.count(405)
             return METHOD_NOT_ALLOWED_HEAD + tail + METHOD_NOT_ALLOWED_BODY
         now = time.time()
+        scanned = False
+        if req.query:  # a QR code's scan: the marker is the edge's, never forwarded
+            req.query, scanned = take_qr_marker(req.query)
         head, body, status, link_id, domain_id = self.table.answer(req, now)
         metrics.count(status)
         if not link_id:
@@ -503,6 +507,8 @@ class EdgeProtocol(asyncio.Protocol):
                 flags |= FLAG_DNT
             if req.gpc:
                 flags |= FLAG_GPC
+            if scanned:
+                flags |= FLAG_QR
             ip = self.peer_ip
             if self.trusted_peer and (req.forwarded_for is not None or req.forwarded is not None):
                 ip = server.trusted.client_ip(ip, req)

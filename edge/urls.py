@@ -211,3 +211,23 @@ def merge_query(
         dest_keys = {pair_key(p) for p in dest_pairs}
         merged = dest_pairs + [p for p in req_pairs if pair_key(p) not in dest_keys]
     return join_url(base, merged, fragment)
+
+
+# --- the QR marker ------------------------------------------------------------------------
+# A QR code of a short link encodes `https://go.example.com/slug?qr=1` (admin/qr.py), so a
+# scan is told apart from a typed or clicked link (Dub's convention). The edge takes the
+# pair out of the request's query before anything else sees it: the destination never
+# gets it (query forwarding merges the rest as usual), and the click carries FLAG_QR.
+QR_MARKER: Final = "qr=1"
+_QR_PAIR: Final = QR_MARKER.encode("ascii")
+
+
+def take_qr_marker(query: bytes) -> tuple[bytes, bool]:
+    """(the query without its `qr=1` pairs, whether it had one). Cheap when absent."""
+    if _QR_PAIR not in query:
+        return query, False
+    pairs = query.split(b"&")
+    kept = [p for p in pairs if p != _QR_PAIR]
+    if len(kept) == len(pairs):  # "xqr=1" or "qr=10": not the marker
+        return query, False
+    return b"&".join(kept), True
