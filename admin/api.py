@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import orjson
 
-from admin import auth, metrics, qr, stats, timerange, velocity
+from admin import auth, imports, metrics, qr, stats, timerange, velocity
 from admin.http import (
     BulkFailed,
     Call,
@@ -55,7 +55,18 @@ MAX_BULK_LINKS: Final = 1000
 # Event streams push once a second.
 STREAM_INTERVAL_S: Final = 1.0
 STREAM_RETRY_MS: Final = 2000  # EventSource reconnection delay we suggest
+
+
+def _flag(text: str | None, name: str) -> bool:
+    if text is None or text in ("0", "false"):
+        return False
+    if text in ("1", "true"):
+        return True
+    raise InvalidField(f"{name} must be true or false", name)
+
+
 QR_QUERY: Final = ("scale", "margin", "error", "dark", "light")
+IMPORT_QUERY: Final = ("from", "map", "dry_run", "overwrite", "domain")
 # /healthz probes the writer at most this often, and gives it this long to answer.
 HEALTH_CACHE_S: Final = 1.0
 HEALTH_DB_TIMEOUT_S: Final = 2.0
@@ -187,6 +198,7 @@ class AdminServer:
         )
         r.add("POST", "/api/links", self.create_link)
         r.add("POST", "/api/links/bulk", self.create_links_bulk)
+        r.add("POST", "/api/import", self.import_links, IMPORT_QUERY)
         for ref in ("/api/links/{id}", "/api/links/{domain}/{slug}"):
             r.add("GET", ref, self.get_link)
             r.add("PATCH", ref, self.patch_link)
@@ -330,6 +342,32 @@ class AdminServer:
     async def _read_link(self, ref: LinkRef) -> dict[str, Any]:
         link: dict[str, Any] = await self.db.run(_get_link, ref)
         return link
+
+    async def import_links(self, call: Call) -> Response:
+        """The body is an export file (admin/imports.py); all or nothing, one transaction."""
+        fmt = call.q("from")
+        if fmt is None:
+            raise InvalidField(f"from is required: one of {', '.join(imports.FORMATS)}", "from")
+        mapping = imports.parse_map(call.q("map"))
+        dry_run = _flag(call.q("dry_run"), "dry_run")
+        overwrite = _flag(call.q("overwrite"), "overwrite")
+        domain = call.q("domain")
+        data = call.body
+
+        def run(conn: sqlite3.Connection) -> imports.ImportReport:
+            return imports.run(
+                conn,
+                data,
+                fmt,
+                now_s=call.now,
+                mapping=mapping,
+                domain=domain,
+                dry_run=dry_run,
+                overwrite=overwrite,
+            )
+
+        report: imports.ImportReport = await self._write(run)
+        return json_response(200, report.as_dict())
 
     async def link_qr(self, call: Call) -> Response:
         """The link's QR code (admin/qr.py): SVG or PNG by the path's extension."""

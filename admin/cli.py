@@ -989,7 +989,50 @@ def build_parser() -> argparse.ArgumentParser:
         _config_option(gsub.choices[name])
     admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats, backup
     _add_bots_commands(sub)
+    _add_import_export_commands(sub)
     return parser
+
+
+def _add_import_export_commands(sub: Any) -> None:
+    from admin import exports, imports
+
+    p = _cmd(
+        sub,
+        "import",
+        imports.cmd_import,
+        "import links from Bitly, Shlink, YOURLS, Kutt or a CSV (all or nothing)",
+        "linkedge import bitly.csv --from bitly --dry-run",
+    )
+    p.add_argument("file", help="the export file")
+    p.add_argument("--from", dest="source", required=True, choices=imports.FORMATS)
+    p.add_argument(
+        "--map",
+        help="for --from csv: field=Header pairs, e.g. slug=Back-half,url=Long URL "
+        f"(fields: {', '.join(imports.FIELDS)})",
+    )
+    p.add_argument("--dry-run", action="store_true", help="say what would happen, write nothing")
+    p.add_argument("--overwrite", action="store_true", help="replace links whose slug exists")
+    p.add_argument("--domain", help="put every link on this domain (added when missing)")
+    p.add_argument("--json", action="store_true")
+    _db_option(p)
+
+    p = _cmd(
+        sub,
+        "export",
+        exports.cmd_export,
+        "export links, clicks or stats as CSV or NDJSON (streamed)",
+        "linkedge export clicks --from -7d --campaign spring --format ndjson -o clicks.ndjson",
+    )
+    p._negative_number_matcher = admin_cli.RELATIVE_ARG_RE  # --from -7d
+    p.add_argument("what", choices=exports.KINDS)
+    p.add_argument("--format", choices=exports.FORMATS, default="csv")
+    p.add_argument("-o", "--output", help="the file (default: standard output)")
+    p.add_argument("--from", dest="from_", help="clicks/stats from this time (e.g. -7d, ISO)")
+    p.add_argument("--to", help="clicks/stats up to this time (default now)")
+    p.add_argument("--link", help="only this link's slug (on --domain, else the default)")
+    p.add_argument("--domain")
+    p.add_argument("--campaign", help="only links of this campaign")
+    _db_option(p)
 
 
 def _add_bots_commands(sub: Any) -> None:
