@@ -57,6 +57,15 @@ STREAM_INTERVAL_S: Final = 1.0
 STREAM_RETRY_MS: Final = 2000  # EventSource reconnection delay we suggest
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("linkedge")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without metadata
+        return "0"
+
+
 def _flag(text: str | None, name: str) -> bool:
     if text is None or text in ("0", "false"):
         return False
@@ -123,6 +132,7 @@ class AdminServer:
         self._ticker: asyncio.TimerHandle | None = None
         # caches
         self._health: tuple[float, Response] | None = None
+        self._openapi: bytes | None = None
         self._live: tuple[int, int, dict[str, Any]] | None = None
         self._names_rev = -1
         self._names: dict[int, tuple[str, str]] = {}
@@ -190,6 +200,7 @@ class AdminServer:
         filters = ("domain", "tag", "campaign", "utm_source", "utm_medium", "utm_campaign", "q")
         r.add("GET", "/healthz", self.healthz)
         r.add("GET", "/metrics", self.metrics)
+        r.add("GET", "/api/openapi.json", self.openapi)
         r.add(
             "GET",
             "/api/links",
@@ -342,6 +353,13 @@ class AdminServer:
     async def _read_link(self, ref: LinkRef) -> dict[str, Any]:
         link: dict[str, Any] = await self.db.run(_get_link, ref)
         return link
+
+    async def openapi(self, call: Call) -> Response:
+        if self._openapi is None:
+            from admin import openapi
+
+            self._openapi = orjson.dumps(openapi.document(self.router, _version()))
+        return Response(200, self._openapi)
 
     async def import_links(self, call: Call) -> Response:
         """The body is an export file (admin/imports.py); all or nothing, one transaction."""
