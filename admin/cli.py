@@ -990,6 +990,16 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats, backup
     _add_bots_commands(sub)
     _add_import_export_commands(sub)
+    from admin import doctor
+
+    p = _cmd(
+        sub,
+        "doctor",
+        doctor.cmd_doctor,
+        "check the install: database, disk, GeoIP, ports, token, clock, bot list",
+        "linkedge --config /etc/linkedge.env doctor",
+    )
+    _db_option(p)
     return parser
 
 

@@ -102,7 +102,9 @@ def curl(port: int, root: Path, path: str, *extra: str, source: str = "127.0.0.1
 
 
 def straight(edge_port: int, source: str, headers: str = "") -> bytes:
-    with socket.create_connection(("127.0.0.1", edge_port), timeout=5, source_address=(source, 0)) as s:  # noqa: E501
+    with socket.create_connection(
+        ("127.0.0.1", edge_port), timeout=5, source_address=(source, 0)
+    ) as s:  # noqa: E501
         s.sendall(
             f"GET /hello HTTP/1.1\r\nHost: {NAME}\r\nUser-Agent: {UA}\r\n{headers}"
             "Connection: close\r\n\r\n".encode()
@@ -126,10 +128,7 @@ def test_through_caddy_the_click_records_the_visitor_and_forgeries_are_ignored(
     code, _out, err = edge.stop()
     assert code == 0, err
     ids = [
-        r[0]
-        for r in sqlite3.connect(db_path).execute(
-            "SELECT visitor_id FROM clicks ORDER BY id"
-        )
+        r[0] for r in sqlite3.connect(db_path).execute("SELECT visitor_id FROM clicks ORDER BY id")
     ]
     via_caddy, via_caddy_forged, direct_2, forged_direct_3, direct_3 = ids
     assert via_caddy == direct_2  # Caddy's X-Forwarded-For: the visitor's own address
