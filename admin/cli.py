@@ -665,8 +665,11 @@ def cmd_geo_update(args: argparse.Namespace) -> int:
     dest = args.dest or _geoip_path(args) or DEFAULT_GEOIP_FILE
     verb = "downloading" if "://" in url and not url.startswith("file:") else "installing"
     print(f"{verb} {redact(url)} -> {dest}", file=sys.stderr)
+    from admin.progress import Progress
+
     try:
-        info = download_database(url, dest, timeout_s=args.timeout)
+        with Progress("geo update", unit="bytes") as progress:
+            info = download_database(url, dest, timeout_s=args.timeout, on_bytes=progress.advance)
     except GeoUpdateError as exc:
         raise CLIError(f"GeoIP update failed: {exc}") from None
     if args.json:

@@ -547,8 +547,9 @@ MIGRATIONS: Final[list[Migration]] = [
 LATEST: Final = MIGRATIONS[-1][0]
 
 
-def migrate(conn: sqlite3.Connection) -> list[str]:
-    """Apply the migrations this database lacks; return the names applied."""
+def migrate(conn: sqlite3.Connection, announce: Callable[[str], None] | None = None) -> list[str]:
+    """Apply the migrations this database lacks; return the names applied. `announce` is
+    told each one's name before it runs (a long one, such as 0005, takes minutes)."""
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
@@ -561,6 +562,8 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
             ).fetchone()
             if done:
                 continue
+            if announce is not None:
+                announce(name)
             apply(conn)
             conn.execute(
                 "INSERT INTO schema_migrations (id, name, applied_at) VALUES (?, ?, ?)",
