@@ -146,11 +146,28 @@ ERROR_SCHEMA: Final = {
     },
 }
 _PATH_PARAMETERS: Final = {
-    "id": {"type": "integer", "minimum": 0},
-    "domain": {"type": "string", "minLength": 1},
-    "slug": {"type": "string", "minLength": 1},
-    "host": {"type": "string", "minLength": 1},
+    "id": {"type": "integer", "minimum": 0, "examples": [1]},
+    "domain": {"type": "string", "minLength": 1, "examples": ["localhost"]},
+    "slug": {"type": "string", "minLength": 1, "examples": ["a"]},
+    "host": {"type": "string", "minLength": 1, "examples": ["localhost"]},
     "field": {"type": "string", "enum": list(catalog.UTM_FIELDS)},
+}
+
+
+_TEXT: Final = {"type": "string"}
+_FLAG: Final = {"type": "string", "enum": ["true", "false", "1", "0"], "examples": ["true"]}
+# Query parameters with a known set of values (the rest are text the handler parses).
+_QUERY_SCHEMAS: Final[dict[Any, dict[str, Any]]] = {
+    "purge": _FLAG,
+    "archived": _FLAG,
+    "dry_run": _FLAG,
+    "overwrite": _FLAG,
+    "interval": {"type": "string", "enum": ["minute", "hour", "day"]},
+    ("import_links", "from"): {
+        "type": "string",
+        "enum": ["bitly", "shlink", "yourls", "kutt", "csv"],
+    },
+    "error": {"type": "string", "enum": ["l", "m", "q", "h"]},
 }
 
 
@@ -171,7 +188,7 @@ def _operation(method: str, path: str, handler: str, query: frozenset[str]) -> d
     ]
     params += [
         {"name": name, "in": "query", "required": name == "from" and handler == "import_links",
-         "schema": {"type": "string"}}
+         "schema": _QUERY_SCHEMAS.get((handler, name), _QUERY_SCHEMAS.get(name, _TEXT))}
         for name in sorted(query)
     ]  # fmt: skip
     public = not path.startswith("/api/")
