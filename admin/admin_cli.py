@@ -161,12 +161,18 @@ def open_db(args: argparse.Namespace, *, create: bool = False) -> sqlite3.Connec
                 EXIT_RUNTIME,
             )
         if version < schema.LATEST:  # reads of an up-to-date database take no write lock
-            schema.migrate(conn)
+            schema.migrate(conn, _announce_migration)
         catalog.ensure_default_domain(conn)
     except BaseException:
         conn.close()
         raise
     return conn
+
+
+def _announce_migration(name: str) -> None:
+    """Progress of migrations on a terminal: which one runs (some take minutes)."""
+    if sys.stderr.isatty():
+        print(f"migrating the database: {name} ...", file=sys.stderr, flush=True)
 
 
 def database_error(exc: sqlite3.Error, args: argparse.Namespace) -> CommandError:

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import orjson
 
-from admin import auth, metrics, stats, timerange, velocity
+from admin import auth, imports, metrics, qr, stats, timerange, velocity
 from admin.http import (
     BulkFailed,
     Call,
@@ -47,6 +47,7 @@ from edge.db import Database, Transaction, current_rev, now_ms
 from edge.errors import InvalidField, LinkedgeError, NotFound
 from edge.http import Request
 from edge.urls import normalize_host
+from geo import bots
 
 log = logging.getLogger("linkedge.admin")
 
@@ -54,6 +55,27 @@ MAX_BULK_LINKS: Final = 1000
 # Event streams push once a second.
 STREAM_INTERVAL_S: Final = 1.0
 STREAM_RETRY_MS: Final = 2000  # EventSource reconnection delay we suggest
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("linkedge")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without metadata
+        return "0"
+
+
+def _flag(text: str | None, name: str) -> bool:
+    if text is None or text in ("0", "false"):
+        return False
+    if text in ("1", "true"):
+        return True
+    raise InvalidField(f"{name} must be true or false", name)
+
+
+QR_QUERY: Final = ("scale", "margin", "error", "dark", "light")
+IMPORT_QUERY: Final = ("from", "map", "dry_run", "overwrite", "domain")
 # /healthz probes the writer at most this often, and gives it this long to answer.
 HEALTH_CACHE_S: Final = 1.0
 HEALTH_DB_TIMEOUT_S: Final = 2.0
@@ -110,6 +132,7 @@ class AdminServer:
         self._ticker: asyncio.TimerHandle | None = None
         # caches
         self._health: tuple[float, Response] | None = None
+        self._openapi: bytes | None = None
         self._live: tuple[int, int, dict[str, Any]] | None = None
         self._names_rev = -1
         self._names: dict[int, tuple[str, str]] = {}
@@ -177,6 +200,7 @@ class AdminServer:
         filters = ("domain", "tag", "campaign", "utm_source", "utm_medium", "utm_campaign", "q")
         r.add("GET", "/healthz", self.healthz)
         r.add("GET", "/metrics", self.metrics)
+        r.add("GET", "/api/openapi.json", self.openapi)
         r.add(
             "GET",
             "/api/links",
@@ -185,6 +209,7 @@ class AdminServer:
         )
         r.add("POST", "/api/links", self.create_link)
         r.add("POST", "/api/links/bulk", self.create_links_bulk)
+        r.add("POST", "/api/import", self.import_links, IMPORT_QUERY)
         for ref in ("/api/links/{id}", "/api/links/{domain}/{slug}"):
             r.add("GET", ref, self.get_link)
             r.add("PATCH", ref, self.patch_link)
@@ -192,6 +217,8 @@ class AdminServer:
             r.add("GET", ref + "/stats", self.link_stats, stats_q)
             r.add("GET", ref + "/velocity", self.link_velocity, ("window",))
             r.add("GET", ref + "/checkpoints", self.link_checkpoints)
+            for kind in qr.FORMATS:
+                r.add("GET", f"{ref}/qr.{kind}", self.link_qr, QR_QUERY)
         r.add("GET", "/api/stats", self.group_stats, (*stats_q, *filters, "group_by", "limit"))
         r.add("GET", "/api/live", self.live, ("top",))
         r.add("GET", "/api/live/stream", self.live_stream, ("top",))
@@ -327,6 +354,47 @@ class AdminServer:
     async def _read_link(self, ref: LinkRef) -> dict[str, Any]:
         link: dict[str, Any] = await self.db.run(_get_link, ref)
         return link
+
+    async def openapi(self, call: Call) -> Response:
+        if self._openapi is None:
+            from admin import openapi
+
+            self._openapi = orjson.dumps(openapi.document(self.router, _version()))
+        return Response(200, self._openapi)
+
+    async def import_links(self, call: Call) -> Response:
+        """The body is an export file (admin/imports.py); all or nothing, one transaction."""
+        fmt = call.q("from")
+        if fmt is None:
+            raise InvalidField(f"from is required: one of {', '.join(imports.FORMATS)}", "from")
+        mapping = imports.parse_map(call.q("map"))
+        dry_run = _flag(call.q("dry_run"), "dry_run")
+        overwrite = _flag(call.q("overwrite"), "overwrite")
+        domain = call.q("domain")
+        data = call.body
+
+        def run(conn: sqlite3.Connection) -> imports.ImportReport:
+            return imports.run(
+                conn,
+                data,
+                fmt,
+                now_s=call.now,
+                mapping=mapping,
+                domain=domain,
+                dry_run=dry_run,
+                overwrite=overwrite,
+            )
+
+        report: imports.ImportReport = await self._write(run)
+        return json_response(200, report.as_dict())
+
+    async def link_qr(self, call: Call) -> Response:
+        """The link's QR code (admin/qr.py): SVG or PNG by the path's extension."""
+        kind = call.req.path.rsplit(b".", 1)[-1].decode("ascii")
+        opts = qr.options(call.query)
+        link = await self._read_link(self._link_ref(call))
+        image = qr.render(stats.short_url(link["domain"], link["slug"]), kind, opts)
+        return Response(200, image, qr.CONTENT_TYPES[kind])
 
     async def get_link(self, call: Call) -> Response:
         return json_response(200, self.link_out(await self._read_link(self._link_ref(call))))
@@ -703,6 +771,7 @@ class AdminServer:
                 "error": geo.get("error"),
             },
             "sync": {"ok": not sync_errors, "error": sync_errors[0] if sync_errors else None},
+            "bot_list": bots.list_info(),
             "workers": {
                 "configured": self.runtime.workers_expected,
                 "connected": len(self.runtime.edges.sessions),

@@ -1,5 +1,5 @@
 """The `linkedge` command line: init, serve, demo, link, domain, geo, stats, token, utm,
-backup.
+backup, bots, import, export, doctor.
 
 Rules: every command works on the SQLite file directly, so it is usable whether or not a
 server runs (a running server picks the change up within a second). Settings come from
@@ -411,6 +411,20 @@ def cmd_link_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_link_qr(args: argparse.Namespace) -> int:
+    from admin import qr
+
+    conn = open_db(args)
+    link = _find(conn, args)
+    kind = args.format or ("png" if args.output.lower().endswith(".png") else "svg")
+    opts = qr.options({k: getattr(args, k) for k in ("scale", "margin", "error", "dark", "light")})
+    image = qr.render(short_url(link), kind, opts)
+    with open(args.output, "wb") as out:
+        out.write(image)
+    print(f"wrote {os.path.abspath(args.output)}: {kind.upper()} of {qr.qr_url(short_url(link))}")
+    return 0
+
+
 def _tag_changes(args: argparse.Namespace, link: dict[str, Any]) -> list[str] | None:
     """The tags after --add-tag / --rm-tag (None when neither was given)."""
     added = [t.strip().lower() for v in args.add_tag or () for t in v.split(",") if t.strip()]
@@ -651,8 +665,11 @@ def cmd_geo_update(args: argparse.Namespace) -> int:
     dest = args.dest or _geoip_path(args) or DEFAULT_GEOIP_FILE
     verb = "downloading" if "://" in url and not url.startswith("file:") else "installing"
     print(f"{verb} {redact(url)} -> {dest}", file=sys.stderr)
+    from admin.progress import Progress
+
     try:
-        info = download_database(url, dest, timeout_s=args.timeout)
+        with Progress("geo update", unit="bytes") as progress:
+            info = download_database(url, dest, timeout_s=args.timeout, on_bytes=progress.advance)
     except GeoUpdateError as exc:
         raise CLIError(f"GeoIP update failed: {exc}") from None
     if args.json:
@@ -826,6 +843,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rm-tag", action="append", help="remove one tag (repeatable)")
     _link_options(p)
     _db_option(p)
+    p = _cmd(
+        lsub,
+        "qr",
+        cmd_link_qr,
+        "write a link's QR code (its scans count as source qr)",
+        "linkedge link qr spring -o spring.png --scale 12 --error q",
+    )
+    p.add_argument("slug")
+    p.add_argument("--domain")
+    p.add_argument("-o", "--output", required=True, help="the file (.svg or .png)")
+    p.add_argument("--format", choices=("svg", "png"), help="default: by the file's extension")
+    p.add_argument("--scale", type=int, help="pixels per module (1-50, default 10)")
+    p.add_argument("--margin", type=int, help="quiet zone in modules (0-20, default 4)")
+    p.add_argument("--error", choices=("l", "m", "q", "h"), help="error correction (default m)")
+    p.add_argument("--dark", help="colour of the modules, #rgb or #rrggbb (default #000000)")
+    p.add_argument("--light", help="background colour, or transparent (default #ffffff)")
+    _db_option(p)
     for action, help_text in (
         ("disable", "answer 410 Gone for a link"),
         ("enable", "serve a disabled or archived link again"),
@@ -957,7 +991,85 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("info", "lookup"):
         _config_option(gsub.choices[name])
     admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats, backup
+    _add_bots_commands(sub)
+    _add_import_export_commands(sub)
+    from admin import doctor
+
+    p = _cmd(
+        sub,
+        "doctor",
+        doctor.cmd_doctor,
+        "check the install: database, disk, GeoIP, ports, token, clock, bot list",
+        "linkedge --config /etc/linkedge.env doctor",
+    )
+    _db_option(p)
     return parser
+
+
+def _add_import_export_commands(sub: Any) -> None:
+    from admin import exports, imports
+
+    p = _cmd(
+        sub,
+        "import",
+        imports.cmd_import,
+        "import links from Bitly, Shlink, YOURLS, Kutt or a CSV (all or nothing)",
+        "linkedge import bitly.csv --from bitly --dry-run",
+    )
+    p.add_argument("file", help="the export file")
+    p.add_argument("--from", dest="source", required=True, choices=imports.FORMATS)
+    p.add_argument(
+        "--map",
+        help="for --from csv: field=Header pairs, e.g. slug=Back-half,url=Long URL "
+        f"(fields: {', '.join(imports.FIELDS)})",
+    )
+    p.add_argument("--dry-run", action="store_true", help="say what would happen, write nothing")
+    p.add_argument("--overwrite", action="store_true", help="replace links whose slug exists")
+    p.add_argument("--domain", help="put every link on this domain (added when missing)")
+    p.add_argument("--json", action="store_true")
+    _db_option(p)
+
+    p = _cmd(
+        sub,
+        "export",
+        exports.cmd_export,
+        "export links, clicks or stats as CSV or NDJSON (streamed)",
+        "linkedge export clicks --from -7d --campaign spring --format ndjson -o clicks.ndjson",
+    )
+    p._negative_number_matcher = admin_cli.RELATIVE_ARG_RE  # --from -7d
+    p.add_argument("what", choices=exports.KINDS)
+    p.add_argument("--format", choices=exports.FORMATS, default="csv")
+    p.add_argument("-o", "--output", help="the file (default: standard output)")
+    p.add_argument("--from", dest="from_", help="clicks/stats from this time (e.g. -7d, ISO)")
+    p.add_argument("--to", help="clicks/stats up to this time (default now)")
+    p.add_argument("--link", help="only this link's slug (on --domain, else the default)")
+    p.add_argument("--domain")
+    p.add_argument("--campaign", help="only links of this campaign")
+    _db_option(p)
+
+
+def _add_bots_commands(sub: Any) -> None:
+    from admin import botcli
+
+    bots = _cmd(
+        sub,
+        "bots",
+        lambda a: 0,
+        "how clicks are labelled bots",
+        "linkedge bots explain 'curl/8.5.0'",
+    )
+    bsub = bots.add_subparsers(dest="bots_command", metavar="ACTION", required=True)
+    p = _cmd(
+        bsub,
+        "explain",
+        botcli.cmd_bots_explain,
+        "the bot kind of a User-Agent and the signal that decided it",
+        "linkedge bots explain 'Mozilla/5.0 (compatible; SemrushBot/7~bl)'",
+    )
+    p.add_argument("user_agent", metavar="UA", help="the User-Agent header's value")
+    p.add_argument("--head", action="store_true", help="as if the request were a HEAD")
+    p.add_argument("--prefetch", action="store_true", help="as if it carried Sec-Purpose")
+    p.add_argument("--json", action="store_true")
 
 
 def _setup_logging(level: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from admin.http import JsonListener
+from geo import bots
 
 PROMETHEUS_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 # The flush-duration histogram's upper bounds (seconds): a healthy flush of a 100 ms batch
@@ -290,6 +291,20 @@ def render(runtime: Any, listener: JsonListener, flush_histogram: Histogram) -> 
                 f'{{database_type="{label(geo.get("database_type"))}",'
                 f'build_date="{label(geo.get("build_date"))}"}}',
                 1 if geo.get("enabled") else 0,
+            )
+        ],
+    )
+    bot_list = bots.list_info()
+    metric(
+        out,
+        "linkedge_bot_list_info",
+        "gauge",
+        "The crawler list geo/bots.py uses (`pip install -U crawlerdetect` updates it).",
+        [
+            (
+                f'{{name="{label(bot_list["name"])}",version="{label(bot_list["version"])}",'
+                f'patterns="{bot_list["patterns"]}"}}',
+                1,
             )
         ],
     )

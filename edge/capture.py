@@ -33,6 +33,7 @@ FLAG_DNT: Final = 4  # DNT: 1 (counted without a visitor id or geo below country
 FLAG_GPC: Final = 8  # Sec-GPC: 1 (the same)
 FLAG_TEST: Final = 16  # `?lc_test=1`: a test click (bot kind "test", spends no budget)
 FLAG_LIMITED: Final = 32  # this click spent a unit of its link's click budget
+FLAG_QR: Final = 64  # the short URL carried the QR marker (edge/urls.py QR_MARKER): a scan
 
 # (time, link id, domain id, ip, user agent, referer, accept-language, flags, route, click
 # id): route is edge/rules.py's index (None: a link without routes), click id 16 bytes

@@ -470,15 +470,17 @@ def create_link(
     domain: str | None = None,
     slug: str | None = None,
     slug_length: int = 7,
+    created_at: int | None = None,
 ) -> dict[str, Any]:
-    """Insert one link (a savepoint of the caller's transaction when one is open)."""
+    """Insert one link (a savepoint of the caller's transaction when one is open).
+    `created_at` (Unix ms) keeps the creation time of a link imported from elsewhere."""
     lower = utm_case(conn) == "lower"
     values = {name: _validate_link_value(name, fields.get(name), lower) for name in LINK_COLUMNS}
     check_utm_allowed(conn, values)
     if slug is not None:
         slug = validate_slug(slug)
     with Transaction(conn):
-        row = _insert_link(conn, values, domain, slug, slug_length)
+        row = _insert_link(conn, values, domain, slug, slug_length, created_at)
     return link_dict(row)
 
 
@@ -488,6 +490,7 @@ def _insert_link(
     domain: str | None,
     slug: str | None,
     slug_length: int,
+    created_at: int | None = None,
 ) -> sqlite3.Row:
     drow = domain_row(conn, domain)
     if slug is None:
@@ -511,7 +514,15 @@ def _insert_link(
         # place, and a new link must not inherit them (SQLite would reuse max(id) + 1).
         f"INSERT INTO links (id, domain_id, slug, {columns}, location, created_at, updated_at, "
         f"rev) VALUES ({_NEXT_LINK_ID}, ?, ?, {marks}, ?, ?, ?, ?)",
-        (drow["id"], slug, *values.values(), link_location(values["url"], values), ts, ts, rev),
+        (
+            drow["id"],
+            slug,
+            *values.values(),
+            link_location(values["url"], values),
+            ts if created_at is None else check_time_ms(created_at, "created_at"),
+            ts,
+            rev,
+        ),
     )
     return conn.execute(f"{_LINK_SELECT} WHERE links.id = ?", (cur.lastrowid,)).fetchone()  # type: ignore[no-any-return]
 

@@ -49,6 +49,7 @@ from edge.capture import (
     FLAG_GPC,
     FLAG_HEAD,
     FLAG_PREFETCH,
+    FLAG_QR,
     FLAG_TEST,
     RawClick,
 )
@@ -56,10 +57,10 @@ from edge.config import Config
 from edge.db import Database, Transaction, now_ms
 from edge.live import LiveCounters
 from edge.visitors import VisitorIds
-from geo.bots import classify, ua_kind
+from geo.bots import HEAD, PREFETCH, TEST, Verdict, explain, pattern_verdict
 from geo.geoip import EMPTY_GEO, GeoDatabase, GeoResult
 from geo.language import primary_language
-from geo.referrer import parse_referrer
+from geo.referrer import click_source, parse_referrer
 from geo.useragent import UserAgentParser
 
 log = logging.getLogger("linkedge.clicks")
@@ -101,7 +102,7 @@ _COL = {name: i for i, name in enumerate(rollups.CLICK_COLUMNS)}
 _TS = _COL["ts"]
 
 Row = tuple[Any, ...]
-UAEntry = tuple[str | None, tuple[Any, ...]]
+UAEntry = tuple[Verdict, tuple[Any, ...]]
 # The UA columns of a cheaply read agent: device, OS and browser unknown.
 _CHEAP_UA_COLUMNS: Final = ("other", None, None, None, None, None, None)
 
@@ -132,13 +133,13 @@ class Enricher:
         self._ids: dict[int, tuple[bytes, VisitorIds]] = {}
 
     def _ua(self, raw: bytes) -> UAEntry:
-        """(bot kind from the UA alone, the 7 UA columns), cached by the raw header bytes.
+        """(bot verdict from the UA alone, the 7 UA columns), cached by the raw header bytes.
 
         A string is admitted to the main cache on its second sighting (the first result
         waits in a small probation cache), so a flood of unique strings cannot evict the
         few thousand real ones. Uncached parses have a budget per enrichment step
         (begin_step): past it, while a backlog waits, a string gets the cheap reading
-        (the bot kind from geo.bots' patterns, no ua-parser) and is not cached."""
+        (geo.bots' own patterns: no ua-parser, no crawler list) and is not cached."""
         hit = self._ua_cache.get(raw)
         if hit is not None:
             return hit
@@ -151,14 +152,14 @@ class Enricher:
         text = raw[:MAX_UA_BYTES].decode("utf-8", "replace")
         if self._ua_spent_s >= self._ua_budget_s:
             self.cheap_uas += 1
-            return (ua_kind(text), _CHEAP_UA_COLUMNS)
+            return (pattern_verdict(text), _CHEAP_UA_COLUMNS)
         started = time.perf_counter()
         info = self.ua_parser.parse(text)
-        kind = classify(text, info, is_head=False, is_prefetch=False)
+        verdict = explain(text, info, is_head=False, is_prefetch=False)
         self._ua_spent_s += time.perf_counter() - started
-        device = "bot" if kind is not None else info.device_type
+        device = "bot" if verdict.kind is not None else info.device_type
         entry = (
-            kind,
+            verdict,
             (
                 device,
                 info.os,
@@ -225,28 +226,34 @@ class Enricher:
         for ts, link_id, domain_id, ip, ua_raw, ref_raw, lang_raw, flags, route, cid in clicks:
             ua = ua_cache.get(ua_raw) or self._ua(ua_raw)
             if flags:
+                # the request's own signals come first (geo.bots.explain's order)
                 if flags & FLAG_TEST:
-                    bot_kind: str | None = "test"
+                    verdict = TEST
                 elif flags & FLAG_PREFETCH:
-                    bot_kind = "prefetch"
+                    verdict = PREFETCH
                 elif flags & FLAG_HEAD:
-                    bot_kind = "head"
+                    verdict = HEAD
                 else:
-                    bot_kind = ua[0]
+                    verdict = ua[0]
                 method = "HEAD" if flags & FLAG_HEAD else "GET"
                 private = flags & (FLAG_DNT | FLAG_GPC)
+                scanned = bool(flags & FLAG_QR)
             else:
-                bot_kind = ua[0]
+                verdict = ua[0]
                 method = "GET"
                 private = 0
+                scanned = False
             geo = geo_seen.get(ip)
             if geo is None:
                 geo = geo_seen[ip] = geo_lookup(ip) if ip else EMPTY_GEO
             ref = ref_cache.get(ref_raw) or self._referrer(ref_raw)
+            if scanned:
+                ref = (ref[0], ref[1], click_source(ref[2], scanned=True))
             lang = lang_cache.get(lang_raw, _UNSET)
             if lang is _UNSET:
                 lang = self._language(lang_raw)
             second = int(ts)
+            bot_kind = verdict.kind
             if private:
                 head: tuple[Any, ...] = (
                     int(ts * 1000),
@@ -260,11 +267,11 @@ class Enricher:
                     None,
                     None,
                 )
-                tail: tuple[Any, ...] = (lang, 1, None, route, cid)
+                tail: tuple[Any, ...] = (lang, 1, None, route, cid, verdict.reason)
             else:
                 vid = ids_of[second // DAY_S].of(ip, ua_raw, domain_id)
                 head = (int(ts * 1000), link_id, vid, bot_kind, method, *geo)
-                tail = (lang, 0, truncate_ip(ip) if truncated else None, route, cid)
+                tail = (lang, 0, truncate_ip(ip) if truncated else None, route, cid, verdict.reason)
             append((*head, *ua[1], *ref, *tail))
             key = (link_id, second)
             seconds.append(key)

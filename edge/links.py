@@ -293,18 +293,6 @@ def click_id_text(click_id: bytes) -> str:
     return base64.urlsafe_b64encode(click_id).decode("ascii").rstrip("=")
 
 
-_TEST_MARKER: Final = b"lc_test=1"
-
-
-def strip_test_marker(query: bytes) -> tuple[bytes, bool]:
-    """(the query without `lc_test=1`, whether it was there): a test click is recorded as
-    one (bot kind "test") and its marker is not forwarded."""
-    if _TEST_MARKER not in query:
-        return query, False
-    kept = [p for p in query.split(b"&") if p != _TEST_MARKER]
-    return b"&".join(kept), len(kept) != query.count(b"&") + 1
-
-
 def is_servable(row: sqlite3.Row) -> bool:
     return row["archived_at"] is None
 
@@ -447,13 +435,16 @@ class LinkTable:
         self._host_cache[raw_host] = domain
         return domain
 
-    def answer(self, req: Request, now: float, client_ip: Callable[[], str] = _NO_IP) -> Answer:
+    def answer(
+        self, req: Request, now: float, client_ip: Callable[[], str] = _NO_IP, marks: int = 0
+    ) -> Answer:
         """The answer to a GET or HEAD: (head, body, status, link id, domain id, route,
         click id, flags). The head is the status line and headers without Date and the
         blank line (the server appends them, then the body unless HEAD); link id is 0 for
         anything that is not a served redirect (nothing to record). `client_ip` gives the
-        client's address when a rule needs its country. The edge serves exactly this, and
-        tests call it: one path."""
+        client's address when a rule needs its country; `marks` are the capture flags of
+        the edge's markers the server took out of the query (FLAG_TEST: spends no budget).
+        The edge serves exactly this, and tests call it: one path."""
         domain = self.domain_for(req.host)
         path = req.path
         entry = None
@@ -495,7 +486,7 @@ class LinkTable:
                 return GONE_HEAD, GONE_BODY, 410, 0, domain.id, None, None, 0
             return link.expired_head, b"", 302, 0, domain.id, None, None, 0
         if link.routes is not None:
-            return self._route(link, link.routes, domain, req, now, client_ip)
+            return self._route(link, link.routes, domain, req, now, client_ip, marks)
         if domain.click_id_param is not None:
             return self._routed_head(
                 link, domain, req, now, link.status, link.location, None, 0, domain.click_id_param
@@ -511,51 +502,41 @@ class LinkTable:
         req: Request,
         now: float,
         client_ip: Callable[[], str],
+        marks: int,
     ) -> Answer:
-        """A routed link: the first matching rule, else past its click limit the overflow,
+        """A routed link: past its click limit the overflow (every human click, whatever
+        route serves it, spends one unit of the budget), else the first matching rule,
         else its variant (sticky per visitor), else its own URL."""
         routing = self.routing
         flags = 0
-        query, test = strip_test_marker(req.query) if req.query else (b"", False)
-        if test:
-            flags |= FLAG_TEST
         param = routes.click_id_param or domain.click_id_param
-        if routes.rules:
-            facts = routing.facts.facts(req, client_ip, now)
-            i = first_match(routes.rules, facts)
-            if i >= 0:
-                status, location = routes.targets[i]
-                return self._routed_head(
-                    link, domain, req, now, status, location, i + 1, flags, param, query
-                )
         if routes.limited:
-            human = not test and not routing.facts.is_bot(req)
+            human = not marks & FLAG_TEST and not routing.facts.is_bot(req)
             if (human and not routing.take(link.id)) or (not human and routing.exhausted(link.id)):
                 if routes.overflow_head is None:
                     return GONE_HEAD, GONE_BODY, 410, 0, domain.id, None, None, 0
-                return routes.overflow_head, b"", 302, link.id, domain.id, OVERFLOW, None, flags
+                return routes.overflow_head, b"", 302, link.id, domain.id, OVERFLOW, None, 0
             if human:
-                flags |= FLAG_LIMITED
+                flags = FLAG_LIMITED
+        if routes.rules:
+            i = first_match(routes.rules, routing.facts.facts(req, client_ip, now))
+            if i >= 0:
+                status, location = routes.targets[i]
+                return self._routed_head(
+                    link, domain, req, now, status, location, i + 1, flags, param
+                )
         if routes.weights:
             if routing.facts.is_bot(req):
                 v = 0  # bots always get the first variant (and stats leave them out)
             else:
                 visitor = routing.visitor(client_ip(), req.user_agent, domain.id, now)
                 v = pick_variant(routes.weights, visitor)
+            location = routes.variant_targets[v]
             return self._routed_head(
-                link,
-                domain,
-                req,
-                now,
-                link.status,
-                routes.variant_targets[v],
-                VARIANT_BASE + v,
-                flags,
-                param,
-                query,
+                link, domain, req, now, link.status, location, VARIANT_BASE + v, flags, param
             )
         return self._routed_head(
-            link, domain, req, now, link.status, link.location, 0, flags, param, query
+            link, domain, req, now, link.status, link.location, 0, flags, param
         )
 
     def _routed_head(
@@ -569,9 +550,8 @@ class LinkTable:
         route: int | None,
         flags: int,
         param: str | None,
-        query: bytes | None = None,
     ) -> Answer:
-        location = link.merged(location, req.query if query is None else query)
+        location = link.merged(location, req.query)
         click_id = None
         if param is not None:
             click_id = self.routing.click_id(now)

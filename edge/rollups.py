@@ -73,6 +73,7 @@ CLICK_COLUMNS: Final = (
     "ip_truncated",
     "route",
     "click_id",
+    "bot_reason",
 )
 _INSERT_CLICK_HEAD: Final = f"INSERT INTO clicks ({', '.join(CLICK_COLUMNS)})"
 

@@ -556,6 +556,20 @@ def _m0008_rules_limits_click_ids(conn: sqlite3.Connection) -> None:
     _run(conn, _M0008_SQL)
 
 
+# --- 0010 ---------------------------------------------------------------------------------
+# (9 was reserved for work in progress elsewhere: numbers need not be consecutive, each
+# migration is recorded by its own number.)
+_M0010_SQL: Final = (
+    # Which signal made a click a bot (geo/bots.py Verdict.reason: "crawlerdetect:semrushbot",
+    # "linkedge:curl/", "head:method", ...); NULL for a human and for clicks written before.
+    "ALTER TABLE clicks ADD COLUMN bot_reason TEXT",
+)
+
+
+def _m0010_add_click_bot_reason(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0010_SQL)
+
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 MIGRATIONS: Final[list[Migration]] = [
     (1, "0001_create_links", _m0001_create_links),
@@ -566,12 +580,14 @@ MIGRATIONS: Final[list[Migration]] = [
     (6, "0006_slug_case_and_time_bounds", _m0006_slug_case_and_time_bounds),
     (7, "0007_create_ingest_progress", _m0007_create_ingest_progress),
     (8, "0008_rules_limits_click_ids", _m0008_rules_limits_click_ids),
+    (10, "0010_add_click_bot_reason", _m0010_add_click_bot_reason),
 ]
 LATEST: Final = MIGRATIONS[-1][0]
 
 
-def migrate(conn: sqlite3.Connection) -> list[str]:
-    """Apply the migrations this database lacks; return the names applied."""
+def migrate(conn: sqlite3.Connection, announce: Callable[[str], None] | None = None) -> list[str]:
+    """Apply the migrations this database lacks; return the names applied. `announce` is
+    told each one's name before it runs (a long one, such as 0005, takes minutes)."""
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(id INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)"
@@ -584,6 +600,8 @@ def migrate(conn: sqlite3.Connection) -> list[str]:
             ).fetchone()
             if done:
                 continue
+            if announce is not None:
+                announce(name)
             apply(conn)
             conn.execute(
                 "INSERT INTO schema_migrations (id, name, applied_at) VALUES (?, ?, ?)",

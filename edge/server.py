@@ -32,12 +32,13 @@ import time
 from email.utils import formatdate
 from typing import Any, Final, Protocol, cast
 
-from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH
+from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH, FLAG_QR, FLAG_TEST
 from edge.config import Config
 from edge.http import STATUS_REASONS, BadRequest, BodyReader, HeadScanner, Request, parse_head
 from edge.links import (
     LinkTable,
 )
+from edge.urls import take_qr_marker, take_test_marker
 
 log = logging.getLogger("linkedge.edge")
 
@@ -491,9 +492,14 @@ class EdgeProtocol(asyncio.Protocol):
             metrics.count(405)
             return METHOD_NOT_ALLOWED_HEAD + tail + METHOD_NOT_ALLOWED_BODY
         now = time.time()
+        marks = 0
+        if req.query:  # the edge's own markers (edge/urls.py), never forwarded
+            req.query, scanned = take_qr_marker(req.query)
+            req.query, test = take_test_marker(req.query)
+            marks = (FLAG_QR if scanned else 0) | (FLAG_TEST if test else 0)
         self.req = req
         head, body, status, link_id, domain_id, route, click_id, flags = self.table.answer(
-            req, now, self.client_ip
+            req, now, self.client_ip, marks
         )
         metrics.count(status)
         if not link_id:
@@ -509,6 +515,7 @@ class EdgeProtocol(asyncio.Protocol):
                 flags |= FLAG_DNT
             if req.gpc:
                 flags |= FLAG_GPC
+            flags |= marks
             click_buffer.append(
                 (
                     now,

@@ -211,3 +211,37 @@ def merge_query(
         dest_keys = {pair_key(p) for p in dest_pairs}
         merged = dest_pairs + [p for p in req_pairs if pair_key(p) not in dest_keys]
     return join_url(base, merged, fragment)
+
+
+# --- markers the edge takes out of a query ----------------------------------------------------
+# A QR code of a short link encodes `https://go.example.com/slug?qr=1` (admin/qr.py), so a
+# scan is told apart from a typed or clicked link (Dub's convention); `?lc_test=1` marks a
+# test click (an operator trying a link: recorded with bot kind "test", left out of human
+# numbers, spending no click budget). The edge takes the pairs out of the request's query
+# before anything else sees it: the destination never gets them (query forwarding merges
+# the rest as usual), and the click carries FLAG_QR / FLAG_TEST (edge/capture.py).
+QR_MARKER: Final = "qr=1"
+TEST_MARKER: Final = "lc_test=1"
+_QR_PAIR: Final = QR_MARKER.encode("ascii")
+_TEST_PAIR: Final = TEST_MARKER.encode("ascii")
+
+
+def take_pair(query: bytes, pair: bytes) -> tuple[bytes, bool]:
+    """(the query without its `pair`s, whether it had one). Cheap when absent."""
+    if pair not in query:
+        return query, False
+    pairs = query.split(b"&")
+    kept = [p for p in pairs if p != pair]
+    if len(kept) == len(pairs):  # "xqr=1" or "qr=10": not the marker
+        return query, False
+    return b"&".join(kept), True
+
+
+def take_qr_marker(query: bytes) -> tuple[bytes, bool]:
+    """(the query without its `qr=1` pairs, whether it had one)."""
+    return take_pair(query, _QR_PAIR)
+
+
+def take_test_marker(query: bytes) -> tuple[bytes, bool]:
+    """(the query without its `lc_test=1` pairs, whether it had one)."""
+    return take_pair(query, _TEST_PAIR)

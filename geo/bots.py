@@ -12,7 +12,16 @@
 #   case in uap-core's test_ua.yaml and holds it at zero.
 # - Order decides the kind: prefetch, head, then the user agent's kinds in the order of
 #   _KINDS (the most specific first: a link unfurler that also says "bot" is a
-#   "preview"), then ua-parser's "Spider" device family as a last "crawler" signal.
+#   "preview"), then CrawlerDetect's maintained list of crawlers (the `crawlerdetect`
+#   package from PyPI: `pip install -U crawlerdetect` updates it), then ua-parser's
+#   "Spider" device family as a last "crawler" signal. The first signal that names the
+#   agent decides, and `explain()` says which (Verdict.reason, stored as clicks.bot_reason).
+# - Free text is not the agent's word: the Android device model ("Android 7.0; M bot 60
+#   Build/..."), Facebook's in-app block ("[FBAN/...;FBCR/OrangeBotswana;...]"),
+#   Instagram's device block, the firmware's "Build/..." name and Chromium's network
+#   stack name ("Cronet/") are chosen by
+#   manufacturers, carriers and app makers. They are masked (mask()) before any pattern
+#   or list sees the string.
 # - Fast: per kind, one precompiled regex for tokens that must start the string (tried
 #   at position 0 only) and one for tokens anywhere. Both run on the lowercased string:
 #   in CPython's re, lowercasing once and matching lowercase literals is ~12x faster
@@ -42,7 +51,14 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import TYPE_CHECKING, Final
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+# CrawlerDetect's pattern data (crawlerdetect >=0.4,<0.5, MIT). Its own CrawlerDetect class
+# is not used: it matches with re.IGNORECASE (~735 us per browser string) and keeps
+# per-call state on the instance. tests/test_bots.py fails if these modules move.
+from crawlerdetect.providers.crawlers import data as _CD_CRAWLERS
+from crawlerdetect.providers.exclusions import data as _CD_EXCLUSIONS
 
 if TYPE_CHECKING:  # only for the annotation: geo.useragent imports this module
     from geo.useragent import UAInfo
@@ -348,14 +364,17 @@ _CRAWLER = (
         r"scrapy",
         r"slurp",
         r"teoma",
-        # Generic self-descriptions. "bot" must end a word and not be the end of a name
-        # phones carry ("CUBOT" is an Android brand: "Android 9; CUBOT P30"). Sogou's
-        # spiders ("Sogou web spider/4.0") are caught by "spider"; a bare "sogou" is no
-        # pattern because Sogou's browsers say "SogouMobileBrowser" and "SogouMSE".
+        # Generic self-descriptions. Each must end a word, so that it names the agent
+        # ("Googlebot", "webcrawler", "Yelpspider") and fires inside no other word
+        # ("Crawley", "Spiderweb", "Skyscraper"); "bot" must not be the end of a name
+        # phones carry ("CUBOT" is an Android brand: "Android 9; CUBOT P30"; device
+        # models are masked anyway). Sogou's spiders ("Sogou web spider/4.0") are caught
+        # by "spider"; a bare "sogou" is no pattern because Sogou's browsers say
+        # "SogouMobileBrowser" and "SogouMSE".
         r"bot\b(?<!cubot)",
-        r"crawl",
-        r"spider(?!man|-man)",  # "Spider-Man" games and apps
-        r"scraper",
+        r"crawl(?:er|ing|s)?\b",
+        r"spider\b(?!-man)",  # "Spider-Man" games and apps
+        r"scraper\b",
         r"indexer\b",
         r"archiver\b",
         # A URL introduced by "+" (the robots convention: "+http://www.google.com/bot.html").
@@ -382,40 +401,180 @@ _KIND_PATTERNS: Final = tuple(
 )
 
 
+# --- the maintained list ----------------------------------------------------------------------
+
+
+def lower_pattern(source: str) -> str:
+    """A regex's source for lowercased text: an escape (a backslash and the next
+    character) is kept verbatim, so \\S, \\W and \\D keep their meaning; everything else
+    is lowercased ([A-Z] becomes [a-z], which is right for lowercased text)."""
+    out: list[str] = []
+    i = 0
+    while i < len(source):
+        if source[i] == "\\" and i + 1 < len(source):
+            out.append(source[i : i + 2])
+            i += 2
+        else:
+            out.append(source[i].lower())
+            i += 1
+    return "".join(out)
+
+
+# The list's semantics, as crawlerdetect applies it: remove the exclusions (browser and app
+# tokens that contain crawler words), then search the crawler patterns. Compiled once
+# over lowercased text (~0.05 s at import): the same answers as the package's
+# case-insensitive matching (tests/test_bots.py compares them), several times faster.
+_CD_EXCLUDE: Final = re.compile("|".join(lower_pattern(p) for p in _CD_EXCLUSIONS))
+_CD_CRAWLER: Final = re.compile("|".join(lower_pattern(p) for p in _CD_CRAWLERS))
+
+try:
+    _CD_VERSION = version("crawlerdetect")
+except PackageNotFoundError:  # pragma: no cover - run from a source tree without metadata
+    _CD_VERSION = "unknown"
+
+LIST_NAME: Final = "crawlerdetect"
+LIST_VERSION: Final = _CD_VERSION
+LIST_PATTERNS: Final = len(_CD_CRAWLERS)
+
+
+def list_info() -> dict[str, str | int]:
+    """The crawler list in use, for /healthz, /metrics and `linkedge doctor`."""
+    return {"name": LIST_NAME, "version": LIST_VERSION, "patterns": LIST_PATTERNS}
+
+
+def list_match(text: str) -> str | None:
+    """The crawler token CrawlerDetect's list finds in `text` (lowercased, masked), or
+    None."""
+    agent = _CD_EXCLUDE.sub("", text).strip()
+    if not agent:
+        return None
+    found = _CD_CRAWLER.search(agent)
+    return found.group(0) if found is not None else None
+
+
+# --- free text that is not the agent's word ---------------------------------------------------
+
+# The device model after "Android N;" (and an optional "U;" and language): up to ";" or ")".
+# "Build/..." stays (it is no model). Run on lowercased text.
+_ANDROID_MODEL: Final = re.compile(
+    r"(android[ _]?[\d.]*;(?: ?u;)?(?: [a-z]{2,3}(?:[-_][a-z]{2,4})?;)? ?)([^;)]+?)(?= build/|[;)])"
+)
+_FB_BLOCK: Final = re.compile(r"\[fb[^\]]*\]?")  # [FBAN/FBIOS;FBAV/...;FBCR/...]
+_FB_FIELD: Final = re.compile(r"\bfb(?:cr|dv|md|op|sn|ss|lc|id)/[^;\]]*")
+_INSTAGRAM_DEVICE: Final = re.compile(r"(instagram [\d.]+ (?:android|ios) )\([^)]*\)")
+_BUILD: Final = re.compile(r" build/[^;)]*")  # a firmware name: "Build/GreenDemon_v1.0"
+_CRONET: Final = re.compile(r"cronet/")  # Chromium's network stack in apps, not "cron"
+# Desktop apps whose embedded browser a person uses, which the list takes for fetchers:
+# "... Slack/4.38.125 Chrome/124.0.6367.243 Electron/30.0.8 ..." (Slack's desktop client).
+_PEOPLE_APPS: Final = re.compile(r"\bslack/(?=[\d.]+ chrome/)")
+
+
+def mask(text: str) -> str:
+    """Lowercased `text` with the free-text fields blanked (see the module comment)."""
+    if "android" in text:
+        text = _ANDROID_MODEL.sub(r"\1model", text)
+    if " build/" in text:
+        text = _BUILD.sub(" build/x", text)
+    if "fb" in text:
+        text = _FB_FIELD.sub("fb/x", _FB_BLOCK.sub("[fb]", text))
+    if "instagram" in text:
+        text = _INSTAGRAM_DEVICE.sub(r"\1(device)", text)
+    if "cronet" in text:
+        text = _CRONET.sub("chromium-net/", text)
+    if "slack/" in text:
+        text = _PEOPLE_APPS.sub("slack-desktop/", text)
+    return text
+
+
+# --- the decision -----------------------------------------------------------------------------
+
+# Longest matched text kept in a reason: enough to recognise the signal, bounded for storage.
+MAX_REASON_TOKEN_CHARS: Final = 48
+
+
+class Verdict(NamedTuple):
+    """Which kind of bot a click is (None: a human) and the signal that decided it:
+    "prefetch:header", "head:method", "linkedge:empty", "linkedge:<token>" (this module's
+    patterns), "crawlerdetect:<token>" (the maintained list), "ua-parser:spider"."""
+
+    kind: str | None
+    reason: str | None
+
+
+HUMAN: Final = Verdict(None, None)
+PREFETCH: Final = Verdict("prefetch", "prefetch:header")
+HEAD: Final = Verdict("head", "head:method")
+TEST: Final = Verdict("test", "test:marker")  # `?lc_test=1` (edge/links.py)
+EMPTY: Final = Verdict("automation", "linkedge:empty")
+SPIDER: Final = Verdict("crawler", "ua-parser:spider")
+
+
+def _text(ua: str) -> str:
+    return mask(ua[:MAX_UA_CHARS].strip().lower())
+
+
+def _own_patterns(text: str) -> Verdict:
+    if not text:
+        return EMPTY
+    for kind, start, anywhere in _KIND_PATTERNS:
+        found = start.match(text) if start is not None else None
+        if found is None and anywhere is not None:
+            found = anywhere.search(text)
+        if found is not None:
+            return Verdict(kind, "linkedge:" + found.group(0)[:MAX_REASON_TOKEN_CHARS])
+    return HUMAN
+
+
+def pattern_verdict(ua: str) -> Verdict:
+    """This module's own patterns only (~20-30 us uncached): the cheap reading a caller
+    may use when it has no time for the list (the collector past its parse budget)."""
+    return _own_patterns(_text(ua))
+
+
 @lru_cache(maxsize=UA_KIND_CACHE_SIZE)
+def ua_verdict(ua: str) -> Verdict:
+    """The verdict on a user-agent string alone: this module's patterns, then the list."""
+    text = _text(ua)
+    verdict = _own_patterns(text)
+    if verdict.kind is not None:
+        return verdict
+    token = list_match(text)
+    if token is not None:
+        return Verdict("crawler", "crawlerdetect:" + token[:MAX_REASON_TOKEN_CHARS])
+    return HUMAN
+
+
 def ua_kind(ua: str) -> str | None:
     """The bot kind a user-agent string names, or None.
 
     Looks at the string only (no request headers, no ua-parser result). An empty or
     blank string is "automation" (see the module comment).
     """
-    text = ua[:MAX_UA_CHARS].strip().lower()
-    if not text:
-        return "automation"
-    for kind, start, anywhere in _KIND_PATTERNS:
-        if start is not None and start.match(text) is not None:
-            return kind
-        if anywhere is not None and anywhere.search(text) is not None:
-            return kind
-    return None
+    return ua_verdict(ua).kind
 
 
-def classify(ua: str, ua_info: UAInfo | None, *, is_head: bool, is_prefetch: bool) -> str | None:
-    """The bot kind of one click, or None for a human.
+def explain(ua: str, ua_info: UAInfo | None, *, is_head: bool, is_prefetch: bool) -> Verdict:
+    """The verdict on one click: its bot kind (None for a human) and the signal that
+    decided it. This is the one place that decides whether a click is a bot.
 
     is_prefetch: the request carried Sec-Purpose/Purpose: prefetch (caller's decision).
     is_head: the request method was HEAD.
     ua_info: the parsed user agent when the caller has it; ua-parser's "Spider" device
-    family (UAInfo.spider) makes a crawler of an agent this module's own patterns do not
-    name. This is the one place that decides whether a click is a bot.
+    family (UAInfo.spider) makes a crawler of an agent that neither this module's
+    patterns nor the list name.
     """
     if is_prefetch:
-        return "prefetch"
+        return PREFETCH
     if is_head:
-        return "head"
-    kind = ua_kind(ua or "")  # a missing header may arrive as None
-    if kind is not None:
-        return kind
+        return HEAD
+    verdict = ua_verdict(ua or "")  # a missing header may arrive as None
+    if verdict.kind is not None:
+        return verdict
     if ua_info is not None and ua_info.spider:
-        return "crawler"
-    return None
+        return SPIDER
+    return HUMAN
+
+
+def classify(ua: str, ua_info: UAInfo | None, *, is_head: bool, is_prefetch: bool) -> str | None:
+    """The bot kind of one click, or None for a human: explain()'s kind."""
+    return explain(ua, ua_info, is_head=is_head, is_prefetch=is_prefetch).kind

@@ -41,6 +41,16 @@ MAX_HOST_CHARS: Final = 253
 
 DIRECT: Final = "direct"
 UNKNOWN: Final = "unknown"
+# A scan of the link's QR code (the short URL carried the edge's QR marker): the marker is
+# the link owner's own word about the channel, so it wins over whatever Referer came along
+# (camera apps send none; an in-app scanner may send its own).
+QR: Final = "qr"
+
+
+def click_source(referrer_source: str, *, scanned: bool) -> str:
+    """A click's source: "qr" for a QR scan, else what its Referer says."""
+    return QR if scanned else referrer_source
+
 
 # Exact domains (and their subdomains) -> source. The most specific entry wins:
 # mail.google.com is "gmail" before google.* is "google".

@@ -31,6 +31,7 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -113,8 +114,10 @@ def download_database(
     *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    on_bytes: Callable[[int], None] | None = None,
 ) -> dict[str, object]:
     """Download url (.mmdb, .mmdb.gz or MaxMind's .tar.gz) and install it at dest.
+    `on_bytes(n)` is told of every chunk read (for a progress line).
 
     Returns database_info() of the installed file plus "url" (redacted) and
     "downloaded_bytes". Raises GeoUpdateError; dest is untouched when it does.
@@ -126,22 +129,28 @@ def download_database(
         raise GeoUpdateError(f"cannot create {dest_path.parent}: {exc.strerror}") from None
     fallback = previous_month_url(url)
     try:
-        return _install(url, dest_path, timeout_s, max_bytes)
+        return _install(url, dest_path, timeout_s, max_bytes, on_bytes)
     except GeoUpdateError as exc:
         if exc.status != 404 or fallback is None:
             raise
         try:
-            return _install(fallback, dest_path, timeout_s, max_bytes)
+            return _install(fallback, dest_path, timeout_s, max_bytes, on_bytes)
         except GeoUpdateError as again:
             raise GeoUpdateError(
                 f"{exc} (and for the previous month: {again})", again.status
             ) from None
 
 
-def _install(url: str, dest: Path, timeout_s: float, max_bytes: int) -> dict[str, object]:
+def _install(
+    url: str,
+    dest: Path,
+    timeout_s: float,
+    max_bytes: int,
+    on_bytes: Callable[[int], None] | None = None,
+) -> dict[str, object]:
     with contextlib.ExitStack() as cleanup:
         download = _temp_file(dest, ".download", cleanup)
-        downloaded = _fetch(url, download, timeout_s, max_bytes)
+        downloaded = _fetch(url, download, timeout_s, max_bytes, on_bytes)
         candidate = _unpack(download, dest, max_bytes, cleanup)
         _verify(candidate)
         with candidate.open("rb") as f:
@@ -178,13 +187,19 @@ def _local_file(url: str) -> Path | None:
     return Path(url) if not scheme else None
 
 
-def _fetch(url: str, into: Path, timeout_s: float, max_bytes: int) -> int:
+def _fetch(
+    url: str,
+    into: Path,
+    timeout_s: float,
+    max_bytes: int,
+    on_bytes: Callable[[int], None] | None = None,
+) -> int:
     """Stream url (or the local file it names) into the file; returns the byte count."""
     local = _local_file(url)
     if local is not None:
         try:
             with local.open("rb") as source:
-                return _copy_limited(source, into, max_bytes, str(local))
+                return _copy_limited(source, into, max_bytes, str(local), on_bytes)
         except OSError as exc:
             raise GeoUpdateError(f"cannot read {local}: {exc.strerror or exc}") from None
     shown = redact(url)
@@ -199,7 +214,7 @@ def _fetch(url: str, into: Path, timeout_s: float, max_bytes: int) -> int:
                 raise GeoUpdateError(
                     f"download too big: {shown} is {int(length)} bytes, the limit is {max_bytes}"
                 )
-            return _copy_limited(response, into, max_bytes, f"download of {shown}")
+            return _copy_limited(response, into, max_bytes, f"download of {shown}", on_bytes)
     except urllib.error.HTTPError as exc:
         exc.close()  # it holds the response body open
         raise GeoUpdateError(
@@ -219,11 +234,19 @@ def _fetch(url: str, into: Path, timeout_s: float, max_bytes: int) -> int:
         raise GeoUpdateError(f"download of {shown} failed: {exc.strerror or exc}") from None
 
 
-def _copy_limited(source: _Readable, into: Path, max_bytes: int, what: str) -> int:
+def _copy_limited(
+    source: _Readable,
+    into: Path,
+    max_bytes: int,
+    what: str,
+    on_bytes: Callable[[int], None] | None = None,
+) -> int:
     total = 0
     with into.open("wb") as out:
         while chunk := source.read(CHUNK_BYTES):
             total += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
             if total > max_bytes:
                 raise GeoUpdateError(f"{what} is bigger than the limit of {max_bytes} bytes")
             out.write(chunk)

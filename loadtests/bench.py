@@ -35,6 +35,8 @@
 # - Soak: one 60 s run of (d) with the same checks, to see whether its rate is sustainable
 #   (the writer's lag stays bounded, nothing is dropped) or only a burst the queue absorbs.
 # - Scale figures (loadtests/scale.py) and the pipeline alone (loadtests/pipeline.py).
+# - Bot labels: recall, false positives and uncached cost on public corpora
+#   (loadtests/bots.py); a 10M-click export's rate and memory (loadtests/exports.py).
 # Results: loadtests/results/bench-<UTC time>.json, latest.json, latest.md, and (for a full
 # run) docs/benchmarks.md. `--quick` is a ~2 minute smoke run of every part.
 from __future__ import annotations
@@ -640,8 +642,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--only",
-        default="bench,pipeline,scale,stats",
-        help="parts to run, comma-separated: bench, pipeline, scale, stats",
+        default="bench,pipeline,scale,stats,bots,exports",
+        help="parts to run, comma-separated: bench, pipeline, scale, stats, bots, exports",
     )
     p.add_argument("--quick", action="store_true", help="a fast smoke run of every part (~2 min)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
@@ -806,7 +808,27 @@ def main(argv: list[str] | None = None) -> int:
             scale.stats_latency(n, CACHE, runs=runs_per_query) for n in _counts(args.clicks)
         ]
 
-    for name, fn in (("pipeline", run_pipeline), ("scale", run_scale), ("stats", run_stats)):
+    def run_bots() -> None:
+        from loadtests import bots
+
+        print("bench: bot labels (loadtests/bots.py)", flush=True)
+        result = bots.run(sample=3000 if args.quick else None)
+        print(bots.table(result), flush=True)
+        results["bots"] = result
+
+    def run_exports() -> None:
+        from loadtests import exports
+
+        print("bench: export of 10M clicks (loadtests/exports.py)", flush=True)
+        results["exports"] = exports.run(int(1e5 if args.quick else 1e7))
+
+    for name, fn in (
+        ("pipeline", run_pipeline),
+        ("scale", run_scale),
+        ("stats", run_stats),
+        ("bots", run_bots),
+        ("exports", run_exports),
+    ):
         if name in parts:
             part(name, fn)
     if errors:

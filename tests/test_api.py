@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from geo import bots
 from tests.conftest import ServerProcess, cli, raw_request, read_responses
 
 # A token the server stores at start (LINKEDGE_ADMIN_TOKEN), so tests know it up front.
@@ -141,8 +142,11 @@ def test_bad_tokens_are_refused(api: Api, header: str) -> None:
 def test_healthz_and_metrics_need_no_token_on_loopback(api: Api) -> None:
     status, health = api.get("/healthz", token=None)
     assert status == 200 and health["status"] == "ok"
+    assert health["bot_list"] == bots.list_info()  # the crawler list's name and version
     status, _h, text = api.call("GET", "/metrics", token=None)
     assert status == 200 and "linkedge_links_loaded" in text
+    info = bots.list_info()
+    assert f'linkedge_bot_list_info{{name="crawlerdetect",version="{info["version"]}",' in text
 
 
 def test_token_created_used_and_revoked_by_api_and_cli(api: Api, server: ServerProcess) -> None:

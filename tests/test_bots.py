@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 
 import pytest
+from crawlerdetect import CrawlerDetect
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geo.bots import BOT_KINDS, classify, ua_kind
+from geo import bots
+from geo.bots import BOT_KINDS, classify, explain, list_info, ua_kind
 from geo.useragent import UserAgentParser
 from tests.geo_fixtures import HUMAN_UAS, UAP_DIR, UAP_MISSING_REASON, load_uap_cases
 
@@ -183,7 +185,7 @@ def test_an_unfurler_that_also_says_bot_is_a_preview_not_a_crawler() -> None:
 def test_ua_parser_spider_family_is_a_crawler_only_with_the_parsed_info(
     parser: UserAgentParser,
 ) -> None:
-    ua = "Xenu Link Sleuth/1.3.8"  # none of our patterns names it; ua-parser's do
+    ua = "ZooShot 0.42"  # neither our patterns nor the list name it; ua-parser's do
     assert ua_kind(ua) is None
     assert classify(ua, None, is_head=False, is_prefetch=False) is None
     assert classify(ua, parser.parse(ua), is_head=False, is_prefetch=False) == "crawler"
@@ -344,3 +346,135 @@ def test_browser_strings_of_uap_core_devices_are_never_labelled_bots() -> None:
     ]
     assert len(cases) > 5000
     assert [ua for ua in cases if ua_kind(ua) is not None] == []
+
+
+# -- the maintained list, the mask, the reasons ---------------------------------------------
+
+# Phones whose model name says "bot" (Matomo's and CrawlerDetect's device fixtures): the
+# model is the manufacturer's word, not the agent's.
+BOT_NAMED_PHONES = (
+    "Mozilla/5.0 (Linux; Android 7.0; M bot 60 Build/NRD90M) AppleWebKit/537.36 (KHTML, like"
+    " Gecko) Chrome/58.0.3029.83 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 6.0; B BOT 550 Build/MRA58K; wv) AppleWebKit/537.36 (KHTML,"
+    " like Gecko) Version/4.0 Chrome/53.0.2785.124 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 6.0; POWER BOT Build/MRA58K) AppleWebKit/537.36 (KHTML, like"
+    " Gecko) Chrome/54.0.2840.85 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 7.0; ID bot 53+ Build/NRD90M) AppleWebKit/537.36 (KHTML, like"
+    " Gecko) Chrome/55.0.2883.91 Mobile Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 7.0; C Bot Tab 70) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/78.0.3904.108 Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 13; Spider 8) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Linux; Android 4.1.1; MID7022 Build/GreenDemon_v1.0) AppleWebKit/537.36"
+    " (KHTML, like Gecko) Chrome/27.0.1453.74 Safari/537.36",
+)
+
+
+@pytest.mark.parametrize("ua", BOT_NAMED_PHONES)
+def test_a_phone_whose_model_says_bot_is_a_person(parser: UserAgentParser, ua: str) -> None:
+    assert explain(ua, parser.parse(ua), is_head=False, is_prefetch=False) == bots.HUMAN
+
+
+# Generic words name the agent only when they end a word: inside another word they are
+# someone's name ("Crawley", "XBot", "Spiderweb", "Skyscraper").
+WORDS_THAT_CONTAIN_BOT_WORDS = (
+    "Mozilla/5.0 (Linux; Android 8.1.0; XBot Junior) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Chrome/87.0.4280.101 Mobile Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like"
+    " Gecko) Mobile/15E148 CrawleyTown/3.2",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like"
+    " Gecko) Mobile/15E148 Spiderweb/2.0",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like"
+    " Gecko) Mobile/15E148 SkyscraperApp/1.4",
+)
+
+
+@pytest.mark.parametrize("ua", WORDS_THAT_CONTAIN_BOT_WORDS)
+def test_a_generic_word_inside_another_word_is_no_bot(ua: str) -> None:
+    # Our own patterns only: CrawlerDetect's list has generic words of its own
+    # ("[a-z0-9\-_]*(bot|crawl|...)"), which are its maintainers' call.
+    assert bots.pattern_verdict(ua) == bots.HUMAN
+
+
+def test_generic_words_that_end_a_word_still_name_bots() -> None:
+    for ua, token in (
+        ("Mozilla/5.0 (compatible; Yelpspider/1.0)", "spider"),
+        ("MyWebCrawler/2.0", "crawler"),
+        ("Holmesbot (http://holmes.ge)", "bot"),
+        ("some-scraper/0.1", "scraper"),
+    ):
+        verdict = bots.pattern_verdict(ua)
+        assert verdict.kind == "crawler", ua
+        assert verdict.reason is not None and verdict.reason.endswith(token), verdict
+
+
+# Apps people use that the list, as shipped, takes for fetchers.
+PEOPLE_APPS = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko)"
+    " Slack/4.38.125 Chrome/124.0.6367.243 Electron/30.0.8 Safari/537.36 Sonic"
+    " Slack_SSB/4.38.125",
+    "com.google.android.apps.searchlite/2.0 (Linux; U; Android 10; en_US; SM-A105F;"
+    " Build/QP1A.190711.020; Cronet/74.0.3729.136)",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 12_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like"
+    " Gecko) Mobile/16B92 [FBAN/FBIOS;FBDV/iPhone9,3;FBMD/iPhone;FBSN/iOS;FBSV/12.1;FBSS/2;"
+    "FBCR/OrangeBotswana;FBID/phone;FBLC/en_US;FBOP/5]",
+)
+
+
+@pytest.mark.parametrize("ua", PEOPLE_APPS)
+def test_people_apps_the_list_mistakes_stay_people(ua: str) -> None:
+    assert explain(ua, None, is_head=False, is_prefetch=False) == bots.HUMAN
+
+
+def test_the_list_finds_what_our_patterns_do_not_and_says_so() -> None:
+    ua = "Xenu Link Sleuth/1.3.8"
+    assert bots.pattern_verdict(ua) == bots.HUMAN
+    assert explain(ua, None, is_head=False, is_prefetch=False) == (
+        "crawler",
+        "crawlerdetect:xenu link sleuth",
+    )
+
+
+def test_every_signal_has_its_reason(parser: UserAgentParser) -> None:
+    def verdict(ua: str, head: bool = False, prefetch: bool = False) -> tuple[str | None, ...]:
+        return tuple(explain(ua, parser.parse(ua), is_head=head, is_prefetch=prefetch))
+
+    assert verdict(CHROME, prefetch=True) == ("prefetch", "prefetch:header")
+    assert verdict(CHROME, head=True) == ("head", "head:method")
+    assert verdict("") == ("automation", "linkedge:empty")
+    assert verdict("curl/8.4.0") == ("automation", "linkedge:curl/")
+    assert verdict("Twitterbot/1.0") == ("preview", "linkedge:twitterbot")
+    assert verdict("ZooShot 0.42") == ("crawler", "ua-parser:spider")
+    assert verdict(CHROME) == (None, None)
+
+
+def test_a_reason_is_bounded() -> None:
+    ua = "x" * 300 + "bot"
+    reason = bots.pattern_verdict(ua).reason
+    assert reason is not None and len(reason) <= len("linkedge:") + bots.MAX_REASON_TOKEN_CHARS
+
+
+def test_the_list_names_its_package_and_version() -> None:
+    info = list_info()
+    assert info["name"] == "crawlerdetect"
+    assert re.fullmatch(r"\d+\.\d+(\.\d+)?", str(info["version"]))
+    assert int(info["patterns"]) > 1000  # the data modules moved or emptied: fail loudly
+
+
+# The package's own matcher, for the identity check below: what the list says, as shipped.
+_PACKAGE = CrawlerDetect()
+
+
+@needs_uap
+def test_the_compiled_list_answers_as_the_package_does() -> None:
+    """Our lowercased compilation of the list gives the package's verdict on every
+    uap-core string (bots and people alike): only the speed differs."""
+    strings = [c["user_agent_string"] for c in load_uap_cases("test_device")][::7]
+    strings += [c["user_agent_string"] for c in load_uap_cases("test_ua")][::7]
+    differ = [
+        ua
+        for ua in strings
+        if (bots.list_match(ua.strip().lower()) is not None) != _PACKAGE.isCrawler(ua)
+    ]
+    assert len(strings) > 2000
+    assert differ == []

@@ -473,3 +473,13 @@ def test_backup_is_consistent_while_the_server_writes(
     assert cli("backup", str(copy), "--force", db=server.db).returncode == 0
     same = cli("backup", str(server.db), "--force", db=server.db, check=False)
     assert_one_line_error(same, 2, "another file")
+
+
+def test_bots_explain_prints_the_kind_and_the_signal() -> None:
+    shown = cli("bots", "explain", "Xenu Link Sleuth/1.3.8", db=None).stdout
+    assert shown.splitlines()[:2] == ["kind: crawler", "reason: crawlerdetect:xenu link sleuth"]
+    head = json.loads(cli("bots", "explain", "curl/8.5.0", "--head", "--json", db=None).stdout)
+    assert (head["kind"], head["reason"]) == ("head", "head:method")
+    assert head["bot_list"]["name"] == "crawlerdetect"
+    person = cli("bots", "explain", "", db=None).stdout
+    assert person.startswith("kind: automation\nreason: linkedge:empty")

@@ -188,6 +188,16 @@ def test_clicks_are_enriched(db_path: Path, tmp_path: Path) -> None:
     assert head["bot_kind"] == "head" and head["method"] == "HEAD"
     assert prefetch["bot_kind"] == "prefetch"
     assert curl["bot_kind"] == "automation" and curl["source"] == "direct"
+    # which signal decided, per click (geo.bots.explain)
+    assert [r["bot_reason"] for r in rows] == [
+        None,
+        None,
+        "linkedge:slackbot",
+        None,
+        "head:method",
+        "prefetch:header",
+        "linkedge:curl/",
+    ]
     assert curl["country"] is None  # 127.0.0.1 itself is in no database
     # no raw IP anywhere in the database
     dump = "\n".join(conn.iterdump())

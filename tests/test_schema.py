@@ -158,3 +158,14 @@ def test_0006_bounds_old_expiries_and_canonicalises_ipv6_hosts(tmp_path: Path) -
     # '[0::2]' would collide with '[::2]': it keeps its old (unmatched) host
     assert hosts == ["localhost", "[::1]", "[::2]", "[0::2]", "[b\r\nx]"]
     assert {d["case_insensitive_slugs"] for d in catalog.list_domains(conn)} == {False}
+
+
+def test_each_migration_is_announced_before_it_runs(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "announced.db")
+    told: list[str] = []
+    applied = schema.migrate(conn, told.append)
+    assert told == applied == [name for _n, name, _f in schema.MIGRATIONS]
+    assert told[-1] == "0010_add_click_bot_reason"
+    again: list[str] = []
+    assert schema.migrate(conn, again.append) == [] and again == []
+    conn.close()
