@@ -45,6 +45,7 @@ class ServerProcess:
             *args,
         ]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.started_at = time.time()  # the server's own start is later than this
         self.proc = subprocess.Popen(
             cmd,
             cwd=REPO,
