@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,6 +16,8 @@ from geo.referrer import (
     parse_referrer,
     registrable_domain,
 )
+
+MAPPED = str(ipaddress.IPv6Address("::ffff:192.0.2.1"))
 
 
 @pytest.mark.parametrize(
@@ -76,6 +80,20 @@ from geo.referrer import (
         ("https://localhost/", ("localhost", "localhost")),
         ("http://192.0.2.1/", ("192.0.2.1", "192.0.2.1")),
         ("http://[2001:DB8::1]:8080/x", ("2001:db8::1", "2001:db8::1")),
+        # registrable-ish domains: a two-letter TLD without a second level, a brand under
+        # a longer suffix, a tenant's subdomain on a shared host
+        ("https://news.example.de/", ("news.example.de", "example.de")),
+        ("https://www.google.example.co.uk/", ("www.google.example.co.uk", "example.co.uk")),
+        ("https://blog.alice.github.io/", ("blog.alice.github.io", "alice.github.io")),
+        # an IPv6 literal holding an IPv4 address is one host (dotted from Python 3.13 on)
+        ("http://[::ffff:192.0.2.1]/", (MAPPED, MAPPED)),
+        # only the first "://" ends the scheme: a URL inside the query is not the referrer
+        ("https://example.com/out?to=https://t.co/x", ("example.com", "example.com")),
+        # the longest hostname there may be (253 characters)
+        (
+            "https://" + "a" * 49 + (".b" + "c" * 49) * 4 + "/",
+            ("a" * 49 + (".b" + "c" * 49) * 4, "b" + "c" * 49 + ".b" + "c" * 49),
+        ),
         # normalisation: case, port, userinfo, trailing dot
         ("HTTPS://WWW.Example.COM:8443/Path", ("www.example.com", "example.com")),
         ("https://user:secret@example.com/", ("example.com", "example.com")),
@@ -143,6 +161,7 @@ def test_registrable_domain_shapes() -> None:
     assert registrable_domain("shop.example.com.br") == "example.com.br"
     assert registrable_domain("example.de") == "example.de"
     assert registrable_domain("io") == "io"
+    assert registrable_domain("www.github.io") == "github.io"  # "www." goes first
 
 
 def test_results_are_cached_with_a_bound() -> None:
