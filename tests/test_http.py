@@ -17,6 +17,8 @@ from edge.http import (
     Request,
     parse_head,
     read_body,
+    response_head,
+    status_line,
 )
 
 SIMPLE = (
@@ -396,3 +398,108 @@ def test_a_chunk_size_past_the_limit_is_refused_before_its_data() -> None:
     with pytest.raises(BadRequest) as info:
         reader.feed(b"10000\r\n")
     assert info.value.status == 413
+
+
+# --- percent-encoding, limits at their exact values, response bytes -----------------------
+
+
+def test_percent_encoded_targets_are_kept_as_sent() -> None:
+    req = parse(b"GET /%41%62c%2F?q=%20%7e HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (req.path, req.query) == (b"/%41%62c%2F", b"q=%20%7e")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/a%4", b"/%41%4", b"/%41%", b"/%4g", b"/%%41", b"/%4g%41", b"/%41%4g%42", b"/ok?x=%2g&y=1"],
+)
+def test_every_percent_sign_needs_two_hex_digits(target: bytes) -> None:
+    assert rejected(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n") == 400
+
+
+def chunked_reader(limit: int = 1 << 20) -> BodyReader:
+    req, _end = parse_head(CHUNKED_HEAD) or (None, 0)
+    assert req is not None
+    return BodyReader(req, limit)
+
+
+def test_a_content_length_at_the_limit_is_read_and_one_past_it_refused() -> None:
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
+    req, end = parse_head(head) or (None, 0)
+    assert req is not None
+    assert read_body(head + b"hello", end, req, 5) == (b"hello", end + 5)
+    with pytest.raises(BadRequest) as info:
+        BodyReader(req, 4)
+    assert info.value.status == 413
+
+
+def test_a_chunked_body_exactly_at_the_limit_is_read_and_one_byte_less_refuses_it() -> None:
+    wire = b"5\r\nhello\r\n0\r\n\r\n"  # 15 bytes on the wire, framing included
+    reader = chunked_reader(len(wire))
+    assert reader.feed(wire) == len(wire) and reader.done and reader.body == b"hello"
+    assert reader.examined == len(wire)  # each byte looked at once
+    with pytest.raises(BadRequest) as info:
+        chunked_reader(len(wire) - 1).feed(wire)
+    assert info.value.status == 413
+
+
+def test_a_chunked_body_arriving_in_pieces_reports_what_it_consumed() -> None:
+    reader = chunked_reader()
+    assert reader.feed(b"1") == 1  # part of a size line: kept, consumed
+    assert reader.feed(b"0\r") == 2
+    assert reader.feed(b"\nabcdefghijklmnop\r\n0\r\n\r\nGET") == 24  # stops at the next request
+    assert reader.done and reader.body == b"abcdefghijklmnop"
+
+
+def test_a_chunk_size_of_sixteen_hex_digits_is_read() -> None:
+    reader = chunked_reader()
+    reader.feed(b"000000000000000a\r\n0123456789\r\n0\r\n\r\n")
+    assert reader.done and reader.body == b"0123456789"
+
+
+def test_a_size_line_ended_by_a_bare_lf_is_refused() -> None:
+    with pytest.raises(BadRequest) as info:
+        chunked_reader().feed(b"10\n" + b"x" * 16 + b"\r\n0\r\n\r\n")
+    assert info.value.status == 400
+
+
+def test_a_size_line_of_exactly_the_cap_waits_for_its_end() -> None:
+    line = b"1;" + b"e" * (MAX_CHUNK_LINE_BYTES - 2)
+    reader = chunked_reader()
+    assert reader.feed(line) == len(line)  # MAX_CHUNK_LINE_BYTES bytes, no LF yet: fine
+    reader.feed(b"\r\nx\r\n0\r\n\r\n")
+    assert reader.done and reader.body == b"x"
+
+
+def test_a_size_line_past_the_cap_is_refused_after_reading_only_the_cap() -> None:
+    for pieces in ([b"1;" + b"e" * 1000 + b"\r\n"], [b"1;" + b"e" * 98, b"e" * 1000 + b"\r\n"]):
+        reader = chunked_reader()
+        with pytest.raises(BadRequest) as info:
+            for piece in pieces:
+                reader.feed(piece)
+        assert (info.value.status, info.value.message) == (400, "chunk-size line too long")
+        assert reader.examined <= MAX_CHUNK_LINE_BYTES + 2  # the cap and a CRLF, no more
+
+
+def test_trailers_have_the_head_limits_not_the_size_line_cap() -> None:
+    long_field = b"X-Long: " + b"v" * 1000 + b"\r\n"  # far past a size line's cap
+    fields = b"".join(b"X-T%d: v\r\n" % i for i in range(MAX_HEADER_COUNT - 1))
+    reader = chunked_reader()
+    reader.feed(b"1\r\nx\r\n0\r\n" + long_field + fields + b"\r\n")
+    assert reader.done and reader.body == b"x"
+    with pytest.raises(BadRequest) as info:
+        chunked_reader().feed(b"0\r\n" + long_field + fields + b"X-Last: v\r\n\r\n")
+    assert (info.value.status, info.value.message) == (431, "too many trailer fields")
+    with pytest.raises(BadRequest) as info:
+        chunked_reader().feed(b"0\r\nX-Huge: " + b"v" * MAX_HEAD_BYTES + b"\r\n\r\n")
+    assert (info.value.status, info.value.message) == (431, "trailer line too long")
+
+
+def test_response_bytes() -> None:
+    assert status_line(302) == b"HTTP/1.1 302 Found\r\n"
+    assert status_line(417) == b"HTTP/1.1 417 Expectation Failed\r\n"
+    assert status_line(599) == b"HTTP/1.1 599 Unknown\r\n"
+    head = response_head(200, [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    assert head == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+    with pytest.raises(UnicodeEncodeError):  # values must be ASCII already
+        response_head(200, [("X-Name", "café")])
+    assert str(BadRequest("bad framing")) == "bad framing"
