@@ -7,9 +7,11 @@ import pytest
 from edge.errors import InvalidField, InvalidURL
 from edge.urls import (
     generate_slug,
+    join_url,
     merge_query,
     normalize_destination,
     normalize_host,
+    pair_key,
     split_url,
     validate_slug,
     with_params,
@@ -95,3 +97,55 @@ def test_merge_query_destination_wins_by_default() -> None:
     assert merge_query(base, pairs, frag, "", False) == "https://example.com/p?a=1&b=2#f"
     base, pairs, frag = split_url("https://example.com/")
     assert merge_query(base, pairs, frag, "x=1&&y", False) == "https://example.com/?x=1&y"
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("  Go.Example.COM.  ", "go.example.com"),
+        ("GO.EXAMPLE.BOX", "go.example.box"),
+        ("go.example.com.:8443", "go.example.com"),
+        ("[2001:DB8::1]", "[2001:db8::1]"),
+        ("[2001:DB8::1]:8443", "[2001:db8::1]"),
+        ("Bücher.example", "xn--bcher-kva.example"),
+        ("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61, None),  # 253: the most
+    ],
+)
+def test_a_host_is_normalised_to_what_the_edge_matches(host: str, expected: str | None) -> None:
+    assert normalize_host(host) == (expected or host)
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("   ", "a domain name is required"),
+        ("https://go.example.com", "give a bare host name like go.example.com"),
+        ("go.example.com/launch", "give a bare host name like go.example.com"),
+        ("[2001:db8::1", "invalid host '[2001:db8::1'"),
+        ("go.example.com:http", "invalid port in host 'go.example.com:http'"),
+        ("go..example.com", "invalid host name 'go..example.com'"),
+        ("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 62, "invalid host name"),
+        ("xn--.example", "invalid"),
+    ],
+)
+def test_a_bad_host_is_refused_naming_the_field(host: str, message: str) -> None:
+    with pytest.raises(InvalidField) as info:
+        normalize_host(host, "root_domain")
+    assert info.value.message.startswith(message)
+    assert (info.value.field, info.value.status) == ("root_domain", 400)
+
+
+def test_urls_are_split_and_joined_by_their_first_separators() -> None:
+    assert join_url("https://example.com/a", [], "#f") == "https://example.com/a#f"
+    assert join_url("https://example.com/a", ["x=1", "y"], "") == "https://example.com/a?x=1&y"
+    assert split_url("https://example.com/a?") == ("https://example.com/a", [], "")
+    assert pair_key("next=a=b") == "next" and pair_key("flag") == "flag"
+    base, pairs, frag = split_url("https://example.com/p?next=a=b")
+    assert merge_query(base, pairs, frag, "next=c&z=1", False) == (
+        "https://example.com/p?next=a=b&z=1"
+    )
+
+
+def test_with_params_encodes_every_reserved_character() -> None:
+    out = with_params("https://example.com/", [("utm/content", "a/b?c&d=e")])
+    assert out == "https://example.com/?utm%2Fcontent=a%2Fb%3Fc%26d%3De"
