@@ -246,10 +246,23 @@ def test_editing_a_link_moves_its_history_between_groups(conn: sqlite3.Connectio
     assert conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0] > 0
     for group_by in ("campaign", "utm_source", "tag", "domain"):
         _check_group_by(conn, rng, group_by)  # stale group-days counted from their links
+    stale = conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0]
+    last_day = END // DAY  # the data's last day plays "today": it keeps its ids
+    rebuilt = 0
     while True:  # what the flusher does after each roll-up, one group-day at a time
         with Transaction(conn):
-            if not rollups.rebuild_stale_group_day(conn):
+            if not rollups.rebuild_stale_group_day(conn, today=last_day):
                 break
+        rebuilt += 1
+    assert rebuilt == stale > 1
+    assert conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0] == 0
+    # a rebuilt finished day keeps its counts only; the current day keeps its ids
+    kept = conn.execute(
+        "SELECT day < ?, min(length(ids) > 0), max(length(ids) > 0) FROM group_day_visitors "
+        "WHERE seq = 0 AND n > 0 GROUP BY 1 ORDER BY 1",
+        (last_day,),
+    ).fetchall()
+    assert [tuple(r) for r in kept] == [(0, 1, 1), (1, 0, 0)]
     for group_by in ("campaign", "utm_source", "tag", "domain"):
         _check_group_by(conn, rng, group_by)  # and from the rebuilt group rollups
     # and new clicks after the edits land in the new groups
@@ -515,6 +528,7 @@ def test_chunks_written_before_a_restart_are_merged_at_day_end(
         _write(conn, [_click(rand, day_ms - 5000 + i, links[0]["id"], visitors)], before)
     after = rollups.RollupState()  # a restart: counts read back from the database
     after.chunks.load(conn, day_ms // 86400000 - 1)
+    assert after.chunks.counts[(links[0]["id"], day_ms // 86400000 - 1)] == 3
     _write(conn, [_click(rand, day_ms + 10, links[0]["id"], visitors)], after)
     per_day = dict(
         conn.execute(
@@ -577,3 +591,54 @@ def test_counting_chunks_matches_sets(
         humans_all |= set(ids) - set(bots)
     got = visitors.count_chunks(chunks, (set(extra), set(extra_humans)))
     assert got == (len(every), len(humans_all))
+
+
+def test_a_links_groups_are_its_fields_with_empty_keys_for_the_missing_ones(
+    conn: sqlite3.Connection,
+) -> None:
+    assert rollups.group_keys((7, None, None, None, None, None, 3)) == (
+        ("campaign", ""),
+        ("utm_source", ""),
+        ("utm_medium", ""),
+        ("utm_campaign", ""),
+        ("domain", "3"),
+    )
+    row = (7, "spring", "mail", "email", "launch", '["b", "a", "b"]', 3)
+    assert rollups.group_keys(row) == (
+        ("campaign", "spring"),
+        ("utm_source", "mail"),
+        ("utm_medium", "email"),
+        ("utm_campaign", "launch"),
+        ("tag", "b"),
+        ("tag", "a"),
+        ("domain", "3"),
+    )
+    assert rollups.link_group_keys(conn, 12345) == ()  # a purged link is in no group
+
+
+def test_the_roll_up_follows_an_edit_between_two_writes(conn: sqlite3.Connection) -> None:
+    """One RollupState across an edit, as in the flusher: the groups it remembers for the
+    link are dropped when the links' revision moves."""
+    link = catalog.create_link(conn, {"url": "https://example.com/", "campaign": "old"})
+    rand = random.Random(3)
+    visitors = [rand.randbytes(8) for _ in range(3)]
+    state = rollups.RollupState()
+    _write(conn, [_click(rand, END * 1000, link["id"], visitors) for _ in range(2)], state)
+    catalog.update_link(conn, link["id"], {"campaign": "new"})
+    _write(conn, [_click(rand, END * 1000 + 1, link["id"], visitors) for _ in range(3)], state)
+    by_campaign = dict(
+        conn.execute(
+            "SELECT key, sum(clicks) FROM group_minute WHERE dim = 'campaign' GROUP BY key"
+        ).fetchall()
+    )
+    assert by_campaign == {"new": 5}
+
+
+def test_the_visitor_id_format_is_frozen() -> None:
+    """Stored chunks hold these integers: changing the mapping would count a visitor of
+    an old chunk and of a new one twice."""
+    assert visitors.visitor_int(bytes(range(1, 9))) == 0x0807060504030201
+    assert visitors.pack_ids({0x0807060504030201, 1}) == (1).to_bytes(8, "little") + bytes(
+        range(1, 9)
+    )
+    assert list(visitors.unpack_ids(visitors.pack_ids({3, 1, 2}))) == [1, 2, 3]
