@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from admin import stats, timerange
@@ -572,6 +572,9 @@ def test_half_hour_zones_read_quarter_hours_not_minutes() -> None:
     st.sets(st.integers(0, 60)),
     st.integers(0, 3),
 )
+# the search path (one big chunk, few others) with visitors that have no human click
+@example(parts=[(set(), set())], extra={1, 2, 1000}, extra_bots={2}, big=0)
+@example(parts=[({1, 2, 3}, {1, 2})], extra={3, 7}, extra_bots={7}, big=0)
 def test_counting_chunks_matches_sets(
     parts: list[tuple[set[int], set[int]]], extra: set[int], extra_bots: set[int], big: int
 ) -> None:
@@ -642,3 +645,50 @@ def test_the_visitor_id_format_is_frozen() -> None:
         range(1, 9)
     )
     assert list(visitors.unpack_ids(visitors.pack_ids({3, 1, 2}))) == [1, 2, 3]
+
+
+def test_a_late_click_on_a_finished_group_day_marks_it_for_a_recount(
+    conn: sqlite3.Connection,
+) -> None:
+    links = _links(conn)[:2]
+    rand = random.Random(41)
+    people = [rand.randbytes(8) for _ in range(6)]
+    state = rollups.RollupState()
+    day_ms = (END // DAY) * DAY * 1000
+    day = day_ms // 86_400_000
+    rng = timerange.time_range("-3d", None, "day", "UTC", END)
+
+    def write(*times: int) -> None:
+        _write(
+            conn, [_click(rand, t, links[i % 2]["id"], people) for i, t in enumerate(times)], state
+        )
+
+    write(*(day_ms - 5000 + i for i in range(6)))
+    write(day_ms + 1000)  # the day before is done: its group-days keep counts only
+    assert conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0] == 0
+    write(*(day_ms - 1000 + i for i in range(4)))  # late clicks on the finished day
+    write(day_ms + 2000)  # the next write finishes that day again: it cannot take a union
+    stale = {tuple(r) for r in conn.execute("SELECT dim, key, day FROM group_day_stale")}
+    assert stale and {d for _dim, _key, d in stale} == {day - 1}
+    for group_by in ("campaign", "tag", "domain"):
+        _check_group_by(conn, rng, group_by)  # counted from the links meanwhile
+    while True:
+        with Transaction(conn):
+            if not rollups.rebuild_stale_group_day(conn):
+                break
+    for group_by in ("campaign", "tag", "domain"):
+        _check_group_by(conn, rng, group_by)
+
+
+def test_a_roll_up_of_clicks_without_visitor_ids_writes_no_chunks(
+    conn: sqlite3.Connection,
+) -> None:
+    """DNT and Sec-GPC clicks carry no visitor id: their roll-up has no visitors at all."""
+    link = catalog.create_link(conn, {"url": "https://example.com/"})
+    rand = random.Random(5)
+    rows = [_click(rand, END * 1000 + i, link["id"], [b""])[:] for i in range(3)]
+    vid = rollups.CLICK_COLUMNS.index("visitor_id")
+    rows = [(*r[:vid], None, *r[vid + 1 :]) for r in rows]
+    _write(conn, rows, rollups.RollupState())
+    assert conn.execute("SELECT count(*) FROM link_day_visitors").fetchone()[0] == 0
+    assert conn.execute("SELECT sum(clicks) FROM link_minute").fetchone()[0] == 3
