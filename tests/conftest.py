@@ -12,6 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# `make mutation` runs each mutant against its tests: fewer examples (a fixed set, so a
+# mutant is killed by a test and not by luck) keep a run in minutes. Tests with their own
+# @settings(max_examples=...) keep theirs.
+settings.register_profile("mutation", max_examples=25, derandomize=True, database=None)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
