@@ -215,7 +215,9 @@ def load_uap_cases(name: str) -> tuple[dict[str, Any], ...]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with (UAP_DIR / f"{name}.yaml").open(encoding="utf-8") as f:
         data = yaml.load(f, Loader=loader)
-    return tuple(data["test_cases"])
+    cases = tuple(data["test_cases"])
+    assert cases, f"{name}.yaml has no test cases: the tests over them would prove nothing"
+    return cases
 
 
 # -- real user-agent strings of people, by the device type geo.useragent must give ------

@@ -177,6 +177,7 @@ def _expected(g: dict[str, Any]) -> dict[str, Any]:
 
 def _check_group_by(conn: sqlite3.Connection, rng: timerange.TimeRange, group_by: str) -> None:
     truth, overall = _truth(conn, rng, group_by)
+    assert truth and overall["clicks"], "no clicks in the range: the comparison proves nothing"
     every = catalog.LinkFilter()
     per_link = catalog.LinkFilter(created_from_ms=0)  # same links, through the link rollups
     for flt in (every, per_link):
