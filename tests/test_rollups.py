@@ -638,16 +638,6 @@ def test_the_roll_up_follows_an_edit_between_two_writes(conn: sqlite3.Connection
     assert by_campaign == {"new": 5}
 
 
-def test_the_visitor_id_format_is_frozen() -> None:
-    """Stored chunks hold these integers: changing the mapping would count a visitor of
-    an old chunk and of a new one twice."""
-    assert visitors.visitor_int(bytes(range(1, 9))) == 0x0807060504030201
-    assert visitors.pack_ids({0x0807060504030201, 1}) == (1).to_bytes(8, "little") + bytes(
-        range(1, 9)
-    )
-    assert list(visitors.unpack_ids(visitors.pack_ids({3, 1, 2}))) == [1, 2, 3]
-
-
 def test_a_late_click_on_a_finished_group_day_marks_it_for_a_recount(
     conn: sqlite3.Connection,
 ) -> None:
