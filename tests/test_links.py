@@ -159,6 +159,7 @@ def served(conn: sqlite3.Connection) -> tuple[LinkTable, dict[str, int]]:
         "temp": {"url": "https://example.com/t", "status": 307},
         "keep": {"url": "https://example.com/k", "status": 308},
         "cached": {"url": "https://example.com/c?x=1", "cache_max_age_s": 60},
+        "second": {"url": "https://example.com/1s", "cache_max_age_s": 1},
         "noforward": {"url": "https://example.com/n", "forward_query": False},
         "reqwins": {"url": "https://example.com/r?x=1#top", "query_precedence": "request"},
         "off": {"url": "https://example.com/off", "disabled": True},
@@ -295,6 +296,15 @@ GO = b"go.example.com"
             b"",
             302,
             "cached",
+            "go",
+        ),
+        (
+            GO,
+            b"/second",
+            redirect("302 Found", "https://example.com/1s", "private, max-age=1"),
+            b"",
+            302,
+            "second",
             "go",
         ),
         (
@@ -436,14 +446,14 @@ def test_changes_are_counted_and_the_table_follows_them(
     conn: sqlite3.Connection, served: tuple[LinkTable, dict[str, int]]
 ) -> None:
     table, ids = served
-    assert table.rev == current_rev(conn) and len(table) == 14
+    assert table.rev == current_rev(conn) and len(table) == 15
     assert LinkTable().rev == 0
     # an edit of a full link and of a plain one: both replaced in place
     catalog.update_link(conn, ids["cached"], {"url": "https://example.com/c2"})
     catalog.update_link(conn, ids["perm"], {"url": "https://example.com/p2"})
     rev, links, purged, domains = catalog.changes_since(conn, table.rev)
     assert table.apply(rev, links, purged, domains) == 2
-    assert table.rev == rev and len(table) == 14
+    assert table.rev == rev and len(table) == 15
     assert location(table, GO, b"/cached") == "https://example.com/c2"
     assert location(table, GO, b"/perm") == "https://example.com/p2"
     # purges that match nothing change nothing
@@ -452,13 +462,13 @@ def test_changes_are_counted_and_the_table_follows_them(
         table.apply(before, [], [(999, None, None), (998, ids["go"], None), (997, 12345, "x")]) == 0
     )
     assert table.apply(before, [], [(ids["perm"], ids["go"], "plain")]) == 0  # not its slug
-    assert len(table) == 14
+    assert len(table) == 15
     # two purges in one change
     catalog.purge_link(conn, ids["perm"])
     catalog.purge_link(conn, ids["cached"])
     rev, links, purged, domains = catalog.changes_since(conn, table.rev)
     assert table.apply(rev, links, purged, domains) == 2
-    assert len(table) == 12
+    assert len(table) == 13
     assert answer(table, GO, b"/perm")[2:] == (302, 0, ids["go"])  # the domain's fallback
 
 
@@ -497,3 +507,8 @@ def test_a_full_link_reads_back_what_it_was_built_from(
         True,
     )
     assert (d.slug, d.location, d.max_age_s, d.disabled) == ("d", "https://example.com/d", 0, False)
+
+
+def test_a_table_before_its_first_load_answers_404() -> None:
+    assert answer(LinkTable(), b"go.example.com", b"/x") == (*NOT_FOUND, 404, 0, 0)
+    assert answer(LinkTable(), b"go.example.com", b"/") == (*NOT_FOUND, 404, 0, 0)
