@@ -505,3 +505,114 @@ def test_response_bytes() -> None:
     with pytest.raises(UnicodeEncodeError):  # values must be ASCII already
         response_head(200, [("X-Name", "café")])
     assert str(BadRequest("bad framing")) == "bad framing"
+
+
+# --- every field of the parsed head ---------------------------------------------------------
+
+
+def fields(data: bytes, start: int = 0) -> dict[str, object]:
+    """Every slot of the Request parsed from data[start:] (headers aside), and its end."""
+    parsed = parse_head(data, start)
+    assert parsed is not None
+    req, end = parsed
+    out: dict[str, object] = {k: getattr(req, k) for k in Request.__slots__ if k != "headers"}
+    out["end"] = end
+    return out
+
+
+BASE = b"GET / HTTP/1.1\r\nHost: a\r\n"
+DEFAULTS: dict[str, object] = {
+    "method": b"GET",
+    "target": b"/",
+    "path": b"/",
+    "query": b"",
+    "http11": True,
+    "keep_alive": True,
+    "host": b"a",
+    "user_agent": b"",
+    "referer": b"",
+    "accept_language": b"",
+    "forwarded_for": None,
+    "forwarded": None,
+    "content_length": None,
+    "chunked": False,
+    "expect_continue": False,
+    "prefetch": False,
+    "dnt": False,
+    "gpc": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "changed"),
+    [
+        (b"", {}),
+        # repeated fields are joined in order, as one list (RFC 9110 5.3)
+        (
+            b"X-Forwarded-For: 203.0.113.1\r\nX-Forwarded-For: 198.51.100.2, 10.0.0.1\r\n",
+            {"forwarded_for": b"203.0.113.1,198.51.100.2, 10.0.0.1"},
+        ),
+        (b"Forwarded: for=1\r\nForwarded: for=2\r\n", {"forwarded": b"for=1,for=2"}),
+        (b"Connection: keep-alive\r\nConnection: close\r\n", {"keep_alive": False}),
+        (b"Connection: keep-alive ,\tclose\r\n", {"keep_alive": False}),
+        (b"Connection: upgrade,\tkeep-alive\r\n", {}),
+        # flags, whatever the case
+        (b"Sec-Purpose: Prerender\r\n", {"prefetch": True}),
+        (b"Purpose: PREFETCH\r\n", {"prefetch": True}),
+        (b"Sec-Purpose: prefetch-hint\r\n", {"prefetch": True}),
+        (b"Purpose: preview\r\n", {}),
+        (
+            b"Expect: 100-Continue\r\nContent-Length: 3\r\n",
+            {"expect_continue": True, "content_length": 3},
+        ),
+        (b"Content-Length: " + b"9" * 18 + b"\r\n", {"content_length": 10**18 - 1}),
+        (
+            b"User-Agent: curl/8\r\nReferer: https://t.co/\r\nAccept-Language: de\r\n",
+            {"user_agent": b"curl/8", "referer": b"https://t.co/", "accept_language": b"de"},
+        ),
+    ],
+)
+def test_every_field_of_the_head(extra: bytes, changed: dict[str, object]) -> None:
+    data = BASE + extra + b"\r\n"
+    assert fields(data) == {**DEFAULTS, **changed, "end": len(data)}
+
+
+def test_an_http10_head_without_host_has_an_empty_host() -> None:
+    assert fields(b"GET /x HTTP/1.0\r\n\r\n") == {
+        **DEFAULTS,
+        "target": b"/x",
+        "path": b"/x",
+        "http11": False,
+        "keep_alive": False,
+        "host": b"",
+        "end": 19,
+    }
+
+
+def test_a_pipelined_head_is_parsed_from_its_own_start() -> None:
+    first = BASE + b"X-Pad: " + b"p" * 10_000 + b"\r\n\r\n"
+    second = b"\r\nGET /b HTTP/1.1\r\nHost: b\r\nX-Pad: " + b"p" * 8_000 + b"\r\n\r\n"
+    got = fields(first + second, len(first))  # the empty line before it is skipped
+    assert (got["path"], got["host"], got["end"]) == (b"/b", b"b", len(first + second))
+
+
+def test_the_head_limits_at_their_exact_values() -> None:
+    head = BASE + b"X-Pad: "
+    fill = MAX_HEAD_BYTES - len(head)  # the head up to its blank line: MAX_HEAD_BYTES
+    assert fields(head + b"p" * fill + b"\r\n\r\n")["end"] == MAX_HEAD_BYTES + 4
+    assert rejected(head + b"p" * (fill + 1) + b"\r\n\r\n") == 431
+    many = b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADER_COUNT - 1))  # and Host
+    assert fields(BASE + many + b"\r\n")["host"] == b"a"
+    assert rejected(BASE + many + b"X-Last: v\r\n\r\n") == 431
+    assert rejected(BASE + b"Content-Length: 1" + b"0" * 18 + b"\r\n\r\n") == 413
+
+
+@pytest.mark.parametrize(
+    "codings",
+    [
+        b"Transfer-Encoding: gzip ,\tchunked\r\n",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+def test_a_coding_before_chunked_is_not_implemented(codings: bytes) -> None:
+    assert rejected(b"POST / HTTP/1.1\r\nHost: a\r\n" + codings + b"\r\n") == 501
