@@ -616,3 +616,94 @@ def test_the_head_limits_at_their_exact_values() -> None:
 )
 def test_a_coding_before_chunked_is_not_implemented(codings: bytes) -> None:
     assert rejected(b"POST / HTTP/1.1\r\nHost: a\r\n" + codings + b"\r\n") == 501
+
+
+@pytest.mark.parametrize(
+    ("line", "changed"),
+    [
+        (b"GET /a?b?c HTTP/1.1", {"target": b"/a?b?c", "path": b"/a", "query": b"b?c"}),
+        (
+            b"HEAD /x HTTP/1.0",
+            {
+                "method": b"HEAD",
+                "target": b"/x",
+                "path": b"/x",
+                "http11": False,
+                "keep_alive": False,
+            },
+        ),
+        (b"OPTIONS * HTTP/1.1", {"method": b"OPTIONS", "target": b"*", "path": b"*"}),
+        (b"CONNECT a:443 HTTP/1.1", {"method": b"CONNECT", "target": b"a:443", "path": b"a:443"}),
+        # absolute-form: the authority is the host, whatever the scheme's case
+        (
+            b"GET HTTPS://Go.Example.com/a?x HTTP/1.1",
+            {
+                "target": b"HTTPS://Go.Example.com/a?x",
+                "path": b"/a",
+                "query": b"x",
+                "host": b"Go.Example.com",
+            },
+        ),
+        (
+            b"GET http://go.example.com HTTP/1.1",
+            {"target": b"http://go.example.com", "host": b"go.example.com"},
+        ),
+        (
+            b"GET http://go.example.com?x=1 HTTP/1.1",
+            {"target": b"http://go.example.com?x=1", "query": b"x=1", "host": b"go.example.com"},
+        ),
+        (
+            b"GET http://a/b//c?d?e HTTP/1.1",
+            {"target": b"http://a/b//c?d?e", "path": b"/b//c", "query": b"d?e", "host": b"a"},
+        ),
+    ],
+)
+def test_every_field_of_the_request_line(line: bytes, changed: dict[str, object]) -> None:
+    data = line + b"\r\nHost: a\r\n\r\n"
+    assert fields(data) == {**DEFAULTS, **changed, "end": len(data)}
+
+
+@pytest.mark.parametrize(
+    "line", [b"GET * HTTP/1.1", b"GET http://user@a/ HTTP/1.1", b"GET http:///x HTTP/1.1"]
+)
+def test_targets_that_are_refused(line: bytes) -> None:
+    assert rejected(line + b"\r\nHost: a\r\n\r\n") == 400
+
+
+def test_a_request_line_at_the_limit_is_read_and_one_past_it_is_414() -> None:
+    prefix, suffix = b"GET /", b" HTTP/1.1"
+    fill = MAX_REQUEST_LINE_BYTES - len(prefix) - len(suffix)
+    line = prefix + b"a" * fill + suffix
+    assert fields(line + b"\r\nHost: a\r\n\r\n")["path"] == b"/" + b"a" * fill
+    assert rejected(prefix + b"a" * (fill + 1) + suffix + b"\r\nHost: a\r\n\r\n") == 414
+    # the scanner refuses it as it arrives, before any CRLF, and not one byte sooner
+    scanner = HeadScanner()
+    assert scanner.advance(bytearray(line)) == -1
+    with pytest.raises(BadRequest) as info:
+        HeadScanner().advance(bytearray(line + b"a"))
+    assert info.value.status == 414
+
+
+def test_the_scanner_finds_the_end_of_a_head_after_an_empty_line() -> None:
+    head = b"\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+    for data in (head, head + b"GET /b"):  # a pipelined request may follow
+        scanner = HeadScanner()
+        assert scanner.advance(bytearray(data)) == len(head)
+    scanner = HeadScanner(4)  # a head that starts further into the caller's buffer
+    assert scanner.advance(bytearray(b"xxxx" + head)) == 4 + len(head)
+    buf = bytearray()
+    scanner = HeadScanner()
+    for byte in range(len(head)):  # trickled: complete only with its last byte
+        buf += head[byte : byte + 1]
+        assert scanner.advance(buf) == (len(head) if byte == len(head) - 1 else -1)
+    assert scanner.examined <= 4 * len(head)  # each new byte and the 3 before it
+
+
+def test_the_scanner_refuses_an_oversized_head_before_it_ends() -> None:
+    head = BASE + b"X-Pad: "
+    fill = MAX_HEAD_BYTES - len(head)
+    assert HeadScanner().advance(bytearray(head + b"p" * fill + b"\r\n\r\n")) > 0
+    assert HeadScanner().advance(bytearray(head + b"p" * fill)) == -1  # at the limit: waits
+    with pytest.raises(BadRequest) as info:
+        HeadScanner().advance(bytearray(head + b"p" * (fill + 1)))
+    assert info.value.status == 431
