@@ -6,6 +6,7 @@ import pytest
 
 from edge.errors import InvalidField, InvalidURL
 from edge.urls import (
+    MAX_URL_LENGTH,
     generate_slug,
     join_url,
     merge_query,
@@ -149,3 +150,26 @@ def test_urls_are_split_and_joined_by_their_first_separators() -> None:
 def test_with_params_encodes_every_reserved_character() -> None:
     out = with_params("https://example.com/", [("utm/content", "a/b?c&d=e")])
     assert out == "https://example.com/?utm%2Fcontent=a%2Fb%3Fc%26d%3De"
+
+
+def test_a_destination_at_the_length_limit_is_kept_and_one_past_it_refused() -> None:
+    head = "https://example.com/"
+    url = head + "a" * (MAX_URL_LENGTH - len(head))
+    assert normalize_destination(url) == url
+    with pytest.raises(InvalidURL):
+        normalize_destination(url + "a")
+    # the limit holds for the normalised form too: percent-encoding makes it longer
+    with pytest.raises(InvalidURL):
+        normalize_destination(head + "ü" * (MAX_URL_LENGTH // 6))
+
+
+def test_a_destination_fragment_keeps_its_reserved_characters() -> None:
+    assert normalize_destination("https://example.com/#a#b?c=d&e") == (
+        "https://example.com/#a#b?c=d&e"
+    )
+
+
+def test_a_bad_destination_host_is_refused_under_the_callers_field() -> None:
+    with pytest.raises(InvalidURL) as info:
+        normalize_destination("https://exa_mple..com/", "expired_url")
+    assert (info.value.field, info.value.status) == ("expired_url", 422)
