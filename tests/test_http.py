@@ -28,6 +28,12 @@ SIMPLE = (
 )
 
 
+def examples(n: int) -> int:
+    """n examples, or a tenth of them under a profile that lowers the default below 100
+    (`make mutation`'s profile: each mutant runs these tests)."""
+    return n if settings.default.max_examples >= 100 else n // 10
+
+
 def parse(data: bytes) -> Request:
     result = parse_head(data)
     assert result is not None, "expected a complete head"
@@ -238,7 +244,7 @@ def parse_all(data: bytes) -> str:
     return "request"
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(st.binary(max_size=400))
 def test_any_bytes_parse_or_need_more_or_bad_request(data: bytes) -> None:
     parse_all(data)
@@ -272,7 +278,7 @@ def _summary(req: Request) -> tuple[object, ...]:
     return (req.method, req.path, req.query, req.host, req.headers, req.keep_alive)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(valid_requests(), st.lists(st.integers(min_value=0), max_size=6))
 def test_valid_request_split_anywhere_parses_like_whole(data: bytes, cuts: list[int]) -> None:
     whole = parse_head(data)
@@ -292,7 +298,7 @@ def test_valid_request_split_anywhere_parses_like_whole(data: bytes, cuts: list[
     assert result[1] == whole[1] == len(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(valid_requests(), st.integers(min_value=0), st.binary(min_size=1, max_size=3))
 def test_mutated_valid_request_never_crashes(data: bytes, where: int, junk: bytes) -> None:
     i = where % len(data)
@@ -344,7 +350,7 @@ def chunked_bodies(draw: st.DrawFn) -> tuple[bytes, bytes]:
     return wire, b"".join(chunks)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(valid_requests(), chunked_bodies(), st.lists(st.integers(min_value=0), max_size=40))
 def test_chunked_request_split_anywhere_costs_linear_work(
     head: bytes, body: tuple[bytes, bytes], cuts: list[int]
