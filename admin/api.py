@@ -54,6 +54,7 @@ log = logging.getLogger("linkedge.admin")
 MAX_BULK_LINKS: Final = 1000
 # Event streams push once a second.
 STREAM_INTERVAL_S: Final = 1.0
+LIVE_REUSE_S: Final = 0.1  # a /api/live snapshot is reused this long while clicks arrive
 STREAM_RETRY_MS: Final = 2000  # EventSource reconnection delay we suggest
 
 
@@ -133,7 +134,7 @@ class AdminServer:
         # caches
         self._health: tuple[float, Response] | None = None
         self._openapi: bytes | None = None
-        self._live: tuple[int, int, dict[str, Any]] | None = None
+        self._live: tuple[int, int, int, float, dict[str, Any]] | None = None
         self._names_rev = -1
         self._names: dict[int, tuple[str, str]] = {}
         self._final_checkpoints: dict[int, dict[str, Any]] = {}  # links whose checkpoints are final
@@ -539,11 +540,19 @@ class AdminServer:
             self._names.update(await self.db.run(catalog.link_names, missing))
 
     async def live_snapshot(self, top: int) -> dict[str, Any]:
-        now_s = int(time.time())
-        cached = self._live
-        if cached is not None and cached[0] == now_s and cached[1] == top:
-            return cached[2]
+        now = time.time()
+        now_s = int(now)
         live = self.runtime.live
+        # one snapshot serves every poll of the same second while no click arrived, and
+        # at most LIVE_REUSE_S otherwise: a click is on /api/live one flush after it lands
+        cached = self._live
+        if (
+            cached is not None
+            and cached[0] == now_s
+            and cached[1] == top
+            and (cached[2] == live.total or now - cached[3] < LIVE_REUSE_S)
+        ):
+            return cached[4]
         ids = velocity.live_top_links(live, now_s, top)
         await self._refresh_names(ids)
         links = []
@@ -572,7 +581,7 @@ class AdminServer:
             "links": links,
             "pipeline": self._pipeline(),
         }
-        self._live = (now_s, top, snapshot)
+        self._live = (now_s, top, live.total, now, snapshot)
         return snapshot
 
     def _pipeline(self) -> dict[str, Any]:

@@ -993,12 +993,10 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats, backup
     _add_bots_commands(sub)
     _add_import_export_commands(sub)
-    from admin import doctor
-
     p = _cmd(
         sub,
         "doctor",
-        doctor.cmd_doctor,
+        _doctor,
         "check the install: database, disk, GeoIP, ports, token, clock, bot list",
         "linkedge --config /etc/linkedge.env doctor",
     )
@@ -1048,9 +1046,20 @@ def _add_import_export_commands(sub: Any) -> None:
     _db_option(p)
 
 
-def _add_bots_commands(sub: Any) -> None:
+# The bot lists compile ~100 patterns at import: only the commands that use them pay.
+def _bots_explain(args: argparse.Namespace) -> int:
     from admin import botcli
 
+    return botcli.cmd_bots_explain(args)
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from admin import doctor
+
+    return doctor.cmd_doctor(args)
+
+
+def _add_bots_commands(sub: Any) -> None:
     bots = _cmd(
         sub,
         "bots",
@@ -1062,7 +1071,7 @@ def _add_bots_commands(sub: Any) -> None:
     p = _cmd(
         bsub,
         "explain",
-        botcli.cmd_bots_explain,
+        _bots_explain,
         "the bot kind of a User-Agent and the signal that decided it",
         "linkedge bots explain 'Mozilla/5.0 (compatible; SemrushBot/7~bl)'",
     )

@@ -58,8 +58,8 @@ STATUS_REASONS: Final[dict[int, str]] = {
     413: "Content Too Large",
     414: "URI Too Long",
     415: "Unsupported Media Type",
-    422: "Unprocessable Content",
     417: "Expectation Failed",
+    422: "Unprocessable Content",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
@@ -198,6 +198,9 @@ def _check_incomplete(buf: bytes | bytearray, start: int) -> None:
     HeadScanner(start).advance(buf)
 
 
+_TERMINATOR: Final = b"\r\n\r\n"
+
+
 class HeadScanner:
     """Finds the end of a request head arriving in pieces, looking at each byte once.
 
@@ -243,8 +246,11 @@ class HeadScanner:
             if end - head_from > MAX_HEAD_BYTES:
                 raise BadRequest("request header section too large", 431)
             return end + 4
-        # (+3: a read may end inside the head's final CRLFCRLF, whose first CRLF counts)
-        if size - head_from > MAX_HEAD_BYTES + 3:
+        # Past the limit, only the start of the head's final CRLFCRLF may follow (a read
+        # can end inside it, and its first CRLF counts): anything else is too large now.
+        if size - head_from > MAX_HEAD_BYTES and not _TERMINATOR.startswith(
+            bytes(buf[head_from + MAX_HEAD_BYTES : min(size, head_from + MAX_HEAD_BYTES + 4)])
+        ):
             raise BadRequest("request header section too large", 431)
         # A bare LF among the new bytes: every LF must close a CRLF (one that straddles
         # the previous read has its CR at old - 1).

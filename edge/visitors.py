@@ -78,8 +78,10 @@ def salt_for_day(conn: sqlite3.Connection, day: int, new_salt: Callable[[], byte
     the day before are deleted for good (the day before stays for clicks written late)."""
     with Transaction(conn):
         conn.execute("DELETE FROM salts WHERE day < ?", (day - 1,))
-        conn.execute("INSERT OR IGNORE INTO salts (day, salt) VALUES (?, ?)", (day, new_salt()))
         row = conn.execute("SELECT salt FROM salts WHERE day = ?", (day,)).fetchone()
+        if row is None:  # OR IGNORE: another process may have just made it (theirs wins)
+            conn.execute("INSERT OR IGNORE INTO salts (day, salt) VALUES (?, ?)", (day, new_salt()))
+            row = conn.execute("SELECT salt FROM salts WHERE day = ?", (day,)).fetchone()
         return bytes(row[0])
 
 

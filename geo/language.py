@@ -3,6 +3,8 @@
 # Rules of this module:
 # - Pure and total: str in, str | None out; never raises. Cached with a bounded
 #   functools.lru_cache (thread-safe): browsers send a few hundred distinct headers.
+#   A bug that raises inside answers None, is logged and counted in `errors`, so a test
+#   (and an operator) can tell a bug from a header that names no language.
 # - The answer is the primary subtag (RFC 5646), lowercased, of the range with the
 #   highest q-value; the first one wins a tie (RFC 9110 §12.4.2: equal weights keep the
 #   client's order). "en-US,en;q=0.9,fr;q=0.8" -> "en".
@@ -14,9 +16,12 @@
 #   MAX_RANGES ranges are read.
 from __future__ import annotations
 
+import logging
 import re
 from functools import lru_cache
 from typing import Final
+
+logger = logging.getLogger(__name__)
 
 # Distinct Accept-Language values of real browsers: a few hundred; 4096 covers them all.
 LANGUAGE_CACHE_SIZE: Final = 4_096
@@ -24,6 +29,9 @@ LANGUAGE_CACHE_SIZE: Final = 4_096
 # Browsers send well under 200 characters (Chrome caps its list; Firefox sends ~5 ranges).
 MAX_HEADER_CHARS: Final = 1_024
 MAX_RANGES: Final = 32
+
+# Parses that raised (a bug): each answered None. Only ever grows.
+errors = 0
 
 _QVALUE = re.compile(r"[01](?:\.[0-9]*)?\Z")
 
@@ -34,6 +42,9 @@ def primary_language(accept_language: str) -> str | None:
     try:
         return _primary(accept_language)
     except Exception:  # a bug here must not stop the click flusher
+        global errors
+        errors += 1
+        logger.exception("accept-language parse failed")
         return None
 
 

@@ -3,6 +3,8 @@
 # Rules of this module:
 # - Pure and total: str in, (str | None, str) out; never raises. Cached with a bounded
 #   functools.lru_cache (thread-safe) because real traffic repeats a few referrers.
+#   A bug that raises inside answers (None, "unknown"), is logged and counted in
+#   `errors`, so a test (and an operator) can tell a bug from an unusable Referer.
 # - host is the referring host as sent: lowercased, without port, userinfo or trailing
 #   dot, "www." kept (it is what the browser sent). None when there is no web host.
 # - source is the name stats group by:
@@ -24,10 +26,13 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from functools import lru_cache
 from typing import Final
 from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
 
 # Distinct referrers of a busy link are in the hundreds to thousands (search pages carry
 # their query in the URL: each one is distinct, but cheap to recompute).
@@ -38,6 +43,9 @@ MAX_REFERRER_CHARS: Final = 4_096
 
 # Hostnames are at most 253 characters (RFC 1035).
 MAX_HOST_CHARS: Final = 253
+
+# Parses that raised (a bug): each answered (None, UNKNOWN). Only ever grows.
+errors = 0
 
 DIRECT: Final = "direct"
 UNKNOWN: Final = "unknown"
@@ -174,6 +182,9 @@ def parse_referrer(referer: str) -> tuple[str | None, str]:
     try:
         return _parse(referer)
     except Exception:  # a bug here must not stop the click flusher
+        global errors
+        errors += 1
+        logger.exception("referrer parse failed")
         return None, UNKNOWN
 
 

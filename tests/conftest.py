@@ -12,6 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# `make mutation` runs each mutant against its tests: fewer examples (a fixed set, so a
+# mutant is killed by a test and not by luck) keep a run in minutes. The parser's fuzz
+# tests, which set their own max_examples, take a tenth of theirs (tests/test_http.py).
+settings.register_profile("mutation", max_examples=25, derandomize=True, database=None)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -45,6 +51,7 @@ class ServerProcess:
             *args,
         ]
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.started_at = time.time()  # the server's own start is later than this
         self.proc = subprocess.Popen(
             cmd,
             cwd=REPO,

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import functools
+import ipaddress
 import random
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,40 @@ def build_city_mmdb(path: str | Path, database_type: str = CITY_TYPE) -> dict[st
     }
 
 
+# What a GeoDatabase on build_city_mmdb's file answers for any address of each network.
+CITY_ANSWERS: tuple[tuple[str, GeoResult], ...] = (
+    ("203.0.113.0/24", GeoResult("GB", "England", "London", None, None)),
+    ("198.51.100.0/24", GeoResult("US", "California", "San Francisco", None, None)),
+    ("192.0.2.0/25", GeoResult("DE", None, None, None, None)),
+    ("2001:db8:1::/48", GeoResult("JP", "Tokyo", "Tokyo", None, None)),
+    ("2001:db8:2::/48", GeoResult("FR", "Île-de-France", "Paris", None, None)),
+    ("2001:db8:3::/48", GeoResult("CH", None, None, None, None)),
+)
+
+
+def city_answer(text: str) -> GeoResult:
+    """What a GeoDatabase on build_city_mmdb's file must answer for `text`, worked out
+    with the ipaddress module alone: the answer of the network holding the address;
+    EMPTY_GEO for an address outside them, a zoned (link-local) address, or text that is
+    no address. An IPv6 address carrying an IPv4 one (::ffff:a.b.c.d, and ::a.b.c.d
+    where the tree stores IPv4) is that IPv4 address."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return EMPTY_GEO
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id is not None:
+            return EMPTY_GEO
+        if address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        elif int(address) < 2**32:
+            address = ipaddress.IPv4Address(int(address))
+    for network, answer in CITY_ANSWERS:
+        if address in ipaddress.ip_network(network):
+            return answer
+    return EMPTY_GEO
+
+
 def build_country_mmdb(path: str | Path) -> dict[str, GeoResult]:
     """A Country database (no subdivisions, no cities)."""
     writer = _writer(COUNTRY_TYPE)
@@ -180,7 +215,9 @@ def load_uap_cases(name: str) -> tuple[dict[str, Any], ...]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with (UAP_DIR / f"{name}.yaml").open(encoding="utf-8") as f:
         data = yaml.load(f, Loader=loader)
-    return tuple(data["test_cases"])
+    cases = tuple(data["test_cases"])
+    assert cases, f"{name}.yaml has no test cases: the tests over them would prove nothing"
+    return cases
 
 
 # -- real user-agent strings of people, by the device type geo.useragent must give ------

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from geo import bots
 from geo.bots import BOT_KINDS, classify, explain, list_info, ua_kind
 from geo.useragent import UserAgentParser
+from tests.conftest import REPO
 from tests.geo_fixtures import HUMAN_UAS, UAP_DIR, UAP_MISSING_REASON, load_uap_cases
 
 needs_uap = pytest.mark.skipif(not UAP_DIR.is_dir(), reason=UAP_MISSING_REASON)
@@ -191,21 +192,44 @@ def test_ua_parser_spider_family_is_a_crawler_only_with_the_parsed_info(
     assert classify(ua, parser.parse(ua), is_head=False, is_prefetch=False) == "crawler"
 
 
-def test_kinds_are_the_documented_ones() -> None:
-    assert BOT_KINDS == (
-        "crawler",
-        "preview",
-        "prefetch",
-        "monitor",
-        "scanner",
-        "head",
-        "automation",
-    )
+def _documented_kinds() -> list[str]:
+    """The kinds geo/bots.py's opening comment defines, in the order it lists them."""
+    text = (REPO / "geo" / "bots.py").read_text()
+    section = text.split('# What "kind" means', 1)[1].split("from __future__", 1)[0]
+    return re.findall(r"^#   ([a-z]+) {2,}", section, re.M)
+
+
+def test_every_kind_is_documented_and_given_to_some_click(parser: UserAgentParser) -> None:
+    """BOT_KINDS against what classify really answers over the real strings above, HEAD and
+    prefetch, and against the two places that document the kinds."""
+    answered = {
+        classify(ua, parser.parse(ua), is_head=False, is_prefetch=False)
+        for uas in BOTS_BY_KIND.values()
+        for ua in uas
+    }
+    answered |= {
+        classify(CHROME, None, is_head=True, is_prefetch=False),
+        classify(CHROME, None, is_head=False, is_prefetch=True),
+    }
+    assert answered == set(BOT_KINDS)
+    assert sorted(_documented_kinds()) == sorted(BOT_KINDS)
+    architecture = (REPO / "docs" / "architecture.md").read_text()
+    listed = re.search(r" +bot kinds: (.+)", architecture)
+    assert listed is not None and listed.group(1).split(", ") == list(BOT_KINDS)
 
 
 @given(st.text(max_size=400), st.booleans(), st.booleans())
-def test_classify_of_any_text_never_raises(ua: str, is_head: bool, is_prefetch: bool) -> None:
-    assert classify(ua, None, is_head=is_head, is_prefetch=is_prefetch) in (*BOT_KINDS, None)
+def test_classify_of_any_text_is_prefetch_then_head_then_the_strings_kind(
+    ua: str, is_head: bool, is_prefetch: bool
+) -> None:
+    kind = classify(ua, None, is_head=is_head, is_prefetch=is_prefetch)
+    expected = "prefetch" if is_prefetch else "head" if is_head else ua_kind(ua)
+    assert kind == expected
+    # the string's kind ignores case, and any agent that calls itself a bot is one
+    assert ua_kind(ua.lower()) == ua_kind(ua)
+    assert ua_kind(ua + " (compatible; ExampleBot/1.0)") is not None
+    if not ua.strip():
+        assert ua_kind(ua) == "automation"
 
 
 # -- false positives on uap-core's browser cases -------------------------------------------

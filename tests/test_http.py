@@ -17,6 +17,8 @@ from edge.http import (
     Request,
     parse_head,
     read_body,
+    response_head,
+    status_line,
 )
 
 SIMPLE = (
@@ -24,6 +26,12 @@ SIMPLE = (
     b"User-Agent: Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0\r\n"
     b"Referer: https://t.co/abc\r\nAccept-Language: en-US,en;q=0.9\r\n\r\n"
 )
+
+
+def examples(n: int) -> int:
+    """n examples, or a tenth of them under a profile that lowers the default below 100
+    (`make mutation`'s profile: each mutant runs these tests)."""
+    return n if settings.default.max_examples >= 100 else n // 10
 
 
 def parse(data: bytes) -> Request:
@@ -236,7 +244,7 @@ def parse_all(data: bytes) -> str:
     return "request"
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=examples(1500), deadline=None)
 @given(st.binary(max_size=400))
 def test_any_bytes_parse_or_need_more_or_bad_request(data: bytes) -> None:
     parse_all(data)
@@ -270,7 +278,7 @@ def _summary(req: Request) -> tuple[object, ...]:
     return (req.method, req.path, req.query, req.host, req.headers, req.keep_alive)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(valid_requests(), st.lists(st.integers(min_value=0), max_size=6))
 def test_valid_request_split_anywhere_parses_like_whole(data: bytes, cuts: list[int]) -> None:
     whole = parse_head(data)
@@ -290,7 +298,7 @@ def test_valid_request_split_anywhere_parses_like_whole(data: bytes, cuts: list[
     assert result[1] == whole[1] == len(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(valid_requests(), st.integers(min_value=0), st.binary(min_size=1, max_size=3))
 def test_mutated_valid_request_never_crashes(data: bytes, where: int, junk: bytes) -> None:
     i = where % len(data)
@@ -342,7 +350,7 @@ def chunked_bodies(draw: st.DrawFn) -> tuple[bytes, bytes]:
     return wire, b"".join(chunks)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(valid_requests(), chunked_bodies(), st.lists(st.integers(min_value=0), max_size=40))
 def test_chunked_request_split_anywhere_costs_linear_work(
     head: bytes, body: tuple[bytes, bytes], cuts: list[int]
@@ -421,3 +429,312 @@ def test_every_status_the_parser_refuses_with_has_its_reason_phrase() -> None:
     assert {413, 414, 417, 431, 501, 505} <= statuses
     assert statuses <= set(STATUS_REASONS)
     assert rejected(b"GET / HTTP/1.1\r\nHost: a\r\nExpect: teapot\r\n\r\n") == 417
+
+
+# --- percent-encoding, limits at their exact values, response bytes -----------------------
+
+
+def test_percent_encoded_targets_are_kept_as_sent() -> None:
+    req = parse(b"GET /%41%62c%2F?q=%20%7e HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert (req.path, req.query) == (b"/%41%62c%2F", b"q=%20%7e")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [b"/a%4", b"/%41%4", b"/%41%", b"/%4g", b"/%%41", b"/%4g%41", b"/%41%4g%42", b"/ok?x=%2g&y=1"],
+)
+def test_every_percent_sign_needs_two_hex_digits(target: bytes) -> None:
+    assert rejected(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n") == 400
+
+
+def chunked_reader(limit: int = 1 << 20) -> BodyReader:
+    req, _end = parse_head(CHUNKED_HEAD) or (None, 0)
+    assert req is not None
+    return BodyReader(req, limit)
+
+
+def test_a_content_length_at_the_limit_is_read_and_one_past_it_refused() -> None:
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
+    req, end = parse_head(head) or (None, 0)
+    assert req is not None
+    assert read_body(head + b"hello", end, req, 5) == (b"hello", end + 5)
+    with pytest.raises(BadRequest) as info:
+        BodyReader(req, 4)
+    assert info.value.status == 413
+
+
+def test_a_chunked_body_exactly_at_the_limit_is_read_and_one_byte_less_refuses_it() -> None:
+    wire = b"5\r\nhello\r\n0\r\n\r\n"  # 15 bytes on the wire, framing included
+    reader = chunked_reader(len(wire))
+    assert reader.feed(wire) == len(wire) and reader.done and reader.body == b"hello"
+    assert reader.examined == len(wire)  # each byte looked at once
+    with pytest.raises(BadRequest) as info:
+        chunked_reader(len(wire) - 1).feed(wire)
+    assert info.value.status == 413
+
+
+def test_a_chunked_body_arriving_in_pieces_reports_what_it_consumed() -> None:
+    reader = chunked_reader()
+    assert reader.feed(b"1") == 1  # part of a size line: kept, consumed
+    assert reader.feed(b"0\r") == 2
+    assert reader.feed(b"\nabcdefghijklmnop\r\n0\r\n\r\nGET") == 24  # stops at the next request
+    assert reader.done and reader.body == b"abcdefghijklmnop"
+
+
+def test_a_chunk_size_of_sixteen_hex_digits_is_read() -> None:
+    reader = chunked_reader()
+    reader.feed(b"000000000000000a\r\n0123456789\r\n0\r\n\r\n")
+    assert reader.done and reader.body == b"0123456789"
+
+
+def test_a_size_line_ended_by_a_bare_lf_is_refused() -> None:
+    # read as "1" and a chunk of one byte, this would be a valid body: it must not be
+    for body in (b"10\n" + b"x" * 16 + b"\r\n0\r\n\r\n", b"10\nx\r\n0\r\n\r\n"):
+        with pytest.raises(BadRequest) as info:
+            chunked_reader().feed(body)
+        assert (info.value.status, info.value.message) == (400, "bare CR or LF in chunked framing")
+
+
+def test_a_size_line_of_exactly_the_cap_waits_for_its_end() -> None:
+    line = b"1;" + b"e" * (MAX_CHUNK_LINE_BYTES - 2)
+    reader = chunked_reader()
+    assert reader.feed(line) == len(line)  # MAX_CHUNK_LINE_BYTES bytes, no LF yet: fine
+    reader.feed(b"\r\nx\r\n0\r\n\r\n")
+    assert reader.done and reader.body == b"x"
+
+
+def test_a_size_line_past_the_cap_is_refused_after_reading_only_the_cap() -> None:
+    for pieces in ([b"1;" + b"e" * 1000 + b"\r\n"], [b"1;" + b"e" * 98, b"e" * 1000 + b"\r\n"]):
+        reader = chunked_reader()
+        with pytest.raises(BadRequest) as info:
+            for piece in pieces:
+                reader.feed(piece)
+        assert (info.value.status, info.value.message) == (400, "chunk-size line too long")
+        assert reader.examined <= MAX_CHUNK_LINE_BYTES + 2  # the cap and a CRLF, no more
+
+
+def test_trailers_have_the_head_limits_not_the_size_line_cap() -> None:
+    long_field = b"X-Long: " + b"v" * 1000 + b"\r\n"  # far past a size line's cap
+    fields = b"".join(b"X-T%d: v\r\n" % i for i in range(MAX_HEADER_COUNT - 1))
+    reader = chunked_reader()
+    reader.feed(b"1\r\nx\r\n0\r\n" + long_field + fields + b"\r\n")
+    assert reader.done and reader.body == b"x"
+    with pytest.raises(BadRequest) as info:
+        chunked_reader().feed(b"0\r\n" + long_field + fields + b"X-Last: v\r\n\r\n")
+    assert (info.value.status, info.value.message) == (431, "too many trailer fields")
+    with pytest.raises(BadRequest) as info:
+        chunked_reader().feed(b"0\r\nX-Huge: " + b"v" * MAX_HEAD_BYTES + b"\r\n\r\n")
+    assert (info.value.status, info.value.message) == (431, "trailer line too long")
+
+
+def test_response_bytes() -> None:
+    assert status_line(302) == b"HTTP/1.1 302 Found\r\n"
+    assert status_line(417) == b"HTTP/1.1 417 Expectation Failed\r\n"
+    assert status_line(599) == b"HTTP/1.1 599 Unknown\r\n"
+    head = response_head(200, [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    assert head == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
+    with pytest.raises(UnicodeEncodeError):  # values must be ASCII already
+        response_head(200, [("X-Name", "café")])
+    assert str(BadRequest("bad framing")) == "bad framing"
+
+
+# --- every field of the parsed head ---------------------------------------------------------
+
+
+def fields(data: bytes, start: int = 0) -> dict[str, object]:
+    """Every slot of the Request parsed from data[start:] (headers aside), and its end."""
+    parsed = parse_head(data, start)
+    assert parsed is not None
+    req, end = parsed
+    out: dict[str, object] = {k: getattr(req, k) for k in Request.__slots__ if k != "headers"}
+    out["end"] = end
+    return out
+
+
+BASE = b"GET / HTTP/1.1\r\nHost: a\r\n"
+DEFAULTS: dict[str, object] = {
+    "method": b"GET",
+    "target": b"/",
+    "path": b"/",
+    "query": b"",
+    "http11": True,
+    "keep_alive": True,
+    "host": b"a",
+    "user_agent": b"",
+    "referer": b"",
+    "accept_language": b"",
+    "forwarded_for": None,
+    "forwarded": None,
+    "content_length": None,
+    "chunked": False,
+    "expect_continue": False,
+    "prefetch": False,
+    "dnt": False,
+    "gpc": False,
+}
+
+
+@pytest.mark.parametrize(
+    ("extra", "changed"),
+    [
+        (b"", {}),
+        # repeated fields are joined in order, as one list (RFC 9110 5.3)
+        (
+            b"X-Forwarded-For: 203.0.113.1\r\nX-Forwarded-For: 198.51.100.2, 10.0.0.1\r\n",
+            {"forwarded_for": b"203.0.113.1,198.51.100.2, 10.0.0.1"},
+        ),
+        (b"Forwarded: for=1\r\nForwarded: for=2\r\n", {"forwarded": b"for=1,for=2"}),
+        (b"Connection: keep-alive\r\nConnection: close\r\n", {"keep_alive": False}),
+        (b"Connection: keep-alive ,\tclose\r\n", {"keep_alive": False}),
+        (b"Connection: upgrade,\tkeep-alive\r\n", {}),
+        # flags, whatever the case
+        (b"Sec-Purpose: Prerender\r\n", {"prefetch": True}),
+        (b"Purpose: PREFETCH\r\n", {"prefetch": True}),
+        (b"Sec-Purpose: prefetch-hint\r\n", {"prefetch": True}),
+        (b"Purpose: preview\r\n", {}),
+        (
+            b"Expect: 100-Continue\r\nContent-Length: 3\r\n",
+            {"expect_continue": True, "content_length": 3},
+        ),
+        (b"Content-Length: " + b"9" * 18 + b"\r\n", {"content_length": 10**18 - 1}),
+        (
+            b"User-Agent: curl/8\r\nReferer: https://t.co/\r\nAccept-Language: de\r\n",
+            {"user_agent": b"curl/8", "referer": b"https://t.co/", "accept_language": b"de"},
+        ),
+    ],
+)
+def test_every_field_of_the_head(extra: bytes, changed: dict[str, object]) -> None:
+    data = BASE + extra + b"\r\n"
+    assert fields(data) == {**DEFAULTS, **changed, "end": len(data)}
+
+
+def test_an_http10_head_without_host_has_an_empty_host() -> None:
+    assert fields(b"GET /x HTTP/1.0\r\n\r\n") == {
+        **DEFAULTS,
+        "target": b"/x",
+        "path": b"/x",
+        "http11": False,
+        "keep_alive": False,
+        "host": b"",
+        "end": 19,
+    }
+
+
+def test_a_pipelined_head_is_parsed_from_its_own_start() -> None:
+    first = BASE + b"X-Pad: " + b"p" * 10_000 + b"\r\n\r\n"
+    second = b"\r\nGET /b HTTP/1.1\r\nHost: b\r\nX-Pad: " + b"p" * 8_000 + b"\r\n\r\n"
+    got = fields(first + second, len(first))  # the empty line before it is skipped
+    assert (got["path"], got["host"], got["end"]) == (b"/b", b"b", len(first + second))
+
+
+def test_the_head_limits_at_their_exact_values() -> None:
+    head = BASE + b"X-Pad: "
+    fill = MAX_HEAD_BYTES - len(head)  # the head up to its blank line: MAX_HEAD_BYTES
+    assert fields(head + b"p" * fill + b"\r\n\r\n")["end"] == MAX_HEAD_BYTES + 4
+    assert rejected(head + b"p" * (fill + 1) + b"\r\n\r\n") == 431
+    many = b"".join(b"X-%d: v\r\n" % i for i in range(MAX_HEADER_COUNT - 1))  # and Host
+    assert fields(BASE + many + b"\r\n")["host"] == b"a"
+    assert rejected(BASE + many + b"X-Last: v\r\n\r\n") == 431
+    assert rejected(BASE + b"Content-Length: 1" + b"0" * 18 + b"\r\n\r\n") == 413
+
+
+@pytest.mark.parametrize(
+    "codings",
+    [
+        b"Transfer-Encoding: gzip ,\tchunked\r\n",
+        b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+def test_a_coding_before_chunked_is_not_implemented(codings: bytes) -> None:
+    assert rejected(b"POST / HTTP/1.1\r\nHost: a\r\n" + codings + b"\r\n") == 501
+
+
+@pytest.mark.parametrize(
+    ("line", "changed"),
+    [
+        (b"GET /a?b?c HTTP/1.1", {"target": b"/a?b?c", "path": b"/a", "query": b"b?c"}),
+        (
+            b"HEAD /x HTTP/1.0",
+            {
+                "method": b"HEAD",
+                "target": b"/x",
+                "path": b"/x",
+                "http11": False,
+                "keep_alive": False,
+            },
+        ),
+        (b"OPTIONS * HTTP/1.1", {"method": b"OPTIONS", "target": b"*", "path": b"*"}),
+        (b"CONNECT a:443 HTTP/1.1", {"method": b"CONNECT", "target": b"a:443", "path": b"a:443"}),
+        # absolute-form: the authority is the host, whatever the scheme's case
+        (
+            b"GET HTTPS://Go.Example.com/a?x HTTP/1.1",
+            {
+                "target": b"HTTPS://Go.Example.com/a?x",
+                "path": b"/a",
+                "query": b"x",
+                "host": b"Go.Example.com",
+            },
+        ),
+        (
+            b"GET http://go.example.com HTTP/1.1",
+            {"target": b"http://go.example.com", "host": b"go.example.com"},
+        ),
+        (
+            b"GET http://go.example.com?x=1 HTTP/1.1",
+            {"target": b"http://go.example.com?x=1", "query": b"x=1", "host": b"go.example.com"},
+        ),
+        (
+            b"GET http://a/b//c?d?e HTTP/1.1",
+            {"target": b"http://a/b//c?d?e", "path": b"/b//c", "query": b"d?e", "host": b"a"},
+        ),
+    ],
+)
+def test_every_field_of_the_request_line(line: bytes, changed: dict[str, object]) -> None:
+    data = line + b"\r\nHost: a\r\n\r\n"
+    assert fields(data) == {**DEFAULTS, **changed, "end": len(data)}
+
+
+@pytest.mark.parametrize(
+    "line", [b"GET * HTTP/1.1", b"GET http://user@a/ HTTP/1.1", b"GET http:///x HTTP/1.1"]
+)
+def test_targets_that_are_refused(line: bytes) -> None:
+    assert rejected(line + b"\r\nHost: a\r\n\r\n") == 400
+
+
+def test_a_request_line_at_the_limit_is_read_and_one_past_it_is_414() -> None:
+    prefix, suffix = b"GET /", b" HTTP/1.1"
+    fill = MAX_REQUEST_LINE_BYTES - len(prefix) - len(suffix)
+    line = prefix + b"a" * fill + suffix
+    assert fields(line + b"\r\nHost: a\r\n\r\n")["path"] == b"/" + b"a" * fill
+    assert rejected(prefix + b"a" * (fill + 1) + suffix + b"\r\nHost: a\r\n\r\n") == 414
+    # the scanner refuses it as it arrives, before any CRLF, and not one byte sooner
+    scanner = HeadScanner()
+    assert scanner.advance(bytearray(line)) == -1
+    with pytest.raises(BadRequest) as info:
+        HeadScanner().advance(bytearray(line + b"a"))
+    assert info.value.status == 414
+
+
+def test_the_scanner_finds_the_end_of_a_head_after_an_empty_line() -> None:
+    head = b"\r\nGET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+    for data in (head, head + b"GET /b"):  # a pipelined request may follow
+        scanner = HeadScanner()
+        assert scanner.advance(bytearray(data)) == len(head)
+    scanner = HeadScanner(4)  # a head that starts further into the caller's buffer
+    assert scanner.advance(bytearray(b"xxxx" + head)) == 4 + len(head)
+    buf = bytearray()
+    scanner = HeadScanner()
+    for byte in range(len(head)):  # trickled: complete only with its last byte
+        buf += head[byte : byte + 1]
+        assert scanner.advance(buf) == (len(head) if byte == len(head) - 1 else -1)
+    assert scanner.examined <= 4 * len(head)  # each new byte and the 3 before it
+
+
+def test_the_scanner_refuses_an_oversized_head_before_it_ends() -> None:
+    head = BASE + b"X-Pad: "
+    fill = MAX_HEAD_BYTES - len(head)
+    assert HeadScanner().advance(bytearray(head + b"p" * fill + b"\r\n\r\n")) > 0
+    assert HeadScanner().advance(bytearray(head + b"p" * fill)) == -1  # at the limit: waits
+    with pytest.raises(BadRequest) as info:
+        HeadScanner().advance(bytearray(head + b"p" * (fill + 1)))
+    assert info.value.status == 431

@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from geo.language import LANGUAGE_CACHE_SIZE, MAX_RANGES, primary_language
+from geo import language
+from geo.language import LANGUAGE_CACHE_SIZE, MAX_HEADER_CHARS, MAX_RANGES, primary_language
 
 
 @pytest.mark.parametrize(
@@ -64,9 +65,42 @@ def test_results_are_cached_with_a_bound() -> None:
     assert (info.hits, info.misses, info.maxsize) == (1, 1, LANGUAGE_CACHE_SIZE)
 
 
+def test_a_failure_inside_is_counted_and_answers_none() -> None:
+    errors = language.errors
+    # raw header bytes instead of text: a caller's bug, which must not reach the flusher
+    assert primary_language(b"en-US,en") is None  # type: ignore[arg-type]
+    assert language.errors == errors + 1
+
+
 @given(st.text(max_size=300))
-def test_any_header_gives_a_short_lowercase_subtag_or_none(header: str) -> None:
+def test_any_header_gives_the_subtag_that_starts_one_of_its_ranges(header: str) -> None:
+    errors = language.errors
     result = primary_language(header)
-    assert result is None or (
-        2 <= len(result) <= 3 and result.isascii() and result.isalpha() and result.islower()
-    )
+    if result is not None:
+        assert 2 <= len(result) <= 3 and result.isascii() and result.isalpha()
+        assert result.islower()
+        ranges = header[:MAX_HEADER_CHARS].split(",")[:MAX_RANGES]
+        assert any(r.strip().lower().replace("_", "-").split("-")[0] == result for r in ranges)
+    assert language.errors == errors
+
+
+_TAGS = st.sampled_from(["en", "en-US", "de-DE", "fr", "pt_BR", "zh-Hant-TW", "fil", "*", "x-pig"])
+_QS = st.sampled_from([None, "1", "1.0", "0.9", "0.85", "0.5", "0.1", "0", "0.000", "2", "abc"])
+
+
+@given(st.lists(st.tuples(_TAGS, _QS, st.sampled_from(["", " "])), max_size=8))
+def test_a_built_header_gives_the_first_range_of_the_highest_weight(
+    ranges: list[tuple[str, str | None, str]],
+) -> None:
+    """The expected answer is computed from the parts, not from the header's text."""
+    errors = language.errors
+    header = ",".join(f"{pad}{tag}{'' if q is None else ';q=' + q}" for tag, q, pad in ranges)
+    candidates = []
+    for index, (tag, q, _pad) in enumerate(ranges):
+        weight = 1.0 if q is None else float(q) if q not in ("2", "abc") else 0.0
+        primary = tag.replace("_", "-").split("-")[0]
+        if weight > 0 and primary.isalpha() and 2 <= len(primary) <= 3:
+            candidates.append((-weight, index, primary.lower()))
+    expected = min(candidates)[2] if candidates else None
+    assert primary_language(header) == expected
+    assert language.errors == errors

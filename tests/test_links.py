@@ -13,7 +13,7 @@ from edge import catalog
 from edge.db import current_rev
 from edge.errors import Conflict
 from edge.http import parse_head
-from edge.links import Answer, LinkTable, slug_from_path
+from edge.links import HOST_CACHE_SIZE, Answer, LinkTable, normalize_raw_host, slug_from_path
 
 
 @pytest.fixture
@@ -152,9 +152,305 @@ def test_a_big_change_is_applied_in_slices_and_completely(tmp_path: Path) -> Non
     assert location(table, b"localhost", b"/s1199") == "https://example.com/1199"
 
 
+# --- every answer of LinkTable.answer, byte for byte --------------------------------------
+# The expected heads are written out here, not built with edge.links' own helpers.
+
+
+def redirect(status: str, location: str, cache: str = "private, no-store") -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nLocation: {location}\r\nCache-Control: {cache}\r\n"
+        "Content-Length: 0\r\n"
+    ).encode()
+
+
+NOT_FOUND = (
+    b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Cache-Control: no-store\r\nContent-Length: 10\r\n",
+    b"Not Found\n",
+)
+GONE = (
+    b"HTTP/1.1 410 Gone\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Cache-Control: no-store\r\nContent-Length: 34\r\n",
+    b"This link is no longer available.\n",
+)
+ROBOTS = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Cache-Control: public, max-age=86400\r\nContent-Length: 26\r\n",
+    b"User-agent: *\nDisallow: /\n",
+)
+NOW_MS = 1_800_000_000_000
+
+
+@pytest.fixture
+def served(conn: sqlite3.Connection) -> tuple[LinkTable, dict[str, int]]:
+    """A table over one branded domain with every kind of link, and the ids by name."""
+    go = catalog.add_domain(
+        conn,
+        "go.example.com",
+        root_url="https://example.com/home",
+        fallback_url="https://example.com/missing",
+    )
+    specs: dict[str, dict[str, object]] = {
+        "plain": {"url": "https://example.com/a?x=1"},
+        "perm": {"url": "https://example.com/p", "status": 301},
+        "see": {"url": "https://example.com/s", "status": 303},
+        "temp": {"url": "https://example.com/t", "status": 307},
+        "keep": {"url": "https://example.com/k", "status": 308},
+        "cached": {"url": "https://example.com/c?x=1", "cache_max_age_s": 60},
+        "second": {"url": "https://example.com/1s", "cache_max_age_s": 1},
+        "noforward": {"url": "https://example.com/n", "forward_query": False},
+        "reqwins": {"url": "https://example.com/r?x=1#top", "query_precedence": "request"},
+        "off": {"url": "https://example.com/off", "disabled": True},
+        "old": {"url": "https://example.com/old", "expires_at": NOW_MS - 1},
+        "now": {"url": "https://example.com/now", "expires_at": NOW_MS},
+        "moved": {
+            "url": "https://example.com/moved",
+            "expires_at": NOW_MS - 1,
+            "expired_url": "https://example.com/expired",
+        },
+        "later": {"url": "https://example.com/later", "expires_at": NOW_MS + 1},
+    }
+    ids = {"go": go["id"], "localhost": catalog.domain_row(conn, None)["id"]}
+    for slug, fields in specs.items():
+        ids[slug] = catalog.create_link(conn, fields, slug=slug, domain="go.example.com")["id"]
+    ids["home"] = catalog.create_link(conn, {"url": "https://example.com/h"}, slug="home")["id"]
+    table = LinkTable()
+    table.apply(*catalog.changes_since(conn, 0))
+    return table, ids
+
+
+GO = b"go.example.com"
+
+
+@pytest.mark.parametrize(
+    ("host", "target", "head", "body", "status", "link", "domain"),
+    [
+        # plain links: every redirect status, the query merged (the destination wins)
+        (
+            GO,
+            b"/plain",
+            redirect("302 Found", "https://example.com/a?x=1"),
+            b"",
+            302,
+            "plain",
+            "go",
+        ),
+        (
+            GO,
+            b"/plain?y=2&x=9",
+            redirect("302 Found", "https://example.com/a?x=1&y=2"),
+            b"",
+            302,
+            "plain",
+            "go",
+        ),
+        (
+            GO,
+            b"/plain?",
+            redirect("302 Found", "https://example.com/a?x=1"),
+            b"",
+            302,
+            "plain",
+            "go",
+        ),
+        (
+            GO,
+            b"/perm",
+            redirect("301 Moved Permanently", "https://example.com/p"),
+            b"",
+            301,
+            "perm",
+            "go",
+        ),
+        (
+            GO,
+            b"/see?q=1",
+            redirect("303 See Other", "https://example.com/s?q=1"),
+            b"",
+            303,
+            "see",
+            "go",
+        ),
+        (
+            GO,
+            b"/temp",
+            redirect("307 Temporary Redirect", "https://example.com/t"),
+            b"",
+            307,
+            "temp",
+            "go",
+        ),
+        (
+            GO,
+            b"/keep",
+            redirect("308 Permanent Redirect", "https://example.com/k"),
+            b"",
+            308,
+            "keep",
+            "go",
+        ),
+        # the slug as the path spells it: trailing slash, percent-encoded, any Host form
+        (
+            GO,
+            b"/plain/",
+            redirect("302 Found", "https://example.com/a?x=1"),
+            b"",
+            302,
+            "plain",
+            "go",
+        ),
+        (
+            GO,
+            b"/%70lain",
+            redirect("302 Found", "https://example.com/a?x=1"),
+            b"",
+            302,
+            "plain",
+            "go",
+        ),
+        (
+            b"GO.Example.COM.:8443",
+            b"/perm",
+            redirect("301 Moved Permanently", "https://example.com/p"),
+            b"",
+            301,
+            "perm",
+            "go",
+        ),
+        # full links: cached, query not forwarded, the request's query winning
+        (
+            GO,
+            b"/cached",
+            redirect("302 Found", "https://example.com/c?x=1", "private, max-age=60"),
+            b"",
+            302,
+            "cached",
+            "go",
+        ),
+        (
+            GO,
+            b"/cached?y=2",
+            redirect("302 Found", "https://example.com/c?x=1&y=2", "private, max-age=60"),
+            b"",
+            302,
+            "cached",
+            "go",
+        ),
+        (
+            GO,
+            b"/second",
+            redirect("302 Found", "https://example.com/1s", "private, max-age=1"),
+            b"",
+            302,
+            "second",
+            "go",
+        ),
+        (
+            GO,
+            b"/noforward?y=2",
+            redirect("302 Found", "https://example.com/n"),
+            b"",
+            302,
+            "noforward",
+            "go",
+        ),
+        (
+            GO,
+            b"/reqwins?x=9",
+            redirect("302 Found", "https://example.com/r?x=9#top"),
+            b"",
+            302,
+            "reqwins",
+            "go",
+        ),
+        (
+            GO,
+            b"/reqwins",
+            redirect("302 Found", "https://example.com/r?x=1#top"),
+            b"",
+            302,
+            "reqwins",
+            "go",
+        ),
+        # disabled and expired: nothing to record (link id 0), the domain still known
+        (GO, b"/off", *GONE, 410, None, "go"),
+        (GO, b"/off?y=1", *GONE, 410, None, "go"),
+        (GO, b"/old", *GONE, 410, None, "go"),
+        (GO, b"/now", *GONE, 410, None, "go"),  # expires_at is the first instant it is gone
+        (GO, b"/moved", redirect("302 Found", "https://example.com/expired"), b"", 302, None, "go"),
+        (
+            GO,
+            b"/later",
+            redirect("302 Found", "https://example.com/later"),
+            b"",
+            302,
+            "later",
+            "go",
+        ),
+        # no such slug: the domain's root and fallback, never for /favicon.ico; robots.txt
+        (GO, b"/", redirect("302 Found", "https://example.com/home"), b"", 302, None, "go"),
+        (GO, b"/nope", redirect("302 Found", "https://example.com/missing"), b"", 302, None, "go"),
+        (
+            GO,
+            b"/nope?x=1",
+            redirect("302 Found", "https://example.com/missing"),
+            b"",
+            302,
+            None,
+            "go",
+        ),
+        (GO, b"/favicon.ico", *NOT_FOUND, 404, None, None),
+        (GO, b"/robots.txt", *ROBOTS, 200, None, None),
+        (b"elsewhere", b"/robots.txt", *ROBOTS, 200, None, None),
+        # an unknown Host is the default domain (localhost here), which has none of these
+        (
+            b"elsewhere",
+            b"/home",
+            redirect("302 Found", "https://example.com/h"),
+            b"",
+            302,
+            "home",
+            "localhost",
+        ),
+        (
+            b"[2001:db8::1]",
+            b"/home",
+            redirect("302 Found", "https://example.com/h"),
+            b"",
+            302,
+            "home",
+            "localhost",
+        ),
+        (GO, b"/home", redirect("302 Found", "https://example.com/missing"), b"", 302, None, "go"),
+        (b"elsewhere", b"/plain", *NOT_FOUND, 404, None, None),
+        (b"elsewhere", b"/", *NOT_FOUND, 404, None, None),
+        (b"[2001:db8::1]:8080", b"/plain", *NOT_FOUND, 404, None, None),
+    ],
+)
+def test_every_answer_byte_for_byte(
+    served: tuple[LinkTable, dict[str, int]],
+    host: bytes,
+    target: bytes,
+    head: bytes,
+    body: bytes,
+    status: int,
+    link: str | None,
+    domain: str | None,
+) -> None:
+    table, ids = served
+    expected = (head, body, status, ids[link] if link else 0, ids[domain] if domain else 0)
+    expected = (*expected, None, None, 0)
+    assert answer(table, host, target, now=NOW_MS / 1000) == expected
+
+
 @pytest.mark.parametrize(
     ("raw", "key"),
     [
+        (b"Go.Example.COM", "go.example.com"),
+        (b"go.example.com:8080", "go.example.com"),
+        (b"go.example.com.", "go.example.com"),
+        (b"go.example.com.:443", "go.example.com"),
+        (b"[2001:db8::1]:8443", "[2001:db8::1]"),
         (b"[::1]", "[::1]"),
         (b"[::1]:8080", "[::1]"),
         (b"[0:0::1]:8080", "[::1]"),
@@ -171,8 +467,6 @@ def test_a_big_change_is_applied_in_slices_and_completely(tmp_path: Path) -> Non
     ],
 )
 def test_raw_hosts_normalise_strictly(raw: bytes, key: str | None) -> None:
-    from edge.links import normalize_raw_host
-
     assert normalize_raw_host(raw) == key
 
 
@@ -235,3 +529,97 @@ def test_case_insensitive_slugs_are_found_in_any_case_only_where_asked(
     fresh = LinkTable()
     fresh.apply(*catalog.changes_since(conn, 0))
     assert location(fresh, b"qr.example", b"/mix") == "https://example.com/Mix"
+
+
+def test_a_raw_host_is_remembered_and_the_memory_is_bounded(
+    served: tuple[LinkTable, dict[str, int]],
+) -> None:
+    table, ids = served
+    for _ in range(2):  # the second answer comes from the remembered host
+        assert answer(table, b"GO.example.com", b"/perm")[2:5] == (301, ids["perm"], ids["go"])
+        assert answer(table, b"other", b"/home")[2:5] == (302, ids["home"], ids["localhost"])
+    for port in range(HOST_CACHE_SIZE + 10):
+        assert table.domain_for(b"go.example.com:%d" % port) is not None
+    assert len(table._host_cache) <= HOST_CACHE_SIZE
+    assert answer(table, b"GO.example.com", b"/perm")[2:5] == (301, ids["perm"], ids["go"])
+
+
+def test_an_unknown_host_is_404_when_asked(conn: sqlite3.Connection) -> None:
+    catalog.create_link(conn, {"url": "https://example.com/h"}, slug="home")
+    table = LinkTable(unknown_host_404=True)
+    table.apply(*catalog.changes_since(conn, 0))
+    assert answer(table, b"localhost", b"/home")[2] == 302
+    assert answer(table, b"elsewhere", b"/home") == (*NOT_FOUND, 404, 0, 0, None, None, 0)
+    assert answer(table, b"elsewhere", b"/robots.txt") == (*ROBOTS, 200, 0, 0, None, None, 0)
+
+
+def test_changes_are_counted_and_the_table_follows_them(
+    conn: sqlite3.Connection, served: tuple[LinkTable, dict[str, int]]
+) -> None:
+    table, ids = served
+    assert table.rev == current_rev(conn) and len(table) == 15
+    assert LinkTable().rev == 0
+    # an edit of a full link and of a plain one: both replaced in place
+    catalog.update_link(conn, ids["cached"], {"url": "https://example.com/c2"})
+    catalog.update_link(conn, ids["perm"], {"url": "https://example.com/p2"})
+    rev, links, purged, domains = catalog.changes_since(conn, table.rev)
+    assert table.apply(rev, links, purged, domains) == 2
+    assert table.rev == rev and len(table) == 15
+    assert location(table, GO, b"/cached") == "https://example.com/c2"
+    assert location(table, GO, b"/perm") == "https://example.com/p2"
+    # purges that match nothing change nothing
+    before = table.rev
+    assert (
+        table.apply(before, [], [(999, None, None), (998, ids["go"], None), (997, 12345, "x")]) == 0
+    )
+    assert table.apply(before, [], [(ids["perm"], ids["go"], "plain")]) == 0  # not its slug
+    assert len(table) == 15
+    # two purges in one change
+    catalog.purge_link(conn, ids["perm"])
+    catalog.purge_link(conn, ids["cached"])
+    rev, links, purged, domains = catalog.changes_since(conn, table.rev)
+    assert table.apply(rev, links, purged, domains) == 2
+    assert len(table) == 13
+    assert answer(table, GO, b"/perm")[2:5] == (302, 0, ids["go"])  # the domain's fallback
+
+
+def test_an_entry_is_plain_bytes_only_when_every_default_holds(conn: sqlite3.Connection) -> None:
+    from edge.links import Link, entry_for
+
+    catalog.create_link(conn, {"url": "https://example.com/"}, slug="base")
+    row = dict(next(iter(catalog.all_links(conn))))
+    assert isinstance(entry_for(row), bytes)
+    assert isinstance(entry_for({**row, "id": 2**32 - 1}), bytes)
+    for change in (
+        {"forward_query": 0},
+        {"query_precedence": "request"},
+        {"cache_max_age_s": 60},
+        {"disabled": 1},
+        {"expires_at": NOW_MS},
+        {"id": 2**32},  # past 4 bytes of id
+    ):
+        assert isinstance(entry_for({**row, **change}), Link), change
+
+
+def test_a_full_link_reads_back_what_it_was_built_from(
+    conn: sqlite3.Connection,
+) -> None:
+    from edge.links import Link
+
+    fields = {"url": "https://example.com/c?x=1", "cache_max_age_s": 60, "disabled": True}
+    catalog.create_link(conn, fields, slug="c")
+    catalog.create_link(conn, {"url": "https://example.com/d"}, slug="d")
+    rows = {r["slug"]: r for r in catalog.all_links(conn)}
+    c, d = Link(rows["c"]), Link(rows["d"])
+    assert (c.slug, c.location, c.max_age_s, c.disabled) == (
+        "c",
+        "https://example.com/c?x=1",
+        60,
+        True,
+    )
+    assert (d.slug, d.location, d.max_age_s, d.disabled) == ("d", "https://example.com/d", 0, False)
+
+
+def test_a_table_before_its_first_load_answers_404() -> None:
+    assert answer(LinkTable(), b"go.example.com", b"/x") == (*NOT_FOUND, 404, 0, 0, None, None, 0)
+    assert answer(LinkTable(), b"go.example.com", b"/") == (*NOT_FOUND, 404, 0, 0, None, None, 0)

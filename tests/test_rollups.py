@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from admin import stats, timerange
@@ -177,6 +177,7 @@ def _expected(g: dict[str, Any]) -> dict[str, Any]:
 
 def _check_group_by(conn: sqlite3.Connection, rng: timerange.TimeRange, group_by: str) -> None:
     truth, overall = _truth(conn, rng, group_by)
+    assert truth and overall["clicks"], "no clicks in the range: the comparison proves nothing"
     every = catalog.LinkFilter()
     per_link = catalog.LinkFilter(created_from_ms=0)  # same links, through the link rollups
     for flt in (every, per_link):
@@ -246,10 +247,23 @@ def test_editing_a_link_moves_its_history_between_groups(conn: sqlite3.Connectio
     assert conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0] > 0
     for group_by in ("campaign", "utm_source", "tag", "domain"):
         _check_group_by(conn, rng, group_by)  # stale group-days counted from their links
+    stale = conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0]
+    last_day = END // DAY  # the data's last day plays "today": it keeps its ids
+    rebuilt = 0
     while True:  # what the flusher does after each roll-up, one group-day at a time
         with Transaction(conn):
-            if not rollups.rebuild_stale_group_day(conn):
+            if not rollups.rebuild_stale_group_day(conn, today=last_day):
                 break
+        rebuilt += 1
+    assert rebuilt == stale > 1
+    assert conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0] == 0
+    # a rebuilt finished day keeps its counts only; the current day keeps its ids
+    kept = conn.execute(
+        "SELECT day < ?, min(length(ids) > 0), max(length(ids) > 0) FROM group_day_visitors "
+        "WHERE seq = 0 AND n > 0 GROUP BY 1 ORDER BY 1",
+        (last_day,),
+    ).fetchall()
+    assert [tuple(r) for r in kept] == [(0, 1, 1), (1, 0, 0)]
     for group_by in ("campaign", "utm_source", "tag", "domain"):
         _check_group_by(conn, rng, group_by)  # and from the rebuilt group rollups
     # and new clicks after the edits land in the new groups
@@ -530,6 +544,7 @@ def test_chunks_written_before_a_restart_are_merged_at_day_end(
         _write(conn, [_click(rand, day_ms - 5000 + i, links[0]["id"], visitors)], before)
     after = rollups.RollupState()  # a restart: counts read back from the database
     after.chunks.load(conn, day_ms // 86400000 - 1)
+    assert after.chunks.counts[(links[0]["id"], day_ms // 86400000 - 1)] == 3
     _write(conn, [_click(rand, day_ms + 10, links[0]["id"], visitors)], after)
     per_day = dict(
         conn.execute(
@@ -573,6 +588,9 @@ def test_half_hour_zones_read_quarter_hours_not_minutes() -> None:
     st.sets(st.integers(0, 60)),
     st.integers(0, 3),
 )
+# the search path (one big chunk, few others) with visitors that have no human click
+@example(parts=[(set(), set())], extra={1, 2, 1000}, extra_bots={2}, big=0)
+@example(parts=[({1, 2, 3}, {1, 2})], extra={3, 7}, extra_bots={7}, big=0)
 def test_counting_chunks_matches_sets(
     parts: list[tuple[set[int], set[int]]], extra: set[int], extra_bots: set[int], big: int
 ) -> None:
@@ -626,3 +644,107 @@ def test_a_big_chunk_is_left_out_of_merges_and_counts_stay_exact(
     rng = timerange.time_range("-1h", "+1h", "minute", "UTC", day_ms // 1000 + 600)
     _check_group_by(conn, rng, "link")
     _check_group_by(conn, rng, "campaign")
+
+
+def test_a_links_groups_are_its_fields_with_empty_keys_for_the_missing_ones(
+    conn: sqlite3.Connection,
+) -> None:
+    assert rollups.group_keys((7, None, None, None, None, None, 3)) == (
+        ("campaign", ""),
+        ("utm_source", ""),
+        ("utm_medium", ""),
+        ("utm_campaign", ""),
+        ("domain", "3"),
+    )
+    row = (7, "spring", "mail", "email", "launch", '["b", "a", "b"]', 3)
+    assert rollups.group_keys(row) == (
+        ("campaign", "spring"),
+        ("utm_source", "mail"),
+        ("utm_medium", "email"),
+        ("utm_campaign", "launch"),
+        ("tag", "b"),
+        ("tag", "a"),
+        ("domain", "3"),
+    )
+    assert rollups.link_group_keys(conn, 12345) == ()  # a purged link is in no group
+
+
+def test_the_roll_up_follows_an_edit_between_two_writes(conn: sqlite3.Connection) -> None:
+    """One RollupState across an edit, as in the flusher: the groups it remembers for the
+    link are dropped when the links' revision moves."""
+    link = catalog.create_link(conn, {"url": "https://example.com/", "campaign": "old"})
+    rand = random.Random(3)
+    visitors = [rand.randbytes(8) for _ in range(3)]
+    state = rollups.RollupState()
+    _write(conn, [_click(rand, END * 1000, link["id"], visitors) for _ in range(2)], state)
+    catalog.update_link(conn, link["id"], {"campaign": "new"})
+    _write(conn, [_click(rand, END * 1000 + 1, link["id"], visitors) for _ in range(3)], state)
+    by_campaign = dict(
+        conn.execute(
+            "SELECT key, sum(clicks) FROM group_minute WHERE dim = 'campaign' GROUP BY key"
+        ).fetchall()
+    )
+    assert by_campaign == {"new": 5}
+
+
+def test_a_late_click_on_a_finished_group_day_marks_it_for_a_recount(
+    conn: sqlite3.Connection,
+) -> None:
+    links = _links(conn)[:2]
+    rand = random.Random(41)
+    people = [rand.randbytes(8) for _ in range(6)]
+    state = rollups.RollupState()
+    day_ms = (END // DAY) * DAY * 1000
+    day = day_ms // 86_400_000
+    rng = timerange.time_range("-3d", None, "day", "UTC", END)
+
+    def write(*times: int) -> None:
+        _write(
+            conn, [_click(rand, t, links[i % 2]["id"], people) for i, t in enumerate(times)], state
+        )
+
+    write(*(day_ms - 5000 + i for i in range(6)))
+    write(day_ms + 1000)  # the day before is done: its group-days keep counts only
+    assert conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0] == 0
+    write(*(day_ms - 1000 + i for i in range(4)))  # late clicks on the finished day
+    write(day_ms + 2000)  # the next write finishes that day again: it cannot take a union
+    stale = {tuple(r) for r in conn.execute("SELECT dim, key, day FROM group_day_stale")}
+    groups = {k for link in links for k in rollups.link_group_keys(conn, link["id"])}
+    assert stale == {(dim, key, day - 1) for dim, key in groups}
+    for group_by in ("campaign", "tag", "domain"):
+        _check_group_by(conn, rng, group_by)  # counted from the links meanwhile
+    for i in range(visitors.CHUNKS_MERGE_AT):  # enough late writes to merge that day again
+        write(day_ms - 900 + i, day_ms - 800 + i)
+    for group_by in ("campaign", "tag", "domain"):
+        _check_group_by(conn, rng, group_by)
+    # a link joining a group whose finished day keeps counts only: that day is recounted
+    with Transaction(conn):
+        conn.execute("DELETE FROM group_day_stale")
+    catalog.update_link(conn, links[0]["id"], {"campaign": links[1]["campaign"]})
+    stale = {tuple(r) for r in conn.execute("SELECT dim, key, day FROM group_day_stale")}
+    joined = links[1]["campaign"]
+    assert ("campaign", joined, day - 1) in stale  # finished: counts only, recounted
+    assert ("campaign", joined, day) not in stale  # the current day took the union
+    for group_by in ("campaign", "tag", "domain"):
+        _check_group_by(conn, rng, group_by)
+    while True:
+        with Transaction(conn):
+            if not rollups.rebuild_stale_group_day(conn):
+                break
+    assert conn.execute("SELECT count(*) FROM group_day_stale").fetchone()[0] == 0
+    for group_by in ("campaign", "tag", "domain"):
+        _check_group_by(conn, rng, group_by)  # and from the rebuilt group-days
+
+
+def test_a_roll_up_of_clicks_without_visitor_ids_writes_no_chunks(
+    conn: sqlite3.Connection,
+) -> None:
+    """DNT and Sec-GPC clicks carry no visitor id: their roll-up has no visitors at all."""
+    link = catalog.create_link(conn, {"url": "https://example.com/"})
+    rand = random.Random(5)
+    rows = [_click(rand, END * 1000 + i, link["id"], [b""])[:] for i in range(3)]
+    vid = rollups.CLICK_COLUMNS.index("visitor_id")
+    rows = [(*r[:vid], None, *r[vid + 1 :]) for r in rows]
+    _write(conn, rows, rollups.RollupState())
+    assert conn.execute("SELECT count(*) FROM link_day_visitors").fetchone()[0] == 0
+    assert conn.execute("SELECT sum(clicks) FROM link_minute").fetchone()[0] == 3

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ServerProcess, cli, raw_request, read_responses, shared_testdata
+from tests.conftest import (
+    ServerProcess,
+    cli,
+    init_db,
+    raw_request,
+    read_responses,
+    shared_testdata,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,13 +39,29 @@ def get(port: int, path: str, method: str = "GET", headers: dict[str, str] | Non
     return resp, body
 
 
-@pytest.fixture
-def served(db_path: Path):
+def serve_four_links(db_path: Path) -> ServerProcess:
     add(db_path, "https://example.com/landing?ref=dest", "--slug", "launch")
     add(db_path, "https://example.com/perm", "--slug", "perm", "--status", "301")
     add(db_path, "https://example.com/tmp", "--slug", "tmp", "--status", "307")
     add(db_path, "https://example.com/p8", "--slug", "p8", "--status", "308")
-    proc = ServerProcess(db_path)
+    return ServerProcess(db_path)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    """One server for the tests that only read: none of them changes a link; a crash on
+    any of them fails the tests after it and the exit code checked at the end."""
+    proc = serve_four_links(init_db(tmp_path_factory.mktemp("served") / "linkedge.db"))
+    yield proc
+    if proc.proc.poll() is None:
+        code, _out, err = proc.stop()
+        assert code == 0, err
+
+
+@pytest.fixture
+def own_server(db_path: Path):
+    """A server of the test's own, for a test that changes its links."""
+    proc = serve_four_links(db_path)
     yield proc
     if proc.proc.poll() is None:
         proc.stop()
@@ -304,7 +327,8 @@ def test_sigterm_answers_requests_in_flight(db_path: Path) -> None:
         socket.create_connection(("127.0.0.1", proc.edge_port), timeout=1).close()
 
 
-def test_link_changed_by_cli_is_served_within_a_second(served: ServerProcess) -> None:
+def test_link_changed_by_cli_is_served_within_a_second(own_server: ServerProcess) -> None:
+    served = own_server
     cli("link", "set", "launch", "--url", "https://example.com/changed", db=served.db)
     started = time.monotonic()
     while True:

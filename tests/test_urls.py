@@ -6,10 +6,13 @@ import pytest
 
 from edge.errors import InvalidField, InvalidURL
 from edge.urls import (
+    MAX_URL_LENGTH,
     generate_slug,
+    join_url,
     merge_query,
     normalize_destination,
     normalize_host,
+    pair_key,
     split_url,
     validate_slug,
     with_params,
@@ -134,3 +137,78 @@ def test_ipv6_hosts_are_stored_canonical() -> None:
     assert normalize_destination("https://[2001:DB8:0::1]:8443/x") == "https://[2001:db8::1]:8443/x"
     with pytest.raises(InvalidURL):
         normalize_destination("https://[::1%25eth0]/")
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("  Go.Example.COM.  ", "go.example.com"),
+        ("GO.EXAMPLE.BOX", "go.example.box"),
+        ("go.example.com.:8443", "go.example.com"),
+        ("[2001:DB8::1]", "[2001:db8::1]"),
+        ("[2001:DB8::1]:8443", "[2001:db8::1]"),
+        ("Bücher.example", "xn--bcher-kva.example"),
+        ("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 61, None),  # 253: the most
+    ],
+)
+def test_a_host_is_normalised_to_what_the_edge_matches(host: str, expected: str | None) -> None:
+    assert normalize_host(host) == (expected or host)
+
+
+@pytest.mark.parametrize(
+    ("host", "message"),
+    [
+        ("   ", "a domain name is required"),
+        ("https://go.example.com", "give a bare host name like go.example.com"),
+        ("go.example.com/launch", "give a bare host name like go.example.com"),
+        ("[2001:db8::1", "invalid host '[2001:db8::1'"),
+        ("go.example.com:http", "invalid port in host 'go.example.com:http'"),
+        ("go..example.com", "invalid host name 'go..example.com'"),
+        ("a" * 63 + "." + "b" * 63 + "." + "c" * 63 + "." + "d" * 62, "invalid host name"),
+        ("xn--.example", "invalid"),
+    ],
+)
+def test_a_bad_host_is_refused_naming_the_field(host: str, message: str) -> None:
+    with pytest.raises(InvalidField) as info:
+        normalize_host(host, "root_domain")
+    assert info.value.message.startswith(message)
+    assert (info.value.field, info.value.status) == ("root_domain", 400)
+
+
+def test_urls_are_split_and_joined_by_their_first_separators() -> None:
+    assert join_url("https://example.com/a", [], "#f") == "https://example.com/a#f"
+    assert join_url("https://example.com/a", ["x=1", "y"], "") == "https://example.com/a?x=1&y"
+    assert split_url("https://example.com/a?") == ("https://example.com/a", [], "")
+    assert pair_key("next=a=b") == "next" and pair_key("flag") == "flag"
+    base, pairs, frag = split_url("https://example.com/p?next=a=b")
+    assert merge_query(base, pairs, frag, "next=c&z=1", False) == (
+        "https://example.com/p?next=a=b&z=1"
+    )
+
+
+def test_with_params_encodes_every_reserved_character() -> None:
+    out = with_params("https://example.com/", [("utm/content", "a/b?c&d=e")])
+    assert out == "https://example.com/?utm%2Fcontent=a%2Fb%3Fc%26d%3De"
+
+
+def test_a_destination_at_the_length_limit_is_kept_and_one_past_it_refused() -> None:
+    head = "https://example.com/"
+    url = head + "a" * (MAX_URL_LENGTH - len(head))
+    assert normalize_destination(url) == url
+    with pytest.raises(InvalidURL):
+        normalize_destination(url + "a")
+    # the limit holds for the normalised form too: percent-encoding makes it longer
+    with pytest.raises(InvalidURL):
+        normalize_destination(head + "ü" * (MAX_URL_LENGTH // 6))
+
+
+def test_a_destination_fragment_keeps_its_reserved_characters() -> None:
+    assert normalize_destination("https://example.com/#a#b?c=d&e") == (
+        "https://example.com/#a#b?c=d&e"
+    )
+
+
+def test_a_bad_destination_host_is_refused_under_the_callers_field() -> None:
+    with pytest.raises(InvalidURL) as info:
+        normalize_destination("https://exa_mple..com/", "expired_url")
+    assert (info.value.field, info.value.status) == ("expired_url", 422)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
-from hypothesis import given
+import ua_parser
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geo.bots import classify
-from geo.useragent import EMPTY_UA, MAX_UA_CHARS, UAInfo, UserAgentParser
+from geo.useragent import EMPTY_UA, MAX_UA_CHARS, UAInfo, UserAgentParser, device_type_of
 from tests.geo_fixtures import HUMAN_UAS, UAP_DIR, UAP_MISSING_REASON, load_uap_cases
 
 needs_uap = pytest.mark.skipif(not UAP_DIR.is_dir(), reason=UAP_MISSING_REASON)
@@ -141,10 +142,47 @@ def test_very_long_string_is_parsed_on_its_head(parser: UserAgentParser) -> None
     assert parser.parse(ua).browser == "Chrome"
 
 
-@given(st.text(max_size=300))
-def test_parse_of_any_text_never_raises(parser: UserAgentParser, ua: str) -> None:
+def _ua_parser_says(ua: str) -> tuple[str | None, ...]:
+    """ua-parser's own answer, read the way UserAgentParser documents it: "Other" and
+    missing families are None, a major version only beside a known family."""
+    result = ua_parser.parse(ua)
+    agent, os_, device = result.user_agent, result.os, result.device
+    browser = _expected(agent.family) if agent else None
+    os_family = _expected(os_.family) if os_ else None
+    known_device = device is not None and _expected(device.family) is not None
+    return (
+        browser,
+        agent.major if agent and browser else None,
+        os_family,
+        os_.major if os_ and os_family else None,
+        device.brand if device and known_device else None,
+        device.model if device and known_device else None,
+        device is not None and device.family == "Spider",
+    )
+
+
+_REAL_UAS = st.sampled_from([ua for _, ua in ALL_CASES] + list(BOT_UAS))
+_ANY_UA = st.one_of(
+    st.text(max_size=300),
+    _REAL_UAS,
+    st.tuples(_REAL_UAS, st.text(max_size=20)).map(" ".join),  # a real one with a tail
+)
+
+
+@settings(deadline=None)  # the first ua_parser.parse builds ua-parser's default parser
+@given(_ANY_UA)
+def test_parse_of_any_text_agrees_with_ua_parser_and_counts_no_error(
+    parser: UserAgentParser, ua: str
+) -> None:
+    errors = parser.errors
     info = parser.parse(ua)
-    assert info.device_type in ("desktop", "mobile", "tablet", "other")
+    if not ua.strip():
+        assert info == EMPTY_UA
+    else:
+        head = ua[:MAX_UA_CHARS]
+        assert (*info[:6], info.spider) == _ua_parser_says(head)
+        assert info.device_type == device_type_of(head, info.os)
+    assert parser.errors == errors
 
 
 # -- agreement with uap-core's own expectations (the wiring of fields) -----------------------
