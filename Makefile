@@ -1,4 +1,5 @@
-# linkedge: make run | make test | make check | make bench | make hostile | make mutation
+# linkedge: make run | make test | make check | make bench | make bench-workers | make bench-stalls
+#           | make hostile | make mutation
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ RUN_STAMP := $(VENV)/.installed-run
 # Extra `linkedge demo` options, e.g. make run ARGS='--geoip dbip-city-lite.mmdb'
 ARGS ?=
 
-.PHONY: run test check bench hostile mutation clean
+.PHONY: run test check bench bench-workers bench-stalls hostile mutation clean
 
 # What running needs: linkedge and its runtime dependencies, no dev toolchain.
 $(RUN_STAMP): pyproject.toml
@@ -42,6 +43,19 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	$(BIN)/python -m loadtests.bench
+
+# The workers/collector layout on one core vs nginx (issue 12: sustained rate, paced p99,
+# hot path, CPU per process, capacity model, kill -9 faults; ~10 min), and the collector's
+# event-loop stalls (issue 10; ~3 min). Each rewrites its own section of docs/benchmarks.md;
+# WORKERS_ARGS=--quick / STALLS_ARGS=--quick for a short smoke run that leaves the docs alone.
+WORKERS_ARGS ?=
+STALLS_ARGS ?=
+bench-workers: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	$(BIN)/python -m loadtests.workers $(WORKERS_ARGS)
+
+bench-stalls: $(STAMP)
+	$(BIN)/python -m loadtests.stalls $(STALLS_ARGS)
 
 # Attacks and faults against a real server, plus the fuzzer (not part of `make test`):
 # make hostile HOSTILE_ARGS=--quick   (or --only slowloris,kill9, --fuzz-seconds 30, --list)

@@ -42,36 +42,40 @@
 from __future__ import annotations
 
 import argparse
-import http.client
-import json
 import os
-import re
 import resource
-import signal
-import socket
-import sqlite3
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from loadtests import geodb, machine, report, workload
+from loadtests import common, machine, report, workload
+from loadtests.common import (
+    CACHE,
+    CLIENT_IPS,
+    GEO_NETWORKS,
+    LISTENING,
+    RESULTS,
+    ROOT,
+    SERVER_CORE,
+    LagSampler,
+    Running,
+    Workload,
+    counts,
+    free_port,
+    linkedge_cmd,
+    pinned,
+    probe,
+    run_wrk,
+    stop_server,
+    wait_for_line,
+    wait_idle,
+)
+from loadtests.common import wait_port as _wait_port
 from loadtests.peers import nginx
-
-ROOT: Final = Path(__file__).resolve().parent.parent
-LOADTESTS: Final = ROOT / "loadtests"
-CACHE: Final = LOADTESTS / ".cache"
-RESULTS: Final = LOADTESTS / "results"
-LUA: Final = LOADTESTS / "wrk" / "redirects.lua"
-SERVER_CORE: Final = "0"
-CLIENT_CORE: Final = "1"
-CLIENT_IPS: Final = 4000
-GEO_NETWORKS: Final = 50_000
 
 SERVERS: Final = {
     "a": "nginx, access_log off",
@@ -82,88 +86,11 @@ SERVERS: Final = {
 }
 BASELINE: Final = "b"
 
-# The server's last line, e.g. "linkedge stopped: 9 redirects served, 9 clicks captured,
-# 9 written, 0 dropped, 0 unwritten". Each figure is read by its own pattern, so fields
-# added later (peak queue depth, flush lag) are picked up when the server prints them.
-STOP_FIELDS: Final = {
-    "served": re.compile(r"(\d+) redirects served"),
-    "captured": re.compile(r"(\d+) clicks captured"),
-    "written": re.compile(r"(\d+) written"),
-    "dropped": re.compile(r"(\d+) dropped"),
-    "unwritten": re.compile(r"(\d+) unwritten"),
-    "peak_queue": re.compile(r"peak queue(?: depth)?[ =:]+(\d+)|(\d+) peak queue"),
-}
-FLUSH_LAG: Final = re.compile(r"(?:max|peak) flush lag[ =:]+([\d.]+) ?(ms|s)\b")
-
-
-@dataclass
-class Workload:
-    links_db: Path
-    mmdb: Path
-    peer_files: dict[str, Path]
-    wrk_data: Path
-    targets: dict[str, str]
-    requests_in_cycle: int
-
-
-@dataclass
-class Running:
-    key: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    work: Path
-    db: Path | None = None
-    stdout: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 # --- servers ----------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _pinned(cmd: list[str]) -> list[str]:
-    return [machine.tool_path("taskset"), "-c", SERVER_CORE, *cmd]
-
-
-def _linkedge_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "linkedge"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "admin.cli"]
-
-
-def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on port {port} after {timeout_s} s")
-
-
-def wait_for_line(
-    path: Path, pattern: re.Pattern[str], proc: subprocess.Popen[bytes], timeout_s: float
-) -> re.Match[str]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = path.read_text(errors="replace") if path.exists() else ""
-        m = pattern.search(text)
-        if m:
-            return m
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {text[-2000:]}")
-        time.sleep(0.01)
-    raise RuntimeError(f"no line matching {pattern.pattern!r} after {timeout_s} s")
-
-
-LISTENING: Final = re.compile(r"linkedge edge listening on http://[^:\s]+:(\d+)")
+    return pinned(cmd, SERVER_CORE)
 
 
 def start_server(key: str, wl: Workload, run_dir: Path) -> Running:
@@ -209,7 +136,7 @@ def start_server(key: str, wl: Workload, run_dir: Path) -> Running:
         return Running(key, proc, port, work)
     db = workload.copy_db(wl.links_db, work / "linkedge.db")
     cmd = [
-        *_linkedge_cmd(),
+        *linkedge_cmd(),
         "serve",
         "--db",
         str(db),
@@ -239,143 +166,10 @@ def _uvicorn_http() -> str:
     return "httptools"
 
 
-def stop_server(run: Running, timeout_s: float = 120.0) -> dict[str, Any]:
-    """SIGTERM, wait; for linkedge parse its stop line. Returns what it said."""
-    proc = run.proc
-    if proc.poll() is not None:
-        return {"exit": proc.returncode, "note": "exited before SIGTERM"}
-    proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        # wait4 rather than wait: the rusage of the server (all its threads, and the
-        # children it reaped: nginx's workers) over its whole life.
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            break
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            return {"exit": "killed after SIGTERM timeout"}
-        time.sleep(0.02)
-    out: dict[str, Any] = {
-        "exit": proc.returncode,
-        "lifetime_cpu_s": usage.ru_utime + usage.ru_stime,
-    }
-    if run.stdout is not None:
-        text = run.stdout.read_text(errors="replace")
-        lines = [ln for ln in text.splitlines() if ln.startswith("linkedge stopped:")]
-        if lines:
-            line = out["stop_line"] = lines[-1]
-            for name, pattern in STOP_FIELDS.items():
-                m = pattern.search(line)
-                if m:
-                    out[name] = int(next(g for g in m.groups() if g is not None))
-            lag = FLUSH_LAG.search(line)
-            if lag:
-                value = float(lag.group(1))
-                out["max_flush_lag_ms"] = value if lag.group(2) == "ms" else value * 1000
-    return out
-
-
 # --- probes -----------------------------------------------------------------------------
 
 
-def probe(port: int, slug: str) -> tuple[int, str | None]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", f"/{slug}", headers={"Host": workload.HOST})
-        resp = conn.getresponse()
-        resp.read()
-        return resp.status, resp.getheader("Location")
-    finally:
-        conn.close()
-
-
-class LagSampler(threading.Thread):
-    """Samples the age of the newest row in `clicks` from a read-only connection."""
-
-    def __init__(self, db: Path, interval_s: float = 0.25) -> None:
-        super().__init__(daemon=True)
-        self.db = db
-        self.interval_s = interval_s
-        self.samples: list[float] = []
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=1)
-        try:
-            while not self._stop_event.wait(self.interval_s):
-                try:
-                    row = conn.execute("SELECT ts FROM clicks ORDER BY id DESC LIMIT 1").fetchone()
-                except sqlite3.Error:
-                    continue
-                if row is not None:
-                    self.samples.append(max(0.0, time.time() - row[0] / 1000))
-        finally:
-            conn.close()
-
-    def stop(self) -> dict[str, float | None]:
-        self._stop_event.set()
-        self.join(5)
-        s = self.samples
-        return {
-            "samples": len(s),
-            "median_ms": round(statistics.median(s) * 1000, 1) if s else None,
-            "max_ms": round(max(s) * 1000, 1) if s else None,
-        }
-
-
 # --- wrk -----------------------------------------------------------------------------------
-
-
-def run_wrk(
-    port: int, data: Path, mode: str, duration_s: float, connections: int, offset: int
-) -> dict[str, Any]:
-    """One wrk run on the client core; its JSON line plus its own CPU time."""
-    cmd = [
-        machine.tool_path("taskset"),
-        "-c",
-        CLIENT_CORE,
-        machine.tool_path("wrk"),
-        "-t1",
-        f"-c{connections}",
-        f"-d{duration_s:g}s",
-        "--latency",
-        "-s",
-        str(LUA),
-        f"http://127.0.0.1:{port}",
-        "--",
-        str(data),
-        mode,
-        str(offset),
-    ]
-    out_path = data.parent / f"wrk-{os.getpid()}.out"
-    with out_path.open("wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    text = out_path.read_text(errors="replace")
-    m = re.search(r"WRK_JSON (\{.*\})", text)
-    if proc.returncode != 0 or m is None:
-        raise RuntimeError(f"wrk failed ({proc.returncode}): {text[-2000:]}")
-    result: dict[str, Any] = json.loads(m.group(1))
-    result["client_cpu_s"] = usage.ru_utime + usage.ru_stime
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
-
-
-def wait_idle(pids: list[int], settle_s: float = 0.3, max_s: float = 10.0) -> float:
-    """Wait until these processes stop using CPU (the writer drained); return their CPU."""
-    deadline = time.monotonic() + max_s
-    last = machine.process_cpu_s(pids)
-    while time.monotonic() < deadline:
-        time.sleep(settle_s)
-        now = machine.process_cpu_s(pids)
-        if now - last < 0.02:  # < 2 ticks: idle
-            return now
-        last = now
-    return last
 
 
 def measured_run(
@@ -540,19 +334,7 @@ def one_server_run(
 
 
 def prepare(args: argparse.Namespace) -> Workload:
-    CACHE.mkdir(parents=True, exist_ok=True)
-    mmdb = CACHE / f"city-{GEO_NETWORKS}.mmdb"
-    if not mmdb.exists():
-        print(f"bench: building {mmdb.name} ({GEO_NETWORKS:,} networks)", flush=True)
-    networks = geodb.ensure(mmdb, GEO_NETWORKS)
-    links_db = workload.ensure_links_db(CACHE, args.links)
-    peer_dir = CACHE / f"peer-{args.links}"
-    peer_files = workload.write_peer_files(links_db, peer_dir)
-    targets: dict[str, str] = json.loads(peer_files["json"].read_text())
-    people = workload.visitors(geodb.client_ips(networks, CLIENT_IPS))
-    wrk_data = peer_dir / "requests.tsv"
-    n = workload.write_wrk_data(wrk_data, list(targets), people)
-    return Workload(links_db, mmdb, peer_files, wrk_data, targets, n)
+    return common.prepare(args.links)
 
 
 def summarise(runs: list[dict[str, Any]], mode: str) -> dict[str, Any]:
@@ -662,10 +444,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.pipeline_clicks = 5e4
         args.no_docs = True
     return args
-
-
-def _counts(text: str) -> list[int]:
-    return [int(float(x)) for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -797,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
 
         results["scale_links"] = [
             scale.link_load(n, CACHE, wl.mmdb, repeats=1 if args.quick else 3)
-            for n in _counts(args.scale_links)
+            for n in counts(args.scale_links)
         ]
 
     def run_stats() -> None:
@@ -805,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
 
         runs_per_query = 10 if args.quick else 30
         results["stats"] = [
-            scale.stats_latency(n, CACHE, runs=runs_per_query) for n in _counts(args.clicks)
+            scale.stats_latency(n, CACHE, runs=runs_per_query) for n in counts(args.clicks)
         ]
 
     def run_bots() -> None:

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from loadtests import machine, workload
-from loadtests.bench import LISTENING, STOP_FIELDS, wait_for_line
+from loadtests.common import LISTENING, STOP_FIELDS, linkedge_cmd, wait_for_line
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CACHE: Final = ROOT / "loadtests" / ".cache" / "hostile"
@@ -181,11 +181,6 @@ def ensure_python_modules() -> None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], check=True)
 
 
-def _linkedge_cmd() -> list[str]:
-    script = Path(sys.executable).parent / "linkedge"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "admin.cli"]
-
-
 def _client_cores() -> set[int]:
     cores = os.sched_getaffinity(0)
     rest = cores - {SERVER_CORE}
@@ -291,7 +286,7 @@ class Server:
         if not self.db.exists():
             workload.copy_db(data.links_db, self.db)
         self.cmd = [
-            *_linkedge_cmd(),
+            *linkedge_cmd(),
             "serve",
             "--db",
             str(self.db),

@@ -30,7 +30,7 @@ from edge.config import Config
 from edge.db import connect
 from edge.live import LiveCounters
 from geo.geoip import GeoDatabase
-from loadtests import geodb, workload
+from loadtests import common, geodb, workload
 
 # A flush every 0.1 s at 100k clicks/s carries 10,000 clicks; at 20k/s, 2,000.
 DEFAULT_BATCH: Final = 10_000
@@ -188,7 +188,7 @@ def run(
 ) -> dict[str, Any]:
     """Both traffic shapes; the dict bench.py stores under "pipeline"."""
     networks = geodb.ensure(mmdb)
-    ids = _link_ids(links_db)
+    ids = link_ids(links_db)
     start = time.time()
     people = workload.visitors(geodb.client_ips(networks, 4000))
     realistic = raw_clicks(ids, people, clicks, 1, start)
@@ -208,7 +208,7 @@ def run(
     return out
 
 
-def _link_ids(db: Path) -> list[tuple[int, int]]:
+def link_ids(db: Path) -> list[tuple[int, int]]:
     """(link id, domain id) of every link."""
     conn = connect(str(db))
     try:
@@ -218,8 +218,6 @@ def _link_ids(db: Path) -> list[tuple[int, int]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loadtests import bench
-
     p = argparse.ArgumentParser(
         prog="python -m loadtests.pipeline",
         description="Enrichment + SQLite write throughput of the click pipeline alone.",
@@ -228,8 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH)
     p.add_argument("--links", type=int, default=10_000)
     args = p.parse_args(argv)
-    wl = bench.prepare(bench.parse_args(["--links", str(args.links)]))
-    result = run(wl.links_db, wl.mmdb, int(args.clicks), bench.CACHE / "pipeline", args.batch)
+    wl = common.prepare(args.links)
+    result = run(wl.links_db, wl.mmdb, int(args.clicks), common.CACHE / "pipeline", args.batch)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from loadtests import bench, machine
+from loadtests import bench, common, machine
 
 
 def summarise(collapsed: Path, top: int = 25) -> str:
@@ -75,22 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(pyspy).exists():
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "py-spy"], check=True)
-    wl = bench.prepare(
-        bench.parse_args(["--links", str(args.links), "--only", "bench", "--no-docs"])
-    )
+    wl = common.prepare(args.links)
     key = "e" if args.no_record else "d"
-    run = bench.start_server(key, wl, bench.CACHE / "profile")
+    run = bench.start_server(key, wl, common.CACHE / "profile")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    out = bench.RESULTS / f"profile-{key}-{args.mode}-{stamp}.txt"
-    bench.RESULTS.mkdir(parents=True, exist_ok=True)
+    out = common.RESULTS / f"profile-{key}-{args.mode}-{stamp}.txt"
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
     try:
-        bench.run_wrk(run.port, wl.wrk_data, args.mode, 2, 64, 0)
+        common.run_wrk(run.port, wl.wrk_data, args.mode, 2, 64, 0)
         machine.wait_quiet()
         spy = subprocess.Popen(
             [
                 machine.tool_path("taskset"),
                 "-c",
-                bench.CLIENT_CORE,
+                common.CLIENT_CORE,
                 pyspy,
                 "record",
                 "--pid",
@@ -110,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.PIPE,
         )
         time.sleep(0.5)
-        r = bench.run_wrk(run.port, wl.wrk_data, args.mode, args.duration, 64, 0)
+        r = common.run_wrk(run.port, wl.wrk_data, args.mode, args.duration, 64, 0)
         spy.wait(60)
     finally:
-        stopped = bench.stop_server(run)
+        stopped = common.stop_server(run)
     text = summarise(out)
     summary = out.with_suffix(".summary.txt")
     head = (

@@ -38,7 +38,7 @@ from typing import Any, Final
 from admin import timerange
 from edge import catalog, rollups, schema
 from edge.db import Transaction, connect
-from loadtests import geodb, machine, workload
+from loadtests import common, geodb, machine, pipeline, workload
 
 STATS_LINKS: Final = 10_000
 DAYS: Final = 30
@@ -52,8 +52,6 @@ END_S: Final = 1_790_000_000 // 3600 * 3600
 
 
 def link_load(count: int, cache: Path, mmdb: Path, repeats: int = 3) -> dict[str, Any]:
-    from loadtests import bench
-
     src = workload.ensure_links_db(cache, count)
     work = cache / "scale"
     work.mkdir(parents=True, exist_ok=True)
@@ -65,8 +63,8 @@ def link_load(count: int, cache: Path, mmdb: Path, repeats: int = 3) -> dict[str
         cmd = [
             machine.tool_path("taskset"),
             "-c",
-            bench.SERVER_CORE,
-            *bench._linkedge_cmd(),
+            common.SERVER_CORE,
+            *common.linkedge_cmd(),
             "serve",
             "--db",
             str(db),
@@ -81,13 +79,13 @@ def link_load(count: int, cache: Path, mmdb: Path, repeats: int = 3) -> dict[str
             t0 = time.monotonic()
             proc = subprocess.Popen(cmd, stdout=f, stderr=err, start_new_session=True)
             try:
-                m = bench.wait_for_line(out, bench.LISTENING, proc, timeout_s=300)
+                m = common.wait_for_line(out, common.LISTENING, proc, timeout_s=300)
                 loads.append(time.monotonic() - t0)
                 time.sleep(0.5)
                 mem = machine.rss_mb(proc.pid)
                 rss.append(mem["rss"])
                 hwm.append(mem["hwm"])
-                status, _ = bench.probe(int(m.group(1)), slug)
+                status, _ = common.probe(int(m.group(1)), slug)
                 if status != 302:
                     raise RuntimeError(f"probe of /{slug} got {status} with {count} links")
             finally:
@@ -126,11 +124,10 @@ def _profiles(links_db: Path, mmdb: Path, count: int = 5000) -> list[tuple[Any, 
     from edge.clicks import Enricher
     from edge.config import Config
     from geo.geoip import GeoDatabase
-    from loadtests.pipeline import _link_ids, raw_clicks
 
     networks = geodb.ensure(mmdb)
     people = workload.visitors(geodb.client_ips(networks, 4000))
-    raw = raw_clicks(_link_ids(links_db)[:100], people, count, 9, float(END_S))
+    raw = pipeline.raw_clicks(pipeline.link_ids(links_db)[:100], people, count, 9, float(END_S))
     geo = GeoDatabase(str(mmdb))
     enricher = Enricher(Config(db_path=str(links_db)), geo)
     salt = b"\0" * 32
@@ -211,11 +208,9 @@ def ensure_clicks_db(cache: Path, clicks: int) -> tuple[Path, dict[str, Any]]:
     path = cache / f"stats-{clicks}.db"
     meta_path = path.with_suffix(".json")
     if not path.exists() or not meta_path.exists():
-        from loadtests import bench
-
         links_db = workload.ensure_links_db(cache, STATS_LINKS)
-        mmdb = cache / f"city-{bench.GEO_NETWORKS}.mmdb"
-        geodb.ensure(mmdb, bench.GEO_NETWORKS)
+        mmdb = cache / f"city-{common.GEO_NETWORKS}.mmdb"
+        geodb.ensure(mmdb, common.GEO_NETWORKS)
         print(f"scale: generating {clicks:,} synthetic clicks into {path.name}", flush=True)
         create_clicks_db(path, links_db, mmdb, clicks)
     workload.ensure_schema(path)
@@ -370,8 +365,6 @@ def stats_latency(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from loadtests import bench
-
     p = argparse.ArgumentParser(
         prog="python -m loadtests.scale",
         description="RSS and load time for many links; stats query latency on many clicks.",
@@ -381,14 +374,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="links,stats")
     args = p.parse_args(argv)
     parts = set(args.only.split(","))
-    cache = bench.CACHE
-    mmdb = cache / f"city-{bench.GEO_NETWORKS}.mmdb"
-    geodb.ensure(mmdb, bench.GEO_NETWORKS)
+    cache = common.CACHE
+    mmdb = cache / f"city-{common.GEO_NETWORKS}.mmdb"
+    geodb.ensure(mmdb, common.GEO_NETWORKS)
     out: dict[str, Any] = {}
     if "links" in parts:
-        out["scale_links"] = [link_load(n, cache, mmdb) for n in bench._counts(args.links)]
+        out["scale_links"] = [link_load(n, cache, mmdb) for n in common.counts(args.links)]
     if "stats" in parts:
-        out["stats"] = [stats_latency(n, cache) for n in bench._counts(args.clicks)]
+        out["stats"] = [stats_latency(n, cache) for n in common.counts(args.clicks)]
     print(json.dumps(out, indent=2))
     return 0
 

@@ -1,11 +1,16 @@
 -- loadtests/wrk/redirects.lua: the request stream of the benchmark, and exact counts.
 --
--- Usage: wrk ... -s redirects.lua URL -- DATAFILE keep|close [OFFSET]
+-- Usage: wrk ... -s redirects.lua URL -- DATAFILE keep|close [OFFSET [DELAY_MS]]
 -- DATAFILE holds one request head per line with header lines joined by TAB
 -- (loadtests/workload.py writes it: every slug, realistic User-Agent / Referer /
 -- Accept-Language headers, X-Forwarded-For from a few thousand client addresses). init()
 -- turns each line into a complete request once (adding "Connection: close" in close mode),
 -- so request() only hands out prebuilt strings, cycling through them.
+--
+-- Pacing: with DELAY_MS, each connection waits that many milliseconds on average after
+-- an answer before its next request (wrk's delay(): whole milliseconds, so each pause is
+-- the floor or the ceiling of DELAY_MS, chosen at random to keep the mean), which paces
+-- C connections at about C * 1000 / (DELAY_MS + latency) requests a second.
 --
 -- Counts: `sent` (a global, read back from each thread in done()) is the number of
 -- requests written; wrk's summary has the responses read and errors.status (answers >= 400).
@@ -31,6 +36,19 @@ function init(args)
     error("no requests in " .. path)
   end
   pos = (tonumber(args[3]) or 0) % count
+  local pause = tonumber(args[4])
+  if pause ~= nil then
+    local whole = math.floor(pause)
+    local frac = pause - whole
+    math.randomseed(os.time() + pos)
+    -- defined here, in init(): wrk looks for delay() after init() has run
+    delay = function()
+      if math.random() < frac then
+        return whole + 1
+      end
+      return whole
+    end
+  end
 end
 
 function request()
