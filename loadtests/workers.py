@@ -313,10 +313,14 @@ def sustained(
         r["saturated"] = r["rps"] < SATURATED_SHARE * target
         print("         " + line(r) + (" PASS" if r["passed"] else " FAIL"), flush=True)
         steps.append(r)
-        if r["passed"] and not r["saturated"]:
-            lo = target
-        else:
+        # a passing step's achieved rate is sustained; a target it fell short of (the
+        # HTTP side saturated) or failed is the new ceiling
+        if r["passed"]:
+            lo = max(lo, r["rps"])
+        if not r["passed"] or r["saturated"]:
             hi = target
+        else:
+            lo = max(lo, target)
         target = (lo + hi) / 2 if lo > 0 else hi / 2
     passing = [s for s in steps if s["passed"]]
     best = max((s["rps"] for s in passing), default=0.0)
@@ -362,7 +366,8 @@ def table(res: dict[str, Any]) -> str:
     rows = [
         f"Machine: {m['cpu_model']}, {m['cores']} cores; linkedge ({res['settings']['workers']} "
         f"worker(s) + collector + supervisor) and nginx on core 0, wrk on core 1; "
-        f"{res['settings']['connections']} connections; steps of {res['settings']['step']:g} s.",
+        f"{res['settings']['connections']} connections; steps of {res['settings']['step']:g} s; "
+        f"load average at start {res['loadavg_at_start'][0]}.",
         "",
         "| figure | linkedge | nginx (access log) | ratio | target | result |",
         "|---|---|---|---|---|---|",
@@ -377,7 +382,7 @@ def table(res: dict[str, Any]) -> str:
         )
     if "burst" in res:
         rows.append(
-            f"| burst rate (closed loop; lag at end) | {res['burst']['rps']:,.0f}/s "
+            f"| burst rate (closed loop; max lag) | {res['burst']['rps']:,.0f}/s "
             f"(lag {(res['burst'].get('max_lag_ms') or 0) / 1000:.1f} s) | {nmax:,.0f}/s | "
             f"{ratio(res['burst']['rps'], nmax)}x | (info) | |"
         )
@@ -509,6 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command.strip(),
         "started": common.utc_now(),
         "machine": machine.describe(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
         "settings": {k: v for k, v in vars(args).items() if k != "only"},
         "targets": TARGETS,
     }
