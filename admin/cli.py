@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from admin import admin_cli, timerange
+from admin import admin_cli, alertcli, timerange
 from admin.admin_cli import (
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -991,6 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("info", "lookup"):
         _config_option(gsub.choices[name])
     admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats, backup
+    alertcli.add_commands(sub, _cmd, _db_option)  # alert
     _add_bots_commands(sub)
     _add_import_export_commands(sub)
     p = _cmd(
