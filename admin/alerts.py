@@ -238,7 +238,7 @@ def alert_dict(row: sqlite3.Row) -> dict[str, Any]:
         "scope": scope,
         "kind": row["kind"],
         "window_s": row["window_s"],
-        "threshold": row["threshold"],
+        "threshold": _plain(row["threshold"]),
         "options": orjson.loads(row["options"]),
         "notify": orjson.loads(row["notify"]),
         "enabled": bool(row["enabled"]),
@@ -251,6 +251,11 @@ def alert_dict(row: sqlite3.Row) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
     }
+
+
+def _plain(value: float | None) -> float | int | None:
+    """50.0 from a REAL column reads 50, as it was given."""
+    return int(value) if value is not None and float(value).is_integer() else value
 
 
 def _stored(rule: dict[str, Any]) -> tuple[Any, ...]:
@@ -312,6 +317,10 @@ def update_alert(
             "threshold = ?, options = ?, notify = ?, enabled = ?, updated_at = ? WHERE id = ?",
             (*_stored(rule), now_ms(), alert_id),
         )
+        if not rule["enabled"] and old["state"] != "ok":  # a disabled rule fires nothing
+            conn.execute(
+                "UPDATE alerts SET state = 'ok', state_since = ? WHERE id = ?", (now_ms(), alert_id)
+            )
     return get_alert(conn, alert_id)
 
 
@@ -547,6 +556,7 @@ class AlertEngine:
         self.evaluations = 0
         self.last_eval_s = 0.0  # how long the last evaluation took (wall time)
         self.started = False
+        self._lock = asyncio.Lock()  # one evaluation at a time (the loop's, an API write's)
 
     async def start(self) -> None:
         await self.db.open()
@@ -588,41 +598,51 @@ class AlertEngine:
                 await asyncio.sleep(0)
         return total
 
-    async def evaluate(self, now: float) -> None:
-        started = time.perf_counter()
-        rules = [r for r in await self.db.run(list_alerts) if r["enabled"]]
-        facts = await self.db.run(scope_facts, rules, int(now * 1000))
-        seen = set()
-        for rule in rules:
-            seen.add(rule["id"])
-            reading = await self.read(rule, facts, now)
-            old = self.states.get(rule["id"])
-            if old is None:
-                old = AlertState(
-                    rule["state"],
-                    rule["state_since"] / 1000,
-                    rule["value"],
-                    None if rule["fired_at"] is None else rule["fired_at"] / 1000,
-                    None if rule["resolved_at"] is None else rule["resolved_at"] / 1000,
-                )
-            opts = rule["options"]
-            new, event = step(old, reading, now, opts["for_s"], opts["cooldown_s"])
-            self.states[rule["id"]] = new
-            self.status[rule["id"]] = {
-                "value": reading.value,
-                "summary": reading.summary,
-                "note": reading.note,
-                "evaluated_at": now,
-            }
-            if new.state != old.state:
-                await self.runtime.writer.run(save_state, rule["id"], new)
-            if event is not None:
-                await self._act(rule, event, new, reading, facts)
-        for gone in set(self.states) - seen:
-            self.states.pop(gone, None)
-            self.status.pop(gone, None)
-        self.evaluations += 1
-        self.last_eval_s = time.perf_counter() - started
+    async def evaluate(self, now: float, only: int | None = None) -> None:
+        """Evaluate every enabled rule (or only rule `only`: right after the API wrote it,
+        so its answer shows what the rule sees now)."""
+        async with self._lock:
+            started = time.perf_counter()
+            rules = [
+                r
+                for r in await self.db.run(list_alerts)
+                if r["enabled"] and (only is None or r["id"] == only)
+            ]
+            facts = await self.db.run(scope_facts, rules, int(now * 1000))
+            for rule in rules:
+                await self._evaluate_rule(rule, facts, now)
+            if only is None:
+                seen = {r["id"] for r in rules}
+                for gone in set(self.states) - seen:
+                    self.states.pop(gone, None)
+                    self.status.pop(gone, None)
+                self.evaluations += 1
+                self.last_eval_s = time.perf_counter() - started
+
+    async def _evaluate_rule(self, rule: dict[str, Any], facts: dict[str, Any], now: float) -> None:
+        reading = await self.read(rule, facts, now)
+        old = self.states.get(rule["id"])
+        if old is None:
+            old = AlertState(
+                rule["state"],
+                rule["state_since"] / 1000,
+                rule["value"],
+                None if rule["fired_at"] is None else rule["fired_at"] / 1000,
+                None if rule["resolved_at"] is None else rule["resolved_at"] / 1000,
+            )
+        opts = rule["options"]
+        new, event = step(old, reading, now, opts["for_s"], opts["cooldown_s"])
+        self.states[rule["id"]] = new
+        self.status[rule["id"]] = {
+            "value": reading.value,
+            "summary": reading.summary or None,
+            "note": reading.note,
+            "evaluated_at": now,
+        }
+        if new.state != old.state:
+            await self.runtime.writer.run(save_state, rule["id"], new)
+        if event is not None:
+            await self._act(rule, event, new, reading, facts)
 
     async def read(self, rule: dict[str, Any], facts: dict[str, Any], now: float) -> Reading:
         kind = rule["kind"]
@@ -809,13 +829,38 @@ def apply_failover(
 
 def add_routes(router: Any, server: Any) -> None:
     api = AlertsApi(server)
-    router.add("GET", "/api/alerts", api.list, ("state",))
-    router.add("POST", "/api/alerts", api.create)
-    router.add("GET", "/api/alerts/{id}", api.get)
-    router.add("PATCH", "/api/alerts/{id}", api.patch)
-    router.add("DELETE", "/api/alerts/{id}", api.delete)
-    router.add("GET", "/api/alerts/{id}/deliveries", api.deliveries)
-    router.add("GET", "/api/checks", api.checks, ("failing",))
+    router.add("GET", "/api/alerts", api.list_alerts, ("state",))
+    router.add("POST", "/api/alerts", api.create_alert)
+    router.add("GET", "/api/alerts/{id}", api.get_alert)
+    router.add("PATCH", "/api/alerts/{id}", api.patch_alert)
+    router.add("DELETE", "/api/alerts/{id}", api.delete_alert)
+    router.add("GET", "/api/alerts/{id}/deliveries", api.alert_deliveries)
+    router.add("GET", "/api/checks", api.destination_checks, ("failing",))
+
+
+_JSON: Final = "application/json"
+_RULE_SCHEMA: Final = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "scope": {"type": "object"},
+        "kind": {"type": "string", "enum": list(KINDS)},
+        "window_s": {"type": "integer"},
+        "threshold": {"type": ["number", "null"]},
+        "notify": {"type": "array", "items": {"type": "object"}},
+        "enabled": {"type": "boolean"},
+    },
+}
+# admin/openapi.py's entries for these routes: (summary, status, body schema, content type)
+OPENAPI_OPERATIONS: Final[dict[str, tuple[str, int, Any, str]]] = {
+    "list_alerts": ("Alert rules with their state (and how many fire)", 200, None, _JSON),
+    "create_alert": ("Add an alert rule", 201, {**_RULE_SCHEMA, "required": ["name"]}, _JSON),
+    "get_alert": ("One alert rule and its state", 200, None, _JSON),
+    "patch_alert": ("Change an alert rule", 200, _RULE_SCHEMA, _JSON),
+    "delete_alert": ("Remove an alert rule and its delivery log", 204, None, _JSON),
+    "alert_deliveries": ("An alert's delivery log (newest first)", 200, None, _JSON),
+    "destination_checks": ("Every checked destination and its last answer", 200, None, _JSON),
+}
 
 
 class AlertsApi:
@@ -845,7 +890,15 @@ class AlertsApi:
         out["evaluated_at"] = timerange.iso_ms(int(last["evaluated_at"] * 1000)) if last else None
         return out
 
-    async def list(self, call: Call) -> Response:
+    async def _evaluated(self, alert_id: int) -> dict[str, Any]:
+        engine = self.engine
+        if engine is not None and engine.started:
+            engine.states.pop(alert_id, None)  # the stored state is the truth after a write
+            await engine.evaluate(time.time(), only=alert_id)
+        alert: dict[str, Any] = await self.server.runtime.writer.run(get_alert, alert_id)
+        return alert
+
+    async def list_alerts(self, call: Call) -> Response:
         state = call.q("state")
         if state is not None and state not in STATES:
             raise InvalidField(f"state must be one of {', '.join(STATES)}", "state")
@@ -855,28 +908,30 @@ class AlertsApi:
         firing = sum(1 for a in alerts if a["state"] == "firing")
         return json_response(200, {"alerts": alerts, "firing": firing})
 
-    async def create(self, call: Call) -> Response:
+    async def create_alert(self, call: Call) -> Response:
         body = call.json_object(BODY_FIELDS)
         rule = validate_rule(body)
         alert = await self.server.runtime.writer.run(create_alert, rule)
+        alert = await self._evaluated(alert["id"])
         return json_response(201, self.out(alert), (("Location", f"/api/alerts/{alert['id']}"),))
 
-    async def get(self, call: Call) -> Response:
+    async def get_alert(self, call: Call) -> Response:
         alert = await self.server.db.run(get_alert, call.path_id("alert"))
         return json_response(200, self.out(alert))
 
-    async def patch(self, call: Call) -> Response:
+    async def patch_alert(self, call: Call) -> Response:
         body = call.json_object(BODY_FIELDS)
         if not body:
             raise InvalidField("nothing to change: send the fields to change")
         alert = await self.server.runtime.writer.run(update_alert, call.path_id("alert"), body)
+        alert = await self._evaluated(alert["id"])
         return json_response(200, self.out(alert))
 
-    async def delete(self, call: Call) -> Response:
+    async def delete_alert(self, call: Call) -> Response:
         await self.server.runtime.writer.run(delete_alert, call.path_id("alert"))
         return Response(204, b"")
 
-    async def deliveries(self, call: Call) -> Response:
+    async def alert_deliveries(self, call: Call) -> Response:
         from admin import timerange
 
         alert_id = call.path_id("alert")
@@ -887,7 +942,7 @@ class AlertsApi:
                 row[name] = timerange.iso_ms(row[name])
         return json_response(200, {"deliveries": rows})
 
-    async def checks(self, call: Call) -> Response:
+    async def destination_checks(self, call: Call) -> Response:
         from admin import timerange
 
         failing = call.q_bool("failing")
