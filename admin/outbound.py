@@ -54,10 +54,10 @@ def _blocked(address: str) -> str | None:
         return "a loopback address"
     if ip.is_link_local:
         return "a link-local address"
-    if ip.is_private:
-        return "a private address"
     if ip.is_multicast or ip.is_reserved or ip.is_unspecified:
         return "not a public unicast address"
+    if ip.is_private:
+        return "a private address"
     return None
 
 

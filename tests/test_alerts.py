@@ -358,3 +358,196 @@ def test_the_cli_manages_alerts(world: dict[str, Any], tmp_path: Path) -> None:
     assert bad.returncode != 0 and "threshold" in bad.stderr and "Traceback" not in bad.stderr
     cli("alert", "rm", str(alert["id"]), db=db)
     assert "spike" not in cli("alert", "list", db=db).stdout
+
+
+# --- the rules, the maths and the state machine, without a server ------------------------
+
+import asyncio  # noqa: E402
+import math  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from admin import alerts  # noqa: E402
+from edge.config import Config  # noqa: E402
+from edge.errors import InvalidField  # noqa: E402
+from edge.live import LiveCounters  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**13), 10**13) | st.floats() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_plausible = {
+    "name": st.text(max_size=30),
+    "scope": st.sampled_from([{"link_id": 1}, {"campaign": "Spring"}, {"link_id": 0}, {}]),
+    "kind": st.sampled_from(alerts.KINDS),
+    "window_s": st.integers(-5, 4000),
+    "threshold": st.floats(-1, 200) | st.integers(0, 100) | st.none(),
+    "notify": st.lists(
+        st.sampled_from(
+            [{"webhook": "https://h.example/x", "secret": "s"}, {"slack": "https://s.example/"},
+             {"email": "ops@example.com"}, {"email": "not an address"}, {"webhook": "x"}]
+        ), max_size=3,
+    ),
+    "baseline_s": st.integers(0, 4000),
+    "fallback_url": st.sampled_from(["https://fallback.example/", "nope", None]),
+}  # fmt: skip
+_options = {
+    "for_s": st.integers(0, 100),
+    "cooldown_s": st.integers(0, 100) | st.floats(-1, 1),
+    "hysteresis": st.floats(0, 1.2),
+    "count": st.sampled_from(["clicks", "humans", "bots"]),
+    "min_clicks": st.integers(0, 5),
+    "min_count": st.integers(1, 50),
+    "baseline_s": st.integers(0, 4000),
+    "p_value": st.floats(0, 0.6),
+    "p_clear": st.floats(0, 1),
+    "fallback_url": _plausible["fallback_url"],
+}
+
+
+def _rule_of(kind: str) -> st.SearchStrategy[dict[str, Any]]:
+    threshold = st.sampled_from([0.02, 0.5] if kind == "conversion_rate_below" else [0, 50])
+    required: dict[str, Any] = {
+        "name": st.sampled_from(["spike", " launch ", ""]),
+        "scope": st.sampled_from([{"link_id": 1}, {"campaign": "Spring"}]),
+        "kind": st.just(kind),
+        "window_s": st.integers(1, 1300),
+    }
+    if kind in alerts.NEEDS_THRESHOLD:
+        required["threshold"] = threshold
+    optional = {k: _options[k] for k in alerts.KIND_OPTIONS[kind]}
+    optional.update({"notify": _plausible["notify"], "enabled": st.booleans()})
+    return st.fixed_dictionaries(required, optional=optional)
+
+
+_valid_ish = st.sampled_from(alerts.KINDS).flatmap(_rule_of)
+_junk = st.dictionaries(
+    st.sampled_from(sorted(alerts.BODY_FIELDS)) | st.text(max_size=6), _json, max_size=8
+).flatmap(
+    lambda extra: st.fixed_dictionaries(
+        {}, optional={k: v | _json for k, v in _plausible.items()}
+    ).map(lambda body: {**extra, **body})
+)
+_bodies = _valid_ish | _junk
+
+
+def _as_body(rule: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in rule.items() if k != "options"} | rule["options"]
+
+
+@given(_bodies)
+def test_a_rule_is_stored_or_refused_with_its_field_and_a_stored_rule_validates_to_itself(
+    body: dict[str, Any],
+) -> None:
+    try:
+        rule = alerts.validate_rule(body)
+    except InvalidField as exc:
+        root = (exc.field or "").split(".")[0].split("[")[0]
+        assert exc.field is None or exc.field in body or root in body or root in alerts.BODY_FIELDS
+        return
+    assert (
+        rule["kind"] in alerts.KINDS and set(rule["options"]) <= alerts.KIND_OPTIONS[rule["kind"]]
+    )
+    assert alerts.validate_rule(_as_body(rule)) == rule
+
+
+@given(
+    st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans(), st.floats(0, 30)), max_size=80),
+    st.sampled_from([0, 5, 30]),
+    st.sampled_from([0, 10, 60]),
+)
+def test_the_state_machine_fires_after_for_s_resolves_once_and_keeps_the_cooldown(
+    readings: list[tuple[bool, bool, bool, int]], for_s: float, cooldown_s: float
+) -> None:
+    state = alerts.AlertState()
+    now = 0.0
+    held_since: float | None = None  # since when the fire condition has held
+    events: list[tuple[str, float]] = []
+    for fire, clear, unknown, dt in readings:
+        now += dt
+        reading = alerts.Reading(1, fire, clear, "s", "warming up" if unknown else None)
+        new, event = alerts.step(state, reading, now, for_s, cooldown_s)
+        if unknown:
+            assert (new.state, event) == (state.state, None)
+        elif state.state == "firing":
+            assert new.state == ("resolved" if clear else "firing")
+            assert event == ("resolved" if clear else None)
+            held_since = None
+        else:
+            held_since = (now if held_since is None else held_since) if fire else None
+            if event == "firing":
+                assert held_since is not None and now - held_since >= for_s
+                last_resolve = state.resolved_at
+                assert last_resolve is None or now - last_resolve >= cooldown_s
+            assert new.state == "firing" if event == "firing" else new.state != "firing"
+            assert new.state != "pending" or fire
+        if event is not None:
+            events.append((event, now))
+        state = new
+    names = [e for e, _t in events]
+    assert names == ["firing", "resolved"] * (len(names) // 2) + ["firing"] * (len(names) % 2)
+
+
+@given(st.integers(0, 300), st.floats(0, 150))
+def test_the_poisson_tails_match_a_direct_sum(k: int, lam: float) -> None:
+    pmf = [math.exp(-lam + i * math.log(lam) - math.lgamma(i + 1)) if lam > 0 else float(i == 0)
+           for i in range(k + 1)]  # fmt: skip
+    cdf = sum(pmf)
+    assert math.isclose(alerts.poisson_cdf(k, lam), min(1.0, cdf), rel_tol=1e-7, abs_tol=1e-12)
+    assert math.isclose(
+        alerts.poisson_sf(k, lam), max(0.0, 1 - cdf + pmf[k]), rel_tol=1e-7, abs_tol=1e-9
+    )
+
+
+def _engine(counts: dict[int, list[tuple[int, int]]], uptime_s: float, now: int) -> Any:
+    live = LiveCounters()
+    live.add([(link, sec, n, n) for link, series in counts.items() for sec, n in series])
+    runtime = SimpleNamespace(config=Config(), live=live, started_at=now - uptime_s)
+    return alerts.AlertEngine(runtime)
+
+
+def _read(engine: Any, body: dict[str, Any], now: int) -> alerts.Reading:
+    rule = alerts.validate_rule({"name": "r", **body})
+    rule["id"] = 1
+    facts = {"members": {}, "tracked": set(), "events": False, "destinations": {}, "checks": {}}
+    result: alerts.Reading = asyncio.run(engine.read(rule, facts, now))
+    return result
+
+
+def test_a_threshold_fires_above_it_and_clears_only_past_the_hysteresis_band() -> None:
+    now = 1_000_000
+    engine = _engine({i: [(now - 5, n)] for i, n in enumerate([11, 10, 9, 2], 1)}, 3600, now)
+    above = {"kind": "clicks_above", "window_s": 60, "threshold": 10, "hysteresis": 0.1}
+    got = [_read(engine, {**above, "scope": {"link_id": i}}, now) for i in (1, 2, 3)]
+    assert [(r.value, r.fire, r.clear) for r in got] == [
+        (11, True, False),
+        (10, False, False),
+        (9, False, True),
+    ]
+    below = {"kind": "clicks_below", "window_s": 60, "threshold": 5, "hysteresis": 0.2}
+    assert _read(engine, {**below, "scope": {"link_id": 4}}, now).fire
+    assert not _read(engine, {**below, "scope": {"link_id": 1}}, now).fire
+    young = _engine({}, 30, now)  # the counters are younger than the window: no verdict
+    assert _read(young, {**below, "scope": {"link_id": 4}}, now).note is not None
+
+
+def test_an_anomaly_needs_a_surprising_count_and_a_minimum_so_quiet_links_do_not_page() -> None:
+    now = 2_000_000
+    steady = [(s, 1) for s in range(now - 660, now - 60)]  # 1 a second for 10 minutes
+    quiet = [(s, 1) for s in range(now - 660, now - 60, 20)]  # 3 a minute
+    history = {
+        1: steady + [(now - 30, 60)],  # as usual: 60 in the last minute
+        2: steady + [(now - 30, 130)],  # a spike
+        3: steady + [(now - 30, 10)],  # a drop
+        4: quiet + [(now - 30, 12)],  # 4x its rate, but 12 < min_count
+        5: quiet + [(now - 30, 25)],  # a real spike on a quiet link
+    }
+    engine = _engine(history, 3600, now)
+    rule = {"kind": "anomaly", "window_s": 60, "baseline_s": 600, "min_count": 20}
+    fired = {i: _read(engine, {**rule, "scope": {"link_id": i}}, now).fire for i in history}
+    assert fired == {1: False, 2: True, 3: True, 4: False, 5: True}
