@@ -62,6 +62,9 @@ MAX_WINDOW_S: Final = OVERALL_SECONDS_KEPT  # the live counters hold an hour per
 MAX_NAME_CHARS: Final = 200
 MAX_ALERTS: Final = 10_000
 SLICE: Final = 500  # links summed between two yields to the loop
+# the evaluation gives the loop back after this much CPU on the loop's thread (thread
+# time: a thread preempted by the OS or waiting for the GIL is not holding the loop)
+YIELD_AFTER_S: Final = 0.002
 # Defaults per option; for_s and cooldown_s also depend on the kind (KIND_DEFAULTS).
 OPTION_DEFAULTS: Final[dict[str, Any]] = {
     "for_s": 60,
@@ -387,21 +390,37 @@ def _gamma_p(a: float, x: float) -> float:
     return max(0.0, 1.0 - lead * h)
 
 
+EXACT_UP_TO: Final = 5000  # past this many clicks the tails use Wilson-Hilferty
+
+
+def _upper_chi2(x2: float, nu: float) -> float:
+    """P(chi-square with nu degrees > x2), Wilson-Hilferty: (chi2/nu)^(1/3) is close to
+    normal with mean 1 - 2/(9 nu) and variance 2/(9 nu) (relative error ~1e-3 in the tails
+    an alert uses, once nu is in the thousands)."""
+    var = 2 / (9 * nu)
+    z = ((x2 / nu) ** (1 / 3) - (1 - var)) / math.sqrt(var)
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
 def poisson_cdf(k: int, lam: float) -> float:
-    """P(X <= k) for X ~ Poisson(lam) = Q(k + 1, lam)."""
+    """P(X <= k) for X ~ Poisson(lam) = Q(k + 1, lam) = P(chi2 with 2(k + 1) > 2 lam)."""
     if k < 0:
         return 0.0
     if lam <= 0:
         return 1.0
+    if min(k, lam) > EXACT_UP_TO:
+        return _upper_chi2(2 * lam, 2 * (k + 1))
     return 1.0 - _gamma_p(k + 1, lam)
 
 
 def poisson_sf(k: int, lam: float) -> float:
-    """P(X >= k) for X ~ Poisson(lam) = P(k, lam)."""
+    """P(X >= k) for X ~ Poisson(lam) = P(k, lam) = 1 - P(X <= k - 1)."""
     if k <= 0:
         return 1.0
     if lam <= 0:
         return 0.0
+    if min(k, lam) > EXACT_UP_TO:
+        return 1.0 - _upper_chi2(2 * lam, 2 * k)
     return _gamma_p(k, lam)
 
 
@@ -556,6 +575,8 @@ class AlertEngine:
         self.evaluations = 0
         self.last_eval_s = 0.0  # how long the last evaluation took (wall time)
         self.started = False
+        self._held_since = 0.0
+        self.longest_hold_s = 0.0  # the longest stretch an evaluation held the loop
         self._lock = asyncio.Lock()  # one evaluation at a time (the loop's, an API write's)
 
     async def start(self) -> None:
@@ -588,14 +609,22 @@ class AlertEngine:
     def uptime(self, now: float) -> float:
         return now - float(self.runtime.started_at)
 
+    async def _maybe_yield(self) -> None:
+        """Give the loop back (the pipeline's flush timer, the admin API) once the
+        evaluation has held it YIELD_AFTER_S."""
+        held = time.thread_time() - self._held_since
+        if held >= YIELD_AFTER_S:
+            self.longest_hold_s = max(self.longest_hold_s, held)
+            await asyncio.sleep(0)
+            self._held_since = time.thread_time()
+
     async def _count(self, link_ids: list[int], start_s: int, end_s: int, humans: bool) -> int:
         live = self.runtime.live
         total = 0
         for i in range(0, len(link_ids), SLICE):
             for link_id in link_ids[i : i + SLICE]:
                 total += live.window_between(link_id, start_s, end_s)[1 if humans else 0]
-            if i + SLICE < len(link_ids):
-                await asyncio.sleep(0)
+            await self._maybe_yield()
         return total
 
     async def evaluate(self, now: float, only: int | None = None) -> None:
@@ -609,8 +638,10 @@ class AlertEngine:
                 if r["enabled"] and (only is None or r["id"] == only)
             ]
             facts = await self.db.run(scope_facts, rules, int(now * 1000))
+            self._held_since = time.thread_time()
             for rule in rules:
                 await self._evaluate_rule(rule, facts, now)
+                await self._maybe_yield()
             if only is None:
                 seen = {r["id"] for r in rules}
                 for gone in set(self.states) - seen:
@@ -641,8 +672,10 @@ class AlertEngine:
         }
         if new.state != old.state:
             await self.runtime.writer.run(save_state, rule["id"], new)
+            self._held_since = time.thread_time()  # the loop was free meanwhile
         if event is not None:
             await self._act(rule, event, new, reading, facts)
+            self._held_since = time.thread_time()
 
     async def read(self, rule: dict[str, Any], facts: dict[str, Any], now: float) -> Reading:
         kind = rule["kind"]
@@ -715,6 +748,7 @@ class AlertEngine:
         if not facts["events"] or not all(i in facts["tracked"] for i in ids) or not ids:
             return Reading(None, False, False, "", NOT_TRACKED + _why_not_tracked(facts, ids))
         conversions = await self.db.run(conversions_in, ids, (end - w + 1) * 1000)
+        self._held_since = time.thread_time()
         if x < opts["min_clicks"]:
             return Reading(
                 None,
