@@ -292,3 +292,9 @@ def validate(config: Config) -> None:
         raise ValueError("ports must be between 0 and 65535")
     if config.max_connections < 1:
         raise ValueError("max_connections must be at least 1")
+    if config.alert_eval_interval_s <= 0 or config.destination_check_timeout_s <= 0:
+        raise ValueError("alert_eval_interval_s and destination_check_timeout_s must be positive")
+    if config.destination_check_interval_s < 0 or config.alert_retry_base_s < 0:
+        raise ValueError("destination_check_interval_s and alert_retry_base_s cannot be negative")
+    if config.alert_delivery_attempts < 1:
+        raise ValueError("alert_delivery_attempts must be at least 1")

@@ -505,9 +505,7 @@ def test_the_poisson_tails_match_a_direct_sum(k: int, lam: float) -> None:
 
 
 @given(st.integers(5001, 3_000_000), st.floats(-6, 6))
-def test_the_tails_of_large_counts_are_close_to_the_exact_ones(
-    lam: int, z: float
-) -> None:
+def test_the_tails_of_large_counts_are_close_to_the_exact_ones(lam: int, z: float) -> None:
     k = max(5001, round(lam + z * math.sqrt(lam)))
     for approx, exact in (
         (alerts.poisson_cdf(k, lam), 1.0 - alerts._gamma_p(k + 1, lam)),
