@@ -44,8 +44,9 @@ from admin import checks, notify
 from admin.http import Call, Response, json_response
 from edge import catalog
 from edge.db import Database, Transaction, current_rev, now_ms
-from edge.errors import InvalidField, NotFound
+from edge.errors import InvalidField, LinkedgeError, NotFound
 from edge.live import OVERALL_SECONDS_KEPT
+from edge.urls import normalize_destination
 
 log = logging.getLogger("linkedge.alerts")
 
@@ -197,7 +198,9 @@ def validate_rule(body: dict[str, Any], old: dict[str, Any] | None = None) -> di
     if options.get("fallback_url") is not None:
         if "link_id" not in scope:
             raise InvalidField("fallback_url needs a link scope", "fallback_url")
-        options["fallback_url"] = notify._url(options["fallback_url"], "fallback_url")
+        options["fallback_url"] = normalize_destination(
+            notify._url(options["fallback_url"], "fallback_url"), "fallback_url"
+        )
     enabled = merged.get("enabled", True)
     if not isinstance(enabled, bool):
         raise InvalidField("enabled must be true or false", "enabled")
@@ -777,9 +780,16 @@ class AlertEngine:
         fallback = rule["options"].get("fallback_url")
         failover = None
         if rule["kind"] == "destination" and fallback and "link_id" in rule["scope"]:
-            failover = await self.runtime.writer.run(
-                apply_failover, rule["id"], rule["scope"]["link_id"], fallback, event == "firing"
-            )
+            try:
+                failover = await self.runtime.writer.run(
+                    apply_failover,
+                    rule["id"],
+                    rule["scope"]["link_id"],
+                    fallback,
+                    event == "firing",
+                )
+            except LinkedgeError as exc:  # e.g. the link was archived meanwhile: still notify
+                log.warning("alert %d: no failover: %s", rule["id"], exc.message)
             if failover is not None:
                 rev = await self.runtime.writer.run(current_rev)
                 await self.runtime.edges.serve_rev(rev)

@@ -204,7 +204,8 @@ def record_attempt(
 
 
 def pending_deliveries(conn: sqlite3.Connection) -> list[tuple[int, int, str, str]]:
-    """(delivery id, alert id, payload, target index key) of deliveries left pending."""
+    """(delivery id, attempts so far, payload, target as JSON) of the deliveries left
+    pending (those whose target was removed from the rule meanwhile are marked failed)."""
     rows = conn.execute(
         "SELECT d.id, d.alert_id, d.payload, d.channel, d.target, d.attempts, a.notify "
         "FROM alert_deliveries d JOIN alerts a ON a.id = d.alert_id "
@@ -217,6 +218,8 @@ def pending_deliveries(conn: sqlite3.Connection) -> list[tuple[int, int, str, st
                 key = orjson.dumps(target).decode()
                 out.append((row["id"], row["attempts"], row["payload"], key))
                 break
+        else:  # the rule no longer has this target: nowhere to send it
+            record_attempt(conn, row["id"], "failed", None, "the target was removed from the rule")
     return out
 
 

@@ -565,3 +565,43 @@ def test_an_anomaly_needs_a_surprising_count_and_a_minimum_so_quiet_links_do_not
     rule = {"kind": "anomaly", "window_s": 60, "baseline_s": 600, "min_count": 20}
     fired = {i: _read(engine, {**rule, "scope": {"link_id": i}}, now).fire for i in history}
     assert fired == {1: False, 2: True, 3: True, 4: False, 5: True}
+
+
+def test_deliveries_left_pending_by_a_stop_are_sent_at_the_next_start(tmp_path: Path) -> None:
+    from admin import notify
+    from edge import catalog
+    from edge.db import Database
+
+    receiver = Receiver()
+    path = str(tmp_path / "resume.db")
+    conn = catalog.open_db(path)
+    catalog.create_link(conn, {"url": "https://example.com/"}, slug="r")
+    target = {"webhook": receiver.url("/hook-resume"), "secret": SECRET}
+    rule = alerts.validate_rule(
+        {"name": "r", "scope": {"link_id": 1}, "kind": "zero", "window_s": 60, "notify": [target]}
+    )
+    alert = alerts.create_alert(conn, rule)
+    payload = {"event": "firing", "alert": {"id": alert["id"]}, "summary": "s"}
+    (kept,) = notify.add_deliveries(conn, alert["id"], "firing", payload, [target])
+    (dropped,) = notify.add_deliveries(
+        conn, alert["id"], "firing", payload, [{"slack": "https://s.example/x"}]
+    )
+
+    async def start_again() -> None:
+        writer = await Database(path).open()
+        runtime = SimpleNamespace(config=Config(allow_private_fetch=True), writer=writer)
+        notifier = notify.Notifier(runtime)
+        await notifier.resume()
+        await asyncio.gather(*notifier.tasks)
+        await writer.close()
+
+    try:
+        asyncio.run(start_again())
+    finally:
+        receiver.server.shutdown()
+        receiver.server.server_close()
+    ((path_, headers, body),) = receiver.got
+    assert path_ == "/hook-resume" and verify(headers, body) and json.loads(body) == payload
+    log = {d["id"]: d for d in notify.deliveries(conn, alert["id"], 10)}
+    assert log[kept]["status"] == "delivered" and log[kept]["attempts"] == 1
+    assert log[dropped]["status"] == "failed" and "removed" in log[dropped]["error"]
