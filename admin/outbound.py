@@ -115,7 +115,11 @@ async def _exchange(
     for address in addresses[:3]:
         try:
             reader, writer = await asyncio.open_connection(
-                address, port, ssl=tls, server_hostname=host if tls else None
+                address,
+                port,
+                ssl=tls,
+                server_hostname=host if tls else None,
+                limit=MAX_HEAD_BYTES,
             )
         except ssl.SSLError as exc:
             raise FetchError("tls", f"TLS with {host} failed: {exc.reason or exc}") from None
