@@ -164,3 +164,26 @@ def test_a_failing_destination_backs_off_and_keeps_its_last_good_time(tmp_path: 
     assert row["failures"] == 0 and row["failing_since"] is None and row["last_good_at"] == 900_000
     assert checks.due(conn, [url, "https://new.example/"], 900_500, 10) == ["https://new.example/"]
     assert checks.due(conn, [url], 901_000, 10) == [url]
+
+
+def test_an_oversized_answer_head_is_refused() -> None:
+    import socket
+
+    big = socket.socket()
+    big.bind(("127.0.0.1", 0))
+    big.listen()
+    port = big.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = big.accept()
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 70_000 + b"\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(FetchError) as huge:
+            asyncio.run(fetch(f"http://127.0.0.1:{port}/", allow_private=True, timeout_s=5))
+        assert huge.value.kind == "protocol" and "limit" in huge.value.message
+    finally:
+        big.close()
