@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import orjson
 
-from admin import auth, imports, metrics, qr, stats, timerange, velocity
+from admin import alerts, auth, imports, metrics, qr, stats, timerange, velocity
 from admin.http import (
     BulkFailed,
     Call,
@@ -240,6 +240,7 @@ class AdminServer:
         r.add("GET", "/api/tokens", self.list_tokens)
         r.add("POST", "/api/tokens", self.create_token)
         r.add("DELETE", "/api/tokens/{id}", self.revoke_token)
+        alerts.add_routes(r, self)  # /api/alerts, /api/checks (admin/alerts.py)
 
     # --- links ---------------------------------------------------------------------------
 
@@ -628,6 +629,7 @@ class AdminServer:
             },
             "links": links,
             "pipeline": self._pipeline(),
+            "alerts": {"firing": self.runtime.alerts.firing() if self.runtime.alerts else []},
         }
         self._live = (now_s, top, live.total, now, snapshot)
         return snapshot

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from admin import admin_cli, timerange
+from admin import admin_cli, alertcli, timerange
 from admin.admin_cli import (
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -1151,6 +1151,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("info", "lookup"):
         _config_option(gsub.choices[name])
     admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats, backup
+    alertcli.add_commands(sub, _cmd, _db_option)  # alert
     _add_bots_commands(sub)
     _add_import_export_commands(sub)
     p = _cmd(

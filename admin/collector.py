@@ -55,6 +55,7 @@ class Collector:
         self.admin: Any = None
         self.workers_expected = config.workers
         self.loop_lag = LoopLag()
+        self.alerts: Any = None  # admin/alerts.py AlertEngine
 
     async def start(self) -> None:
         await self.writer.open()
@@ -80,6 +81,10 @@ class Collector:
 
             self.admin = AdminServer(self)
             await self.admin.start()
+        from admin.alerts import AlertEngine
+
+        self.alerts = AlertEngine(self)
+        await self.alerts.start()
 
     async def _load_catalog(self) -> tuple[int, dict[int, int], dict[int, int]]:
         """What the collector keeps of the catalog: the click limits (for the leases) and
@@ -95,6 +100,8 @@ class Collector:
         grace = self.config.shutdown_timeout_s + WORKERS_GONE_GRACE_S
         if not await self.edges.wait_gone(grace):
             log.error("stopping with %d worker(s) still connected", len(self.edges.sessions))
+        if self.alerts is not None:
+            await self.alerts.stop()
         if self.admin is not None:
             await self.admin.stop()
         left = 0

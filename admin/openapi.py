@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from admin import alerts
 from admin.http import Router
 from edge import catalog
 
@@ -140,6 +141,8 @@ OPERATIONS: Final[dict[str, tuple[str, int, Any, str]]] = {
     ),
     "revoke_token": ("Revoke a token", 200, None, _JSON_BODY),
 }
+
+OPERATIONS.update(alerts.OPENAPI_OPERATIONS)
 
 # Statuses any /api request may get before or beside its own logic (admin/http.py).
 _COMMON_ERRORS: Final = (400, 401, 404, 405, 408, 409, 413, 414, 415, 422, 431, 503)

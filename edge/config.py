@@ -122,6 +122,37 @@ class Config:
         False, "Store the client IP truncated to /24 (IPv4) or /48 (IPv6) with each click."
     )
     log_level: str = _setting("info", "Logging level: debug, info, warning, error.")
+    # alerts (docs/alerts.md): admin/alerts.py, admin/checks.py, admin/notify.py
+    alert_eval_interval_s: float = _setting(
+        10.0, "How often the collector evaluates the alert rules (docs/alerts.md)."
+    )
+    destination_check_interval_s: float = _setting(
+        300.0,
+        "How often every active destination URL is checked (HEAD, then GET); 0 turns the "
+        "checks off. A failing one is checked again with backoff up to 16 times this.",
+    )
+    destination_check_timeout_s: float = _setting(
+        10.0, "A destination check (connect, TLS, answer) gives up after this many seconds."
+    )
+    alert_delivery_attempts: int = _setting(
+        5, "Attempts to deliver one alert notification (webhook, Slack, email) before it fails."
+    )
+    alert_retry_base_s: float = _setting(
+        2.0, "Delay before the second delivery attempt; each later one waits twice as long."
+    )
+    allow_private_fetch: bool = _setting(
+        False,
+        "Let destination checks and alert webhooks reach private, loopback and link-local "
+        "addresses (an internal receiver; tests). Off: such a target is refused and logged.",
+    )
+    smtp_host: str | None = _setting(
+        None, "SMTP server for alert emails (host name); without one, email targets fail."
+    )
+    smtp_port: int = _setting(587, "Port of the SMTP server.")
+    smtp_starttls: bool = _setting(True, "Upgrade the SMTP connection with STARTTLS.")
+    smtp_user: str | None = _setting(None, "SMTP login user (none: no login).")
+    smtp_password: str | None = _setting(None, "SMTP login password.")
+    smtp_from: str = _setting("linkedge@localhost", "The From address of alert emails.")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -269,3 +300,9 @@ def validate(config: Config) -> None:
         raise ValueError("scanner_window_s must be from 0 to 3600 seconds")
     if config.max_connections < 1:
         raise ValueError("max_connections must be at least 1")
+    if config.alert_eval_interval_s <= 0 or config.destination_check_timeout_s <= 0:
+        raise ValueError("alert_eval_interval_s and destination_check_timeout_s must be positive")
+    if config.destination_check_interval_s < 0 or config.alert_retry_base_s < 0:
+        raise ValueError("destination_check_interval_s and alert_retry_base_s cannot be negative")
+    if config.alert_delivery_attempts < 1:
+        raise ValueError("alert_delivery_attempts must be at least 1")

@@ -575,6 +575,64 @@ def _m0010_add_click_bot_reason(conn: sqlite3.Connection) -> None:
     _run(conn, _M0010_SQL)
 
 
+# --- 0013 ---------------------------------------------------------------------------------
+# Alerts (admin/alerts.py), their delivery log (admin/notify.py) and destination checks
+# (admin/checks.py). (11 and 12 are reserved for work elsewhere.)
+_M0013_SQL: Final = (
+    """CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        link_id INTEGER,
+        campaign TEXT,
+        kind TEXT NOT NULL,
+        window_s INTEGER NOT NULL,
+        threshold REAL,
+        options TEXT NOT NULL DEFAULT '{}',
+        notify TEXT NOT NULL DEFAULT '[]',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        state TEXT NOT NULL DEFAULT 'ok',
+        state_since INTEGER NOT NULL,
+        value REAL,
+        fired_at INTEGER,
+        resolved_at INTEGER,
+        failover_from TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    )""",
+    """CREATE TABLE alert_deliveries (
+        id INTEGER PRIMARY KEY,
+        alert_id INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        response INTEGER,
+        error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    )""",
+    "CREATE INDEX alert_deliveries_alert ON alert_deliveries (alert_id, id)",
+    """CREATE TABLE destination_checks (
+        url TEXT PRIMARY KEY,
+        checked_at INTEGER,
+        ok INTEGER,
+        status INTEGER,
+        error_kind TEXT,
+        error TEXT,
+        last_good_at INTEGER,
+        failing_since INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0,
+        next_check_at INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID""",
+)
+
+
+def _m0013_create_alerts(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0013_SQL)
+
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 MIGRATIONS: Final[list[Migration]] = [
     (1, "0001_create_links", _m0001_create_links),
@@ -586,6 +644,7 @@ MIGRATIONS: Final[list[Migration]] = [
     (7, "0007_create_ingest_progress", _m0007_create_ingest_progress),
     (8, "0008_rules_limits_click_ids", _m0008_rules_limits_click_ids),
     (10, "0010_add_click_bot_reason", _m0010_add_click_bot_reason),
+    (13, "0013_create_alerts", _m0013_create_alerts),
 ]
 LATEST: Final = MIGRATIONS[-1][0]
 

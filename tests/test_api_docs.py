@@ -52,6 +52,8 @@ VOLATILE_FIELDS = frozenset(
         "secret",
         "prefix",
         "path",
+        "state_since",
+        "evaluated_at",
     }
 )
 CURL_WRAPPER = "curl() { command curl --max-time 10 \"$@\" -w '\\n@@STATUS %{http_code}@@\\n'; }\n"
