@@ -570,6 +570,31 @@ def _m0010_add_click_bot_reason(conn: sqlite3.Connection) -> None:
     _run(conn, _M0010_SQL)
 
 
+# --- 0011 ---------------------------------------------------------------------------------
+_M0011_SQL: Final = (
+    # Every change to a link or domain (edge/changelog.py): when, which field, from, to,
+    # through what (api/cli) and which token. Rare writes, read per link or campaign.
+    """CREATE TABLE change_history (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        link_id INTEGER,
+        domain_id INTEGER,
+        field TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        token_id INTEGER,
+        via TEXT NOT NULL
+    )""",
+    "CREATE INDEX change_history_link ON change_history (link_id, ts) WHERE link_id IS NOT NULL",
+    "CREATE INDEX change_history_domain ON change_history (domain_id, ts) "
+    "WHERE domain_id IS NOT NULL",
+)
+
+
+def _m0011_create_change_history(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0011_SQL)
+
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 MIGRATIONS: Final[list[Migration]] = [
     (1, "0001_create_links", _m0001_create_links),
@@ -581,6 +606,7 @@ MIGRATIONS: Final[list[Migration]] = [
     (7, "0007_create_ingest_progress", _m0007_create_ingest_progress),
     (8, "0008_rules_limits_click_ids", _m0008_rules_limits_click_ids),
     (10, "0010_add_click_bot_reason", _m0010_add_click_bot_reason),
+    (11, "0011_create_change_history", _m0011_create_change_history),
 ]
 LATEST: Final = MIGRATIONS[-1][0]
 
