@@ -210,7 +210,7 @@ def hour_of_week_baseline(
     start = current - BASELINE_WEEKS * HOURS_PER_WEEK
     if first is not None:
         start = max(start, first)
-    history_h = max(0, current - start)
+    history_h = 0 if first is None else max(0, current - start)
     hours = _hours_of(conn, subject, start, current) if first is not None else {}
     weekly = _weekly(hours, start, current)
     out: dict[str, Any] = {
@@ -254,7 +254,7 @@ def link_baseline(conn: sqlite3.Connection, link: dict[str, Any], now_ms: int) -
     elapsed = None if first is None else min(CURVE_MINUTES, now_minute - first + 1)
     out: dict[str, Any] = {
         "link_id": link_id,
-        "first_click_minute": None if first is None else timerange.iso_ms(first * 60000),
+        "first_click_at": None if first is None else timerange.iso_ms(first * 60000),
         "first_hour": {},
     }
     for dim in ("campaign", "utm_source"):

@@ -49,6 +49,9 @@ VOLATILE_FIELDS = frozenset(
         "secret",
         "prefix",
         "path",
+        "ts_ms",
+        "generated_at",
+        "started_at",
     }
 )
 CURL_WRAPPER = "curl() { command curl --max-time 10 \"$@\" -w '\\n@@STATUS %{http_code}@@\\n'; }\n"

@@ -245,6 +245,8 @@ def test_baseline_routes(api: Api) -> None:
     assert status == 200 and got["first_hour"]["needs_links"] == baselines.MIN_PEERS
     status, got = api.get("/api/sources/nl/baseline")
     assert status == 200 and got["group"] == {"dim": "utm_source", "key": "nl"}
+    assert got["hour_of_week"]["history_hours"] == 0  # no click yet: no history at all
+    assert got["hour_of_week"]["text"] == "no baseline yet: 0.0 days of history, 14 needed"
     status, body = api.get("/api/campaigns/nothing-here/baseline")
     assert status == 404
     assert_error(body, "not_found", "name")
