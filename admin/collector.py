@@ -21,9 +21,10 @@ import sys
 import time
 from typing import Any, Final
 
+from edge import catalog
 from edge.clicks import ClickRecorder
 from edge.config import Config
-from edge.db import Database
+from edge.db import Database, current_rev
 from edge.ingest import Ingest
 from edge.live import LiveCounters
 from edge.looplag import LoopLag
@@ -46,6 +47,8 @@ class Collector:
         self.live = LiveCounters()
         self.geo = GeoDatabase(config.geoip_path, config.geoip_asn_path)
         self.writer = Database(config.db_path, timeout_ms=int(config.db_busy_timeout_s * 1000))
+        # the click limits' reads: never queued behind a write of clicks
+        self.limits_db = Database(config.db_path, timeout_ms=int(config.db_busy_timeout_s * 1000))
         self.clicks: ClickRecorder | None = None
         self.edges = Ingest(None, ingest_path)
         self.admin: Any = None
@@ -68,6 +71,11 @@ class Collector:
             self.edges = Ingest(self.clicks, self.edges.path)
         else:
             log.warning("click recording is OFF (record_clicks=false)")
+        await self.limits_db.open()
+        await self.edges.watch_limits(
+            lambda: self.limits_db.run(catalog.click_limits),
+            lambda: self.limits_db.run(current_rev),
+        )
         await self.edges.start()
         if self.config.admin_enabled:
             from admin.api import AdminServer
@@ -86,6 +94,7 @@ class Collector:
         if self.clicks is not None:
             left = await self.clicks.close(timeout_s=max(self.config.shutdown_timeout_s, 5.0))
         await self.edges.stop()
+        await self.limits_db.close()
         await self.writer.close()
         self.geo.close()
         return left
