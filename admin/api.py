@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import orjson
 
-from admin import auth, imports, insights, metrics, qr, stats, timerange, velocity
+from admin import auth, baselines, imports, insights, metrics, qr, stats, timerange, velocity
 from admin.http import (
     BulkFailed,
     Call,
@@ -484,6 +484,7 @@ class AdminServer:
                 **result,
                 "velocity": self._velocity([link["id"]], window),
                 "checkpoints": await self._checkpoints(link),
+                "baseline": await self.db.run(baselines.summary, link, now_ms()),
             },
         )
 

@@ -33,6 +33,10 @@ from admin import timerange
 
 MIN_PEERS: Final = 3  # earlier links with a complete first hour before a curve is shown
 MAX_PEERS: Final = 50  # the most recent earlier links make the curve
+# The newest links of a group looked at for peers (one primary-key probe each): a campaign
+# of 100,000 links costs the same as one of 1,000.
+MAX_PROBED_LINKS: Final = 1000
+CHECKPOINTS_MIN: Final = (15, 30, 60)  # the launch checkpoints (admin/stats.py)
 CURVE_MINUTES: Final = 60
 MIN_HISTORY_DAYS: Final = 14  # two samples of every hour of the week
 BASELINE_WEEKS: Final = 8
@@ -104,7 +108,10 @@ def cumulative_curve(conn: sqlite3.Connection, link_id: int, first: int) -> list
 def _group_links(conn: sqlite3.Connection, dim: str, key: str) -> list[int]:
     if dim not in ("campaign", "utm_source"):
         raise ValueError(dim)
-    return [r[0] for r in conn.execute(f"SELECT id FROM links WHERE {dim} = ?", (key,))]
+    rows = conn.execute(
+        f"SELECT id FROM links WHERE {dim} = ? ORDER BY id DESC LIMIT ?", (key, MAX_PROBED_LINKS)
+    )  # the index of migration 0012
+    return [r[0] for r in rows]
 
 
 def first_hour(
@@ -152,6 +159,10 @@ def first_hour(
             "p75": quantile([c[m] for c in curves], 0.75),
         }
         for m in range(CURVE_MINUTES)
+    ]
+    out["checkpoints"] = [
+        {"minutes": m, **{k: out["curve"][m - 1][k] for k in ("median", "p25", "p75")}}
+        for m in CHECKPOINTS_MIN
     ]
     return out
 
@@ -278,6 +289,12 @@ def link_baseline(conn: sqlite3.Connection, link: dict[str, Any], now_ms: int) -
             base["at_minute"] = elapsed
             base["versus"] = versus(own[elapsed - 1], point["median"])
             base["text"] = f"{base['versus']['text']} at minute {elapsed} ({base['text']})"
+            for mark in base["checkpoints"]:
+                reached = elapsed >= mark["minutes"]
+                mark["complete"] = reached
+                mark["actual"] = own[min(elapsed, mark["minutes"]) - 1]
+                if reached:
+                    mark["versus"] = versus(mark["actual"], mark["median"])
         elif base["enough"]:
             base["text"] = f"no clicks yet to compare ({base['text']})"
         out["first_hour"][dim] = base
@@ -293,3 +310,22 @@ def group_baseline(conn: sqlite3.Connection, dim: str, key: str, now_ms: int) ->
         "first_hour": first_hour(conn, dim, key, now_ms),
         "hour_of_week": hour_of_week_baseline(conn, {"dim": dim, "key": key}, now_ms),
     }
+
+
+def summary(conn: sqlite3.Connection, link: dict[str, Any], now_ms: int) -> dict[str, Any]:
+    """The link's baselines in a few words, for its stats (API and CLI)."""
+    full = link_baseline(conn, link, now_ms)
+    out: dict[str, Any] = {}
+    for dim, base in full["first_hour"].items():
+        out[f"first_hour_{dim}"] = {
+            "enough": base["enough"],
+            "percent": (base.get("versus") or {}).get("percent"),
+            "text": base["text"],
+        }
+    how = full["hour_of_week"]
+    out["hour_of_week"] = {
+        "enough": how["enough"],
+        "percent": (how.get("last_hour") or {}).get("percent"),
+        "text": how["text"],
+    }
+    return out

@@ -597,6 +597,19 @@ def _m0011_create_change_history(conn: sqlite3.Connection) -> None:
     _run(conn, _M0011_SQL)
 
 
+# --- 0012 ---------------------------------------------------------------------------------
+_M0012_SQL: Final = (
+    # Baselines and reports (admin/baselines.py, admin/report.py) find a campaign's or a
+    # UTM source's links without reading every link row; links change rarely.
+    "CREATE INDEX links_campaign ON links (campaign, id) WHERE campaign IS NOT NULL",
+    "CREATE INDEX links_utm_source ON links (utm_source, id) WHERE utm_source IS NOT NULL",
+)
+
+
+def _m0012_index_links_by_campaign_and_source(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0012_SQL)
+
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 MIGRATIONS: Final[list[Migration]] = [
     (1, "0001_create_links", _m0001_create_links),
@@ -609,6 +622,7 @@ MIGRATIONS: Final[list[Migration]] = [
     (8, "0008_rules_limits_click_ids", _m0008_rules_limits_click_ids),
     (10, "0010_add_click_bot_reason", _m0010_add_click_bot_reason),
     (11, "0011_create_change_history", _m0011_create_change_history),
+    (12, "0012_index_links_by_campaign_and_source", _m0012_index_links_by_campaign_and_source),
 ]
 LATEST: Final = MIGRATIONS[-1][0]
 

@@ -21,6 +21,7 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.test_api import TOKEN, Api, edge_get, start_server
+from tests.test_insights import insert_clicks
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -111,6 +112,15 @@ def test_watch_a_link_live_and_change_it_from_the_page(
         {"url": "https://example.com/before", "slug": "live", "campaign": "launch-day"},
     )
     assert status == 201
+    # three earlier links of the campaign with a first hour a day ago: a baseline to show
+    day_ago = int(time.time() * 1000) - 86_400_000
+    for i in range(3):
+        status, peer = api.post(
+            "/api/links",
+            {"url": "https://example.com/p", "slug": f"p{i}", "campaign": "launch-day"},
+        )
+        assert status == 201
+        insert_clicks(server.db, peer["id"], [(day_ago + m * 60_000, 2, 2) for m in range(60)])
     base = f"http://127.0.0.1:{server.admin_port}"
     driver = browser
 
@@ -119,10 +129,9 @@ def test_watch_a_link_live_and_change_it_from_the_page(
     wait_for("the login form", lambda: driver.find_element(By.ID, "token"))
     driver.find_element(By.ID, "token").send_keys(TOKEN)
     driver.find_element(By.CSS_SELECTOR, "#login button[type=submit]").click()
-    row = f"#links-body tr[data-link='{link['id']}']"
-    wait_for("the overview's row of the link", lambda: driver.find_element(By.CSS_SELECTOR, row))
+    newest = f"#recent-body tr[data-link='{link['id']}']"
+    wait_for("the overview's row of the link", lambda: driver.find_element(By.CSS_SELECTOR, newest))
     wait_for("the live stream", lambda: text_of(driver, "#live-state").startswith("live"))
-    shoot(driver, tmp_path, "dashboard-overview")
 
     # the link view; then clicks, seen without a reload
     driver.get(f"{base}/dashboard/#/link/{link['id']}")
@@ -155,6 +164,12 @@ def test_watch_a_link_live_and_change_it_from_the_page(
         assert text_of(driver, css) == str(stats["totals"][key]), css
     assert stats["totals"] == {**stats["totals"], "clicks": 5, "humans": 4, "bots": 1}
     assert text_of(driver, "#link-velocity") == stats["velocity"]["label"]
+    # its first hour against the earlier links' curve (a band and a median)
+    wait_for(
+        "the first-hour chart", lambda: driver.find_element(By.ID, "first-hour").is_displayed()
+    )
+    assert driver.find_elements(By.CSS_SELECTOR, "#first-hour svg polygon.band")
+    assert "from 3 earlier links of campaign 'launch-day'" in text_of(driver, "#baseline")
 
     # change the destination from the page, by keyboard: Tab reaches the field
     driver.find_element(By.TAG_NAME, "body").click()
@@ -182,19 +197,29 @@ def test_watch_a_link_live_and_change_it_from_the_page(
     )
     assert text_of(driver, "#current-url") == "https://example.com/after"
     wait_for("6 clicks on the page", lambda: text_of(driver, "#link-clicks-60m") == "6")
+    driver.set_window_size(1280, 2200)  # the whole page in the screenshot
     shoot(driver, tmp_path, "dashboard-link")
+    driver.set_window_size(1280, 1000)
 
     # the overview's numbers are the API's too
+    row = f"#links-body tr[data-link='{link['id']}']"
     driver.get(base + "/dashboard/#/")
     wait_for("the overview row", lambda: text_of(driver, row + " td.clicks") == "6")
     status, stats = api.get(f"/api/links/{link['id']}/stats?from=-60m&interval=minute")
     assert text_of(driver, row + " td.humans") == str(stats["totals"]["humans"])
     assert text_of(driver, row + " td.bots") == str(stats["totals"]["bots"])
+    status, groups = api.get("/api/stats?group_by=campaign&from=-60m")
+    (group,) = [g for g in groups["groups"] if g["key"] == "launch-day"]
+    campaign_row = "#campaigns-body tr[data-campaign='launch-day']"
+    for cell in ("clicks", "humans", "bots"):
+        assert text_of(driver, f"{campaign_row} td.{cell}") == str(group[cell]), cell
+    shoot(driver, tmp_path, "dashboard-overview")
 
     # a phone's width: nothing wider than the screen (tables scroll in their box)
     driver.set_window_size(390, 844)
     driver.get(f"{base}/dashboard/#/campaign/launch-day")
     wait_for("the campaign view", lambda: text_of(driver, "#campaign-clicks") == "6")
+    assert "15 min: median 30" in text_of(driver, "#campaign-baseline")  # 2 humans a minute
     width = driver.execute_script("return document.documentElement.scrollWidth")
     inner = driver.execute_script("return window.innerWidth")
     assert width <= inner, f"the page is {width}px wide on a {inner}px screen"

@@ -180,6 +180,9 @@ def test_first_hour_baseline_is_the_median_and_quartiles_of_earlier_links(tmp_pa
         assert point["minute"] == m + 1
         assert point["median"] == pytest.approx(statistics.median(column))
         assert (point["p25"], point["p75"]) == (pytest.approx(q[0]), pytest.approx(q[2]))
+    assert [(c["minutes"], c["median"]) for c in base["checkpoints"]] == [
+        (m, pytest.approx(statistics.median(c[m - 1] for c in curves))) for m in (15, 30, 60)
+    ]
     # a new link 10 minutes into its first hour, against that curve
     new = catalog.create_link(conn, {"url": "https://e.com/", "campaign": "c"}, slug="new")
     first = now - 9 * MIN_MS
@@ -191,7 +194,11 @@ def test_first_hour_baseline_is_the_median_and_quartiles_of_earlier_links(tmp_pa
     pct = round((40 - median) / median * 100, 1)
     assert vs["versus"]["percent"] == pct
     assert vs["text"].startswith(f"{'above' if pct > 0 else 'below'} baseline by {abs(pct):g}%")
+    assert [(c["complete"], c["actual"]) for c in vs["checkpoints"]] == [(False, 40)] * 3
     assert got["first_hour"]["utm_source"]["enough"] is False  # the link has no source
+    assert got["own_curve"] == [4 * (m + 1) for m in range(10)]
+    short = baselines.summary(conn, catalog.get_link(conn, new["id"]), now)
+    assert short["first_hour_campaign"] == {"enough": True, "percent": pct, "text": vs["text"]}
     # too few earlier links: no baseline, and how many are needed
     few = baselines.first_hour(
         conn, "campaign", "c", now, before_minute=(day_ago + HOUR_MS) // MIN_MS + 1
@@ -231,7 +238,7 @@ def test_hour_of_week_baseline_needs_two_weeks_and_compares_the_last_hour(tmp_pa
     assert baselines.hour_of_week(monday) == 0 and baselines.hour_of_week(monday + 25) == 25
 
 
-def test_baseline_routes(api: Api) -> None:
+def test_baseline_routes(api: Api, server: ServerProcess) -> None:
     status, link = api.post(
         "/api/links",
         {"url": "https://example.com/", "slug": "based", "campaign": "bc", "utm_source": "nl"},
@@ -241,6 +248,11 @@ def test_baseline_routes(api: Api) -> None:
     assert status == 200
     assert got["first_hour"]["campaign"]["text"].startswith("no baseline yet")
     assert got["hour_of_week"]["text"].startswith("no baseline yet")
+    status, stats = api.get(f"/api/links/{link['id']}/stats?from=-1h")
+    assert status == 200
+    assert stats["baseline"]["first_hour_campaign"]["text"] == got["first_hour"]["campaign"]["text"]
+    out = cli("stats", "based", db=server.db).stdout
+    assert "baseline: first hour vs campaign: no baseline yet: 0 earlier link(s)" in out
     status, got = api.get("/api/campaigns/bc/baseline")
     assert status == 200 and got["first_hour"]["needs_links"] == baselines.MIN_PEERS
     status, got = api.get("/api/sources/nl/baseline")

@@ -154,11 +154,17 @@ function createForm(onCreated) {
   return form;
 }
 
+function headRow(cols) {
+  // a column whose name starts with "#" holds numbers (right-aligned)
+  return h("thead", {}, h("tr", {}, cols.map((t) => h("th", { scope: "col", class: t.startsWith("#") ? "n" : null, text: t.replace(/^#/, "") }))));
+}
+
 async function overviewPage(signal) {
   const totals = h("div", { id: "totals", class: "tiles" });
   const alerts = h("section", { id: "alerts", class: "card", hidden: true });
   const links = h("tbody", { id: "links-body" });
   const campaigns = h("tbody", { id: "campaigns-body" });
+  const recent = h("tbody", { id: "recent-body" });
   main.replaceChildren(
     h("h1", { text: "Overview" }),
     totals,
@@ -166,28 +172,26 @@ async function overviewPage(signal) {
     h(
       "section",
       { class: "card" },
-      h("h2", { text: "Links (last 60 minutes)" }),
-      h(
-        "div",
-        { class: "scroll" },
-        h(
-          "table",
-          { id: "links" },
-          h("thead", {}, h("tr", {}, ["Link", "Clicks / min, 60 min", "60 min", "Humans", "Bots", "Velocity", "Conversions"].map((t) => h("th", { scope: "col", text: t })))),
-          links,
-        ),
-      ),
+      h("h2", { text: "Links with clicks in the last 60 minutes" }),
+      h("div", { class: "scroll" }, h("table", { id: "links" }, headRow(["Link", "Clicks / min", "#Clicks", "#Humans", "#Bots", "Velocity", "#Conversions"]), links)),
     ),
     h(
       "section",
       { class: "card" },
-      h("h2", { text: "Campaigns (last 60 minutes)" }),
-      h("div", { class: "scroll" }, h("table", { id: "campaigns" }, h("thead", {}, h("tr", {}, ["Campaign", "Clicks / min", "Clicks", "Humans", "Bots", "Velocity"].map((t) => h("th", { scope: "col", text: t })))), campaigns)),
+      h("h2", { text: "Campaigns with clicks in the last 60 minutes" }),
+      h("div", { class: "scroll" }, h("table", { id: "campaigns" }, headRow(["Campaign", "Clicks / min", "#Links", "#Clicks", "#Humans", "#Bots", "Velocity", "#Conversions"]), campaigns)),
+    ),
+    h(
+      "section",
+      { class: "card" },
+      h("h2", { text: "Newest links" }),
+      h("div", { class: "scroll" }, h("table", { id: "recent" }, headRow(["Link", "Destination", "Campaign", "State"]), recent)),
     ),
     createForm(() => refresh()),
   );
   alertsPanel(alerts);
 
+  const none = (n) => h("tr", {}, h("td", { colspan: String(n), class: "muted", text: "No clicks in the last 60 minutes." }));
   let busy = false;
   let again = false;
   async function refresh() {
@@ -197,47 +201,53 @@ async function overviewPage(signal) {
     }
     busy = true;
     try {
-      const list = await api.get("/api/links?limit=50");
-      const rows = await Promise.all(
-        list.links.map(async (link) => ({
-          link,
-          stats: await api.get(`/api/links/${link.id}/stats?from=-60m&interval=minute&top=1`),
-        })),
-      );
+      const [perLink, perCampaign, newest] = await Promise.all([
+        api.get("/api/stats?group_by=link&from=-60m&interval=minute&limit=100"),
+        api.get("/api/stats?group_by=campaign&from=-60m&interval=minute&limit=100"),
+        api.get("/api/links?limit=10"),
+      ]);
       if (signal.aborted) return;
-      rows.sort((a, b) => b.stats.totals.clicks - a.stats.totals.clicks || b.link.id - a.link.id);
-      links.replaceChildren(
-        ...rows.map(({ link, stats }) =>
-          h(
-            "tr",
-            { "data-link": link.id },
-            h("td", {}, h("a", { href: `#/link/${link.id}`, text: `${link.domain}/${link.slug}` }), link.disabled ? h("span", { class: "tag", text: "paused" }) : null),
-            h("td", {}, sparkline(stats.series.map((p) => p.clicks), { label: `clicks per minute of ${link.slug}` })),
-            h("td", { class: "n clicks", text: num(stats.totals.clicks) }),
-            h("td", { class: "n humans", text: num(stats.totals.humans) }),
-            h("td", { class: "n bots", text: num(stats.totals.bots) }),
-            h("td", { class: `velocity ${stats.velocity.label}`, text: stats.velocity.label }),
-            h("td", { class: "n", text: num(stats.totals.conversions) }),
-          ),
+      const rows = perLink.groups.map((g) =>
+        h(
+          "tr",
+          { "data-link": g.key },
+          h("td", {}, h("a", { href: `#/link/${g.key}`, text: g.domain ? `${g.domain}/${g.slug}` : `link ${g.key}` })),
+          h("td", {}, sparkline(g.series.map((p) => p.clicks), { label: `clicks per minute of ${g.slug || g.key}` })),
+          h("td", { class: "n clicks", text: num(g.clicks) }),
+          h("td", { class: "n humans", text: num(g.humans) }),
+          h("td", { class: "n bots", text: num(g.bots) }),
+          h("td", { class: `velocity ${g.velocity.label}`, text: g.velocity.label }),
+          h("td", { class: "n", text: num(g.conversions) }),
         ),
       );
-      const groups = await api.get("/api/stats?group_by=campaign&from=-60m&interval=minute");
-      if (signal.aborted) return;
-      campaigns.replaceChildren(
-        ...groups.groups
-          .filter((g) => g.key !== "")
-          .map((g) =>
-            h(
-              "tr",
-              {},
-              h("td", {}, h("a", { href: `#/campaign/${enc(g.key)}`, text: g.key })),
-              h("td", {}, sparkline(g.series.map((p) => p.clicks), { label: `clicks per minute of ${g.key}` })),
-              h("td", { class: "n", text: num(g.clicks) }),
-              h("td", { class: "n", text: num(g.humans) }),
-              h("td", { class: "n", text: num(g.bots) }),
-              h("td", { class: `velocity ${g.velocity.label}`, text: g.velocity.label }),
-            ),
+      links.replaceChildren(...(rows.length ? rows : [none(7)]));
+      const groups = perCampaign.groups.filter((g) => g.key !== "");
+      const crows = groups.map((g) =>
+        h(
+          "tr",
+          { "data-campaign": g.key },
+          h("td", {}, h("a", { href: `#/campaign/${enc(g.key)}`, text: g.key })),
+          h("td", {}, sparkline(g.series.map((p) => p.clicks), { label: `clicks per minute of ${g.key}` })),
+          h("td", { class: "n", text: num(g.links) }),
+          h("td", { class: "n clicks", text: num(g.clicks) }),
+          h("td", { class: "n humans", text: num(g.humans) }),
+          h("td", { class: "n bots", text: num(g.bots) }),
+          h("td", { class: `velocity ${g.velocity.label}`, text: g.velocity.label }),
+          h("td", { class: "n", text: num(g.conversions) }),
+        ),
+      );
+      campaigns.replaceChildren(...(crows.length ? crows : [none(8)]));
+      recent.replaceChildren(
+        ...newest.links.map((l) =>
+          h(
+            "tr",
+            { "data-link": l.id },
+            h("td", {}, h("a", { href: `#/link/${l.id}`, text: `${l.domain}/${l.slug}` })),
+            h("td", { class: "url", text: l.url }),
+            h("td", {}, l.campaign ? h("a", { href: `#/campaign/${enc(l.campaign)}`, text: l.campaign }) : "–"),
+            h("td", { text: l.disabled ? "paused" : "active" }),
           ),
+        ),
       );
     } catch (err) {
       if (!signal.aborted) fail(err);
@@ -297,6 +307,8 @@ async function linkPage(id, signal) {
   const chart24 = h("div", { id: "chart-24h", class: "chart-box" });
   const numbers = h("div", { id: "link-numbers", class: "tiles" });
   const base = h("p", { id: "baseline", class: "baseline" });
+  const firstHour = h("section", { id: "first-hour", class: "card", hidden: true });
+  const conversions = h("section", { id: "conversions", class: "card", hidden: true });
   const breakdowns = h("div", { class: "breakdowns" });
   const variants = h("section", { id: "variants", class: "card" });
   const historyList = h("ol", { id: "history", class: "history" });
@@ -368,8 +380,10 @@ async function linkPage(id, signal) {
     alerts,
     h("section", { class: "card" }, h("h2", { text: "Clicks per minute, last 60 minutes" }), chart60),
     h("section", { class: "card" }, h("h2", { text: "Clicks per hour, last 24 hours" }), chart24),
+    firstHour,
     h("section", { class: "card" }, h("h2", { text: "Breakdowns (60 minutes)" }), breakdowns),
     variants,
+    conversions,
     h("section", { class: "card" }, h("h2", { text: "Change history" }), historyList),
   );
   alertsPanel(alerts);
@@ -412,12 +426,57 @@ async function linkPage(id, signal) {
       const b = await api.get(`/api/links/${id}/baseline`);
       const fh = b.first_hour || {};
       base.textContent = `First hour vs campaign: ${(fh.campaign || {}).text || "–"}. vs source: ${(fh.utm_source || {}).text || "–"}. Last hour vs hour of week: ${b.hour_of_week.text}.`;
+      renderFirstHour(b);
+      renderConversions(s24);
     } catch (err) {
       if (!signal.aborted) fail(err);
     } finally {
       busy = false;
     }
   }
+  function renderFirstHour(b) {
+    const fh = b.first_hour || {};
+    const peer = [fh.campaign, fh.utm_source].find((x) => x && x.enough && x.curve && x.curve.length);
+    if (!peer || !b.own_curve.length) {
+      firstHour.hidden = true;
+      return;
+    }
+    const start = +new Date(b.first_click_at);
+    const at = (i) => start + i * 60000;
+    // the baseline spans the whole hour; this link's line stops where it is now
+    const series = peer.curve.map((p, i) => ({ t: at(i), v: i < b.own_curve.length ? b.own_curve[i] : null }));
+    firstHour.hidden = false;
+    firstHour.replaceChildren(
+      h("h2", { text: "First hour: human clicks so far against earlier links" }),
+      h("p", { text: peer.text }),
+      h("div", { class: "chart-box" }, lineChart(series, {
+        band: peer.curve.map((p) => ({ lo: p.p25, hi: p.p75 })),
+        median: peer.curve.map((p) => p.median),
+        label: "first hour against the baseline",
+      })),
+      h("p", { class: "baseline", text: "Band: the middle half (p25–p75) of earlier links; dashed: their median." }),
+    );
+  }
+
+  function renderConversions(s) {
+    const conv = s.conversions;
+    if (!conv || typeof conv !== "object") {
+      conversions.hidden = true;
+      return;
+    }
+    conversions.hidden = false;
+    const lag = conv.lag_histogram || conv.lag || [];
+    const rows = Array.isArray(lag) ? lag : [];
+    conversions.replaceChildren(
+      h("h2", { text: "Conversions" }),
+      h("p", { text: `Conversions: ${num(conv.total ?? conv.count)}, rate ${num(conv.rate)}, revenue ${num(conv.revenue ?? conv.value)}` }),
+      rows.length
+        ? h("div", {}, h("h3", { text: "Lag from click to conversion" }), sparkline(rows.map((r) => r.count ?? r.conversions ?? 0), { width: 240, height: 40, label: "lag histogram" }),
+            h("ul", { class: "lag" }, rows.map((r) => h("li", { text: `${r.label ?? r.le ?? r.bucket ?? ""}: ${r.count ?? r.conversions ?? 0}` }))))
+        : null,
+    );
+  }
+
   renderHead(link);
   await reload();
   let seen = null;
@@ -458,17 +517,47 @@ async function campaignPage(name, signal) {
       };
       const t = sel.top || {};
       const fh = base.first_hour;
+      // the 15/30/60-minute checkpoints of the links, each against the campaign's curve
+      const marks = await Promise.all(
+        rows.slice(0, 20).map((g) => api.get(`/api/links/${g.key}/baseline`).catch(() => null)),
+      );
+      const tops = await Promise.all(
+        rows.slice(0, 20).map((g) => api.get(`/api/links/${g.key}/stats?from=-60m&top=1`).catch(() => null)),
+      );
+      const topOf = (i, dim) => {
+        const first = tops[i] && tops[i].top[dim] && tops[i].top[dim][0];
+        return first ? `${first.value ?? "unknown"} (${first.clicks})` : "–";
+      };
+      if (signal.aborted) return;
+      const mark = (i, m) => {
+        const b = marks[i];
+        const c = b && b.first_hour.campaign;
+        const point = c && c.checkpoints ? c.checkpoints.find((x) => x.minutes === m) : null;
+        if (!b || !b.own_curve.length) return "–";
+        if (!point) return `${b.own_curve[Math.min(m, b.own_curve.length) - 1]} (no baseline yet)`;
+        const pct = point.versus ? ` (${point.versus.percent > 0 ? "+" : ""}${point.versus.percent}%)` : " (so far)";
+        return `${point.actual}${point.versus && point.versus.percent === null ? "" : pct}`;
+      };
+      const launch = h("button", { type: "button", id: "campaign-launch", text: "Launch campaign", hidden: true });
+      api.hasRoute("POST", "/api/campaigns/{name}/launch").then((ok) => {
+        launch.hidden = !ok;
+      }, () => {});
+      launch.addEventListener("click", async () => {
+        if (await change("Campaign launched", "POST", `/api/campaigns/${enc(name)}/launch`, {})) reload();
+      });
+      const points = fh.enough ? fh.checkpoints.map((c) => `${c.minutes} min: median ${c.median} (p25 ${c.p25}, p75 ${c.p75})`).join("; ") : "";
       wrap.replaceChildren(
         h("div", { class: "tiles" }, tile("Clicks, 60 min", sel.totals.clicks, "campaign-clicks"), tile("Humans, 60 min", sel.totals.humans, "campaign-humans"), tile("Velocity", sel.velocity.label, "campaign-velocity"), tile("Conversions", sel.totals.conversions, "campaign-conversions")),
-        h("p", { class: "baseline", id: "campaign-baseline", text: `First-hour baseline: ${fh.text}. Hour of week: ${base.hour_of_week.text}.` }),
+        h("p", { class: "baseline", id: "campaign-baseline", text: `First-hour baseline: ${fh.text}${points ? ` (${points})` : ""}. Hour of week: ${base.hour_of_week.text}.` }),
+        h("div", { class: "actions" }, launch),
         h("section", { class: "card" }, h("h2", { text: "Clicks per minute" }), h("div", { class: "chart-box" }, lineChart(sel.series.map((p) => ({ t: p.t, v: p.clicks })), { label: "campaign clicks per minute" }))),
         h("section", { class: "card" }, h("h2", { text: "Channel mix" }), h("div", { class: "breakdowns" }, breakdown("Sources", t.sources), breakdown("Referrer hosts", t.referrer_hosts), breakdown("Countries", t.countries), breakdown("Devices", t.device_types))),
         h(
           "section",
           { class: "card" },
           h("h2", { text: "Links" }),
-          h("div", { class: "scroll" }, h("table", { id: "campaign-links" }, h("thead", {}, h("tr", {}, h("th", { text: "Link" }), sorter("clicks", "Clicks"), sorter("humans", "Humans"), sorter("rate", "Rate / min"), sorter("conversions", "Conversions"), h("th", { text: "Velocity" }))),
-            h("tbody", {}, rows.map((g) => h("tr", {}, h("td", {}, h("a", { href: `#/link/${g.key}`, text: g.short_url || String(g.key) })), h("td", { class: "n", text: num(g.clicks) }), h("td", { class: "n", text: num(g.humans) }), h("td", { class: "n", text: num(g.velocity && g.velocity.rate_per_min) }), h("td", { class: "n", text: num(g.conversions) }), h("td", { text: g.velocity ? g.velocity.label : "–" })))))),
+          h("div", { class: "scroll" }, h("table", { id: "campaign-links" }, h("thead", {}, h("tr", {}, h("th", { text: "Link" }), sorter("clicks", "Clicks"), sorter("humans", "Humans"), sorter("rate", "Rate / min"), h("th", { text: "Top country" }), h("th", { text: "Top device" }), sorter("conversions", "Conversions"), h("th", { text: "Conv. rate" }), h("th", { text: "Revenue" }), h("th", { text: "Velocity" }), ...[15, 30, 60].map((m) => h("th", { text: `${m} min vs baseline` })))),
+            h("tbody", {}, rows.map((g, i) => h("tr", {}, h("td", {}, h("a", { href: `#/link/${g.key}`, text: g.short_url || String(g.key) })), h("td", { class: "n", text: num(g.clicks) }), h("td", { class: "n", text: num(g.humans) }), h("td", { class: "n", text: num(g.velocity && g.velocity.rate_per_min) }), h("td", { text: topOf(i, "countries") }), h("td", { text: topOf(i, "device_types") }), h("td", { class: "n", text: num(g.conversions) }), h("td", { class: "n", text: num(g.conversion_rate) }), h("td", { class: "n", text: num(g.revenue) }), h("td", { text: g.velocity ? g.velocity.label : "–" }), ...[15, 30, 60].map((m) => h("td", { class: "n", text: i < marks.length ? mark(i, m) : "–" }))))))),
         ),
       );
     } catch (err) {

@@ -30,7 +30,7 @@ export function sparkline(values, { width = 120, height = 28, label = "" } = {})
   return svg;
 }
 
-// series: [{t: Date|ms, v: number}], oldest first.
+// series: [{t: Date|ms, v: number|null}], oldest first (null: no value yet, not drawn).
 // opts.band: [{lo, hi}] aligned with series; opts.median: [number] aligned with series;
 // opts.markers: [{t, label}] drawn as vertical lines with a <title>.
 export function lineChart(series, opts = {}) {
@@ -41,12 +41,12 @@ export function lineChart(series, opts = {}) {
     viewBox: `0 0 ${width} ${height}`,
     class: "chart",
     role: "img",
-    preserveAspectRatio: "none",
   });
   const title = el("title");
   title.textContent = opts.label || "";
   svg.append(title);
-  const values = series.map((p) => p.v);
+  const values = series.map((p) => p.v).filter((v) => v !== null && v !== undefined);
+  const drawn = series.filter((p) => p.v !== null && p.v !== undefined); // null: not yet
   const extra = [];
   if (opts.band) for (const b of opts.band) if (b) extra.push(b.hi);
   if (opts.median) for (const m of opts.median) if (m != null) extra.push(m);
@@ -72,9 +72,11 @@ export function lineChart(series, opts = {}) {
     const pts = series.map((p, i) => `${x(p.t)},${y(opts.median[i])}`).join(" ");
     svg.append(el("polyline", { points: pts, class: "median", fill: "none" }));
   }
-  if (series.length) {
-    const pts = series.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ");
+  if (drawn.length) {
+    const pts = drawn.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ");
     svg.append(el("polyline", { points: pts, class: "line", fill: "none" }));
+    const last = drawn[drawn.length - 1]; // where the line is now
+    svg.append(el("circle", { cx: x(last.t), cy: y(last.v), r: 3, class: "dot" }));
   }
   for (const m of opts.markers || []) {
     const t = +new Date(m.t);
@@ -89,7 +91,8 @@ export function lineChart(series, opts = {}) {
   if (series.length) {
     for (const [p, anchor] of [[series[0], "start"], [series[series.length - 1], "end"]]) {
       const lab = el("text", { x: x(p.t), y: height - 4, class: "axis", "text-anchor": anchor });
-      lab.textContent = new Date(p.t).toISOString().slice(11, 16) + "Z";
+      const iso = new Date(p.t).toISOString(); // a day or more: the date too
+      lab.textContent = (t1 - t0 >= 6 * 3600000 ? iso.slice(5, 10) + " " : "") + iso.slice(11, 16) + "Z";
       svg.append(lab);
     }
   }
