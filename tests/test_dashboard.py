@@ -133,6 +133,25 @@ def test_watch_a_link_live_and_change_it_from_the_page(
     wait_for("the overview's row of the link", lambda: driver.find_element(By.CSS_SELECTOR, newest))
     wait_for("the live stream", lambda: text_of(driver, "#live-state").startswith("live"))
 
+    # create a link from the page, with UTM fields: its short URL and a copy button
+    for name, value in (
+        ("url", "https://example.com/new"),
+        ("slug", "fresh"),
+        ("utm_source", "newsletter"),
+    ):
+        driver.find_element(By.ID, f"new-{name}").send_keys(value)
+    driver.find_element(By.CSS_SELECTOR, "#create button[type=submit]").click()
+    wait_for(
+        "the new short URL", lambda: text_of(driver, "#created-url") == "https://localhost/fresh"
+    )
+    assert driver.find_element(By.CSS_SELECTOR, "#created button.copy").is_enabled()
+    status, fresh = api.get("/api/links/localhost/fresh")
+    assert status == 200 and fresh["utm_source"] == "newsletter"
+    assert edge_get(server.edge_port, "/fresh", ua="curl/8.5.0") == (
+        302,
+        "https://example.com/new?utm_source=newsletter",
+    )
+
     # the link view; then clicks, seen without a reload
     driver.get(f"{base}/dashboard/#/link/{link['id']}")
     wait_for("the link's numbers", lambda: text_of(driver, "#link-clicks-60m") == "0")
@@ -197,6 +216,16 @@ def test_watch_a_link_live_and_change_it_from_the_page(
     )
     assert text_of(driver, "#current-url") == "https://example.com/after"
     wait_for("6 clicks on the page", lambda: text_of(driver, "#link-clicks-60m") == "6")
+    # pause and resume from the page: the edge answers 410, then redirects again
+    driver.find_element(By.ID, "pause").click()
+    wait_for("paused", lambda: "Paused: saved and served" in text_of(driver, "#notice"))
+    assert edge_get(server.edge_port, "/live", ua="curl/8.5.0")[0] == 410
+    wait_for("the resume button", lambda: text_of(driver, "#pause") == "Resume")
+    driver.find_element(By.ID, "pause").click()
+    wait_for("resumed", lambda: "Resumed: saved and served" in text_of(driver, "#notice"))
+    assert edge_get(server.edge_port, "/live", ua="curl/8.5.0")[0] == 302
+    # a paused link's 410 is not a click: 7 now
+    wait_for("7 clicks on the page", lambda: text_of(driver, "#link-clicks-60m") == "7")
     driver.set_window_size(1280, 2200)  # the whole page in the screenshot
     shoot(driver, tmp_path, "dashboard-link")
     driver.set_window_size(1280, 1000)
@@ -204,7 +233,7 @@ def test_watch_a_link_live_and_change_it_from_the_page(
     # the overview's numbers are the API's too
     row = f"#links-body tr[data-link='{link['id']}']"
     driver.get(base + "/dashboard/#/")
-    wait_for("the overview row", lambda: text_of(driver, row + " td.clicks") == "6")
+    wait_for("the overview row", lambda: text_of(driver, row + " td.clicks") == "7")
     status, stats = api.get(f"/api/links/{link['id']}/stats?from=-60m&interval=minute")
     assert text_of(driver, row + " td.humans") == str(stats["totals"]["humans"])
     assert text_of(driver, row + " td.bots") == str(stats["totals"]["bots"])
@@ -218,7 +247,7 @@ def test_watch_a_link_live_and_change_it_from_the_page(
     # a phone's width: nothing wider than the screen (tables scroll in their box)
     driver.set_window_size(390, 844)
     driver.get(f"{base}/dashboard/#/campaign/launch-day")
-    wait_for("the campaign view", lambda: text_of(driver, "#campaign-clicks") == "6")
+    wait_for("the campaign view", lambda: text_of(driver, "#campaign-clicks") == "7")
     assert "15 min: median 30" in text_of(driver, "#campaign-baseline")  # 2 humans a minute
     width = driver.execute_script("return document.documentElement.scrollWidth")
     inner = driver.execute_script("return window.innerWidth")

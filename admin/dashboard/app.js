@@ -390,12 +390,16 @@ async function linkPage(id, signal) {
 
   let current = link;
   let busy = false;
+  let again = false;
   async function reload(updated) {
     if (updated) {
       current = updated;
       renderHead(current);
     }
-    if (busy) return;
+    if (busy) {
+      again = true; // asked while reading: read once more after this one
+      return;
+    }
     busy = true;
     try {
       const [s60, s24, hist] = await Promise.all([
@@ -432,6 +436,10 @@ async function linkPage(id, signal) {
       if (!signal.aborted) fail(err);
     } finally {
       busy = false;
+      if (again && !signal.aborted) {
+        again = false;
+        reload();
+      }
     }
   }
   function renderFirstHour(b) {
@@ -480,11 +488,17 @@ async function linkPage(id, signal) {
   renderHead(link);
   await reload();
   let seen = null;
+  let followUp = null;
   return {
     onLive(snapshot) {
       const mine = snapshot.links.find((l) => l.id === link.id);
       const key = mine ? mine.windows["60m"].clicks + "/" + mine.windows["60s"].clicks : "0";
-      if (seen !== null && key !== seen) reload();
+      if (seen !== null && key !== seen) {
+        reload();
+        // baselines read the rollups, which follow the clicks by about a second: once more
+        clearTimeout(followUp);
+        followUp = setTimeout(() => signal.aborted || reload(), 2500);
+      }
       seen = key;
     },
   };
@@ -497,7 +511,14 @@ async function campaignPage(name, signal) {
   const wrap = h("div");
   main.replaceChildren(h("h1", {}, `Campaign ${name} `, h("a", { href: `#/report/${enc(name)}`, class: "small", text: "report" })), wrap);
   let sortKey = "clicks";
+  let busy = false;
+  let again = false;
   async function reload() {
+    if (busy) {
+      again = true;
+      return;
+    }
+    busy = true;
     try {
       const [sel, per, base] = await Promise.all([
         api.get(`/api/stats?${q}&from=-60m&interval=minute&top=5`),
@@ -562,6 +583,12 @@ async function campaignPage(name, signal) {
       );
     } catch (err) {
       if (!signal.aborted) fail(err);
+    } finally {
+      busy = false;
+      if (again && !signal.aborted) {
+        again = false;
+        reload();
+      }
     }
   }
   await reload();
