@@ -50,6 +50,7 @@ KINDS: Final = {
     "archived": "archive",
     "created": "created",
     "purged": "purged",
+    "removed": "removed",
 }
 
 

@@ -158,6 +158,7 @@ def add_domain(
             (name, int(default), root, fallback, int(case_insensitive_slugs), now_ms(), rev),
         )
         row = conn.execute("SELECT * FROM domains WHERE id = ?", (cur.lastrowid,)).fetchone()
+        changelog.record(conn, now_ms(), [("created", None, name)], domain_id=row["id"])
     return domain_dict(row)
 
 
@@ -253,6 +254,7 @@ def remove_domain(conn: sqlite3.Connection, host: str) -> None:
             )
         next_rev(conn)
         conn.execute("DELETE FROM domains WHERE id = ?", (row["id"],))
+        changelog.record(conn, now_ms(), [("removed", row["host"], None)], domain_id=row["id"])
 
 
 # --- links ---------------------------------------------------------------------------------

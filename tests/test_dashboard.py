@@ -230,6 +230,27 @@ def test_watch_a_link_live_and_change_it_from_the_page(
     shoot(driver, tmp_path, "dashboard-link")
     driver.set_window_size(1280, 1000)
 
+    # variant weights from the page: the API has them, the history says "weights"
+    variants = [
+        {"url": "https://example.com/x", "name": "x"},
+        {"url": "https://example.com/y", "name": "y"},
+    ]
+    status, _ = api.patch(f"/api/links/{link['id']}", {"variants": variants})
+    assert status == 200
+    driver.refresh()
+    wait_for("the weights", lambda: driver.find_element(By.ID, "weight-1"))
+    weight = driver.find_element(By.ID, "weight-1")
+    weight.send_keys(Keys.CONTROL, "a")
+    weight.send_keys("3")
+    driver.find_element(By.CSS_SELECTOR, "#weights button[type=submit]").click()
+    wait_for(
+        "the weights saved",
+        lambda: "Weights changed: saved and served" in text_of(driver, "#notice"),
+    )
+    status, now = api.get(f"/api/links/{link['id']}")
+    assert [v["weight"] for v in now["variants"]] == [1, 3]
+    wait_for("the weights in the history", lambda: " weights: " in text_of(driver, "#history"))
+
     # the overview's numbers are the API's too
     row = f"#links-body tr[data-link='{link['id']}']"
     driver.get(base + "/dashboard/#/")

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from admin import baselines, report
 from edge import catalog, rollups
@@ -134,6 +136,19 @@ def test_every_change_is_in_the_history_with_who_from_and_to(
     assert status == 200
     assert dom["changes"][0]["field"] == "fallback_url"
     assert dom["changes"][0]["to"] == "https://example.com/404"
+    status, added = api.post("/api/domains", {"host": "brief.example.com"})
+    assert status == 201
+    assert api.delete("/api/domains/brief.example.com")[0] == 204
+    conn = sqlite3.connect(server.db)
+    rows = conn.execute(
+        "SELECT field, before, after, via FROM change_history WHERE domain_id = ? ORDER BY id",
+        (added["id"],),
+    ).fetchall()
+    conn.close()
+    assert rows == [
+        ("created", None, "brief.example.com", "api"),
+        ("removed", "brief.example.com", None, "api"),
+    ]
 
 
 def test_a_change_that_rolls_back_leaves_no_history(tmp_path: Path) -> None:
@@ -152,6 +167,33 @@ def test_a_change_that_rolls_back_leaves_no_history(tmp_path: Path) -> None:
 
 
 # --- baselines -------------------------------------------------------------------------------
+
+
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=40))
+def test_quantiles_are_numpys_linear_ones(values: list[int]) -> None:
+    ordered = sorted(values)
+    assert baselines.quantile(values, 0.0) == ordered[0]
+    assert baselines.quantile(values, 1.0) == ordered[-1]
+    assert baselines.quantile(values, 0.5) == pytest.approx(statistics.median(values))
+    if len(values) >= 2:
+        q = statistics.quantiles(values, n=4, method="inclusive")
+        assert baselines.quantile(values, 0.25) == pytest.approx(q[0])
+        assert baselines.quantile(values, 0.75) == pytest.approx(q[2])
+
+
+@given(st.integers(0, 10**6), st.integers(0, 10**6))
+def test_versus_says_above_or_below_only_against_a_typical_value(actual: int, median: int) -> None:
+    got = baselines.versus(actual, median)
+    if median == 0:
+        assert got["percent"] is None and got["text"].startswith("no baseline yet")
+        return
+    assert got["percent"] == round((actual - median) / median * 100, 1)
+    if got["percent"] > 0:
+        assert got["text"] == f"above baseline by {got['percent']:g}%"
+    elif got["percent"] < 0:
+        assert got["text"] == f"below baseline by {-got['percent']:g}%"
+    else:
+        assert got["text"] == "at baseline"
 
 
 def test_first_hour_baseline_is_the_median_and_quartiles_of_earlier_links(tmp_path: Path) -> None:
