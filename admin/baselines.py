@@ -110,7 +110,7 @@ def _group_links(conn: sqlite3.Connection, dim: str, key: str) -> list[int]:
         raise ValueError(dim)
     rows = conn.execute(
         f"SELECT id FROM links WHERE {dim} = ? ORDER BY id DESC LIMIT ?", (key, MAX_PROBED_LINKS)
-    )  # the index of migration 0012
+    )  # links_campaign (migration 0008), links_utm_source (0012)
     return [r[0] for r in rows]
 
 

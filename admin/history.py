@@ -34,10 +34,11 @@ _INT_FIELDS: Final = frozenset(
         "attribution_window_s",
         "expires_at",
         "launched_at",
+        "campaign_launched_at",
         "is_default",
     }
 )
-_TIME_FIELDS: Final = frozenset({"expires_at", "launched_at"})
+_TIME_FIELDS: Final = frozenset({"expires_at", "launched_at", "campaign_launched_at"})
 # What each field's change is called on a chart marker.
 KINDS: Final = {
     "url": "destination",
@@ -47,6 +48,7 @@ KINDS: Final = {
     "overflow_url": "limits",
     "disabled": "pause",
     "launched_at": "launch",
+    "campaign_launched_at": "launch",
     "archived": "archive",
     "created": "created",
     "purged": "purged",

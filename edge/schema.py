@@ -540,6 +540,9 @@ _M0008_SQL: Final = (
     "CREATE UNIQUE INDEX clicks_click_id ON clicks (click_id) WHERE click_id IS NOT NULL",
     # the collector reads the limited links (edge/catalog.py click_limits) at every change
     "CREATE INDEX links_limited ON links (id) WHERE max_clicks IS NOT NULL",
+    # ...and the recent launches (scanner labels), and a campaign's links
+    "CREATE INDEX links_launched ON links (launched_at) WHERE launched_at IS NOT NULL",
+    "CREATE INDEX links_campaign ON links (campaign) WHERE campaign IS NOT NULL",
     # the clicks each limited link has spent of its budget (counted when written)
     """CREATE TABLE link_spent (
         link_id INTEGER PRIMARY KEY,
@@ -599,14 +602,13 @@ def _m0011_create_change_history(conn: sqlite3.Connection) -> None:
 
 # --- 0012 ---------------------------------------------------------------------------------
 _M0012_SQL: Final = (
-    # Baselines and reports (admin/baselines.py, admin/report.py) find a campaign's or a
-    # UTM source's links without reading every link row; links change rarely.
-    "CREATE INDEX links_campaign ON links (campaign, id) WHERE campaign IS NOT NULL",
-    "CREATE INDEX links_utm_source ON links (utm_source, id) WHERE utm_source IS NOT NULL",
+    # Baselines (admin/baselines.py) find a UTM source's links without reading every link
+    # row, as links_campaign (0008) does a campaign's; links change rarely.
+    "CREATE INDEX links_utm_source ON links (utm_source) WHERE utm_source IS NOT NULL",
 )
 
 
-def _m0012_index_links_by_campaign_and_source(conn: sqlite3.Connection) -> None:
+def _m0012_index_links_by_source(conn: sqlite3.Connection) -> None:
     _run(conn, _M0012_SQL)
 
 
@@ -622,7 +624,7 @@ MIGRATIONS: Final[list[Migration]] = [
     (8, "0008_rules_limits_click_ids", _m0008_rules_limits_click_ids),
     (10, "0010_add_click_bot_reason", _m0010_add_click_bot_reason),
     (11, "0011_create_change_history", _m0011_create_change_history),
-    (12, "0012_index_links_by_campaign_and_source", _m0012_index_links_by_campaign_and_source),
+    (12, "0012_index_links_by_source", _m0012_index_links_by_source),
 ]
 LATEST: Final = MIGRATIONS[-1][0]
 

@@ -40,6 +40,9 @@ VOLATILE_FIELDS = frozenset(
         "revoked_at",
         "last_used_at",
         "first_click_at",
+        "first_human_click_at",
+        "started_at",
+        "launched_at",
         "at",
         "now",
         "from",
@@ -51,7 +54,6 @@ VOLATILE_FIELDS = frozenset(
         "path",
         "ts_ms",
         "generated_at",
-        "started_at",
     }
 )
 CURL_WRAPPER = "curl() { command curl --max-time 10 \"$@\" -w '\\n@@STATUS %{http_code}@@\\n'; }\n"

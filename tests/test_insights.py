@@ -122,6 +122,16 @@ def test_every_change_is_in_the_history_with_who_from_and_to(
     assert_error(body, "invalid_field", "cursor")
     status, body = api.get("/api/links/999999/history")
     assert status == 404
+    # the launch routes (a link's, its campaign's) are in the history as launches
+    status, _ = api.post(f"/api/links/{lid}/launch", {"at": "2031-01-01T00:00:00Z"})
+    assert status == 200, _
+    status, _ = api.post("/api/campaigns/memory/launch", {"at": "2031-01-02T00:00:00Z"})
+    assert status == 200, _
+    status, page = api.get(f"/api/links/{lid}/history?limit=2")
+    assert [(c["field"], c["kind"], c["to_iso"]) for c in page["changes"]] == [
+        ("campaign_launched_at", "launch", "2031-01-02T00:00:00Z"),
+        ("launched_at", "launch", "2031-01-01T00:00:00Z"),
+    ]
     # archive, restore, domain change
     api.delete(f"/api/links/{lid}")
     api.patch(f"/api/links/{lid}", {"archived": False})
