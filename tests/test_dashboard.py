@@ -230,6 +230,14 @@ def test_watch_a_link_live_and_change_it_from_the_page(
     shoot(driver, tmp_path, "dashboard-link")
     driver.set_window_size(1280, 1000)
 
+    # launch from the page (the launch route): on the link and in its history
+    wait_for("the launch button", lambda: driver.find_element(By.ID, "launch").is_displayed())
+    driver.find_element(By.ID, "launch").click()
+    wait_for("launched", lambda: "Launched: saved and served" in text_of(driver, "#notice"))
+    status, launched = api.get(f"/api/links/{link['id']}")
+    assert launched["launched_at"] is not None
+    wait_for("the launch in the history", lambda: " launch: " in text_of(driver, "#history"))
+
     # variant weights from the page: the API has them, the history says "weights"
     variants = [
         {"url": "https://example.com/x", "name": "x"},
