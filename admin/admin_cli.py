@@ -160,7 +160,7 @@ def open_db(args: argparse.Namespace, *, create: bool = False) -> sqlite3.Connec
                 f"({schema.LATEST}): upgrade linkedge first",
                 EXIT_RUNTIME,
             )
-        if version < schema.LATEST:  # reads of an up-to-date database take no write lock
+        if schema.pending(conn):  # reads of an up-to-date database take no write lock
             schema.migrate(conn, _announce_migration)
         catalog.ensure_default_domain(conn)
     except BaseException:
@@ -347,7 +347,8 @@ def cmd_utm_list(args: argparse.Namespace) -> int:
 
 def link_report(conn: sqlite3.Connection, args: argparse.Namespace) -> dict[str, Any]:
     """The same numbers as GET /api/links/{id}/stats, velocity from the minute rollup."""
-    from admin import stats, velocity  # loaded for stats only: every other command starts faster
+    # loaded for stats only: every other command starts faster
+    from admin import baselines, stats, velocity
 
     link = catalog.find_link(conn, args.slug, args.domain)
     now = time.time()
@@ -364,6 +365,7 @@ def link_report(conn: sqlite3.Connection, args: argparse.Namespace) -> dict[str,
         "checkpoints": stats.launch_checkpoints(
             conn, link["id"], *catalog.link_launch(conn, link), int(now * 1000)
         ),
+        "baseline": baselines.summary(conn, link, int(now * 1000)),
     }
 
 
@@ -396,6 +398,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         )
         since = "launched" if launch["started_by"] == "launch" else "first human click"
         print(f"launch: {since} {launch['started_at']}; {marks}")
+    base = report["baseline"]
+    print(
+        f"baseline: first hour vs campaign: {base['first_hour_campaign']['text']}; "
+        f"vs source: {base['first_hour_utm_source']['text']}; "
+        f"last hour vs hour of week: {base['hour_of_week']['text']}"
+    )
     series = report["series"]
     if any(p["clicks"] for p in series):
         print()

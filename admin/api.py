@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
+import hashlib
 import logging
 import os
 import sqlite3
@@ -29,7 +31,18 @@ from typing import Any, Final
 
 import orjson
 
-from admin import alerts, auth, imports, metrics, qr, stats, timerange, velocity
+from admin import (
+    alerts,
+    auth,
+    baselines,
+    imports,
+    insights,
+    metrics,
+    qr,
+    stats,
+    timerange,
+    velocity,
+)
 from admin.http import (
     BulkFailed,
     Call,
@@ -41,7 +54,7 @@ from admin.http import (
     json_response,
 )
 from admin.metrics import FLUSH_BUCKETS_S, Histogram
-from edge import catalog
+from edge import catalog, changelog
 from edge.catalog import bounded_int
 from edge.db import Database, Transaction, current_rev, now_ms
 from edge.errors import InvalidField, LinkedgeError, NotFound
@@ -56,6 +69,9 @@ MAX_BULK_LINKS: Final = 1000
 STREAM_INTERVAL_S: Final = 1.0
 LIVE_REUSE_S: Final = 0.1  # a /api/live snapshot is reused this long while clicks arrive
 STREAM_RETRY_MS: Final = 2000  # EventSource reconnection delay we suggest
+# The SHA-256 of the bearer token of the request being handled (set when it is authorized,
+# in the connection's task): the change history records which token made each change.
+_caller: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("caller", default=None)
 
 
 def _version() -> str:
@@ -174,7 +190,9 @@ class AdminServer:
     async def _authorize(self, req: Request, segments: list[str]) -> None:
         if segments[:1] == ["api"] or (segments == ["metrics"] and self.public):
             # (a token the CLI made a moment ago is looked up: admin/auth.py)
-            await self.tokens.authenticate(req.header(b"authorization"))
+            header = req.header(b"authorization")
+            await self.tokens.authenticate(header)
+            _caller.set(hashlib.sha256((header or b"").partition(b" ")[2].strip()).digest())
 
     def _tick(self) -> None:
         self._take_flush_durations()
@@ -241,6 +259,7 @@ class AdminServer:
         r.add("POST", "/api/tokens", self.create_token)
         r.add("DELETE", "/api/tokens/{id}", self.revoke_token)
         alerts.add_routes(r, self)  # /api/alerts, /api/checks (admin/alerts.py)
+        insights.add_routes(r, self)  # history, baselines, reports, the dashboard
 
     # --- links ---------------------------------------------------------------------------
 
@@ -260,7 +279,7 @@ class AdminServer:
         """Run a catalog write on the writer connection; answer once every edge worker
         serves it (they reload at once; a worker that does not within a second picks it
         up at its next poll)."""
-        result = await self.runtime.writer.run(fn, *args)
+        result = await self.runtime.writer.run(as_caller(fn), *args)
         self._final_checkpoints.clear()  # a launch may have moved
         await self._serve_latest()
         return result
@@ -312,7 +331,7 @@ class AdminServer:
                 prepared.append(None)
         # Items that passed the checks above go through the store in one transaction even
         # when others failed (then rolled back), so every item's error is reported at once.
-        created, db_errors = await self.runtime.writer.run(_create_bulk, prepared)
+        created, db_errors = await self.runtime.writer.run(as_caller(_create_bulk), prepared)
         errors = sorted(errors + db_errors, key=lambda e: int(e["index"]))
         if errors:
             statuses = {e["status"] for e in errors}
@@ -515,6 +534,7 @@ class AdminServer:
                 **result,
                 "velocity": self._velocity([link["id"]], window),
                 "checkpoints": await self._checkpoints(link),
+                "baseline": await self.db.run(baselines.summary, link, now_ms()),
             },
         )
 
@@ -867,6 +887,17 @@ def _decode_cursor(text: str | None) -> int | None:
 
 
 # --- writer-thread functions (catalog calls composed; they run on the writer) -------------
+
+
+def as_caller(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` run on the writer as the request's token (edge/changelog.py records it)."""
+    digest = _caller.get()
+
+    def run(conn: sqlite3.Connection, *args: Any) -> Any:
+        with changelog.acting_as(digest):
+            return fn(conn, *args)
+
+    return run
 
 
 def _resolve(conn: sqlite3.Connection, ref: LinkRef) -> int:

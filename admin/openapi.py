@@ -140,6 +140,16 @@ OPERATIONS: Final[dict[str, tuple[str, int, Any, str]]] = {
         _JSON_BODY,
     ),
     "revoke_token": ("Revoke a token", 200, None, _JSON_BODY),
+    # admin/insights.py: history, baselines, reports, the dashboard's files
+    "link_history": ("A link's change history", 200, None, _JSON_BODY),
+    "link_baseline": ("A link against its baselines", 200, None, _JSON_BODY),
+    "domain_history": ("A domain's change history", 200, None, _JSON_BODY),
+    "campaign_baseline": ("A campaign's baselines", 200, None, _JSON_BODY),
+    "source_baseline": ("A UTM source's baselines", 200, None, _JSON_BODY),
+    "campaign_report": ("A campaign's report (JSON, Markdown, CSV)", 200, None, "report"),
+    "root": ("To the dashboard", 302, None, "text/plain"),
+    "index": ("The dashboard", 200, None, "text/html"),
+    "asset": ("A file of the dashboard", 200, None, "dashboard"),
 }
 
 OPERATIONS.update(alerts.OPENAPI_OPERATIONS)
@@ -169,7 +179,8 @@ _PATH_PARAMETERS: Final = {
     "slug": {"type": "string", "minLength": 1, "examples": ["a"]},
     "host": {"type": "string", "minLength": 1, "examples": ["localhost"]},
     "field": {"type": "string", "enum": list(catalog.UTM_FIELDS)},
-    "name": {"type": "string", "minLength": 1, "examples": ["spring"]},  # a campaign
+    "name": {"type": "string", "minLength": 1, "examples": ["spring"]},  # a campaign, a source
+    "file": {"type": "string", "minLength": 1, "examples": ["app.js"]},
 }
 # Operations whose JSON body may be left out.
 _OPTIONAL_BODY: Final = frozenset({"launch_link", "launch_campaign"})
@@ -189,6 +200,7 @@ _QUERY_SCHEMAS: Final[dict[Any, dict[str, Any]]] = {
         "enum": ["bitly", "shlink", "yourls", "kutt", "csv"],
     },
     "error": {"type": "string", "enum": ["l", "m", "q", "h"]},
+    "format": {"type": "string", "enum": ["json", "md", "csv"]},
 }
 
 
@@ -197,6 +209,16 @@ def _content(kind: str) -> dict[str, Any]:
         return {"image/svg+xml": {"schema": {"type": "string"}}, "image/png": {"schema": {}}}
     if kind == _JSON_BODY:
         return {kind: {"schema": _OBJECT}}
+    if kind in ("report", "dashboard"):
+        types = (
+            ("text/markdown", "text/csv")
+            if kind == "report"
+            else ("text/html", "text/css", "text/javascript")
+        )
+        return {
+            _JSON_BODY: {"schema": _OBJECT},
+            **{t: {"schema": {"type": "string"}} for t in types},
+        }
     return {kind: {"schema": {"type": "string"}}}
 
 

@@ -633,6 +633,43 @@ def _m0013_create_alerts(conn: sqlite3.Connection) -> None:
     _run(conn, _M0013_SQL)
 
 
+# --- 0011 ---------------------------------------------------------------------------------
+_M0011_SQL: Final = (
+    # Every change to a link or domain (edge/changelog.py): when, which field, from, to,
+    # through what (api/cli) and which token. Rare writes, read per link or campaign.
+    """CREATE TABLE change_history (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        link_id INTEGER,
+        domain_id INTEGER,
+        field TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        token_id INTEGER,
+        via TEXT NOT NULL
+    )""",
+    "CREATE INDEX change_history_link ON change_history (link_id, ts) WHERE link_id IS NOT NULL",
+    "CREATE INDEX change_history_domain ON change_history (domain_id, ts) "
+    "WHERE domain_id IS NOT NULL",
+)
+
+
+def _m0011_create_change_history(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0011_SQL)
+
+
+# --- 0012 ---------------------------------------------------------------------------------
+_M0012_SQL: Final = (
+    # Baselines (admin/baselines.py) find a UTM source's links without reading every link
+    # row, as links_campaign (0008) does a campaign's; links change rarely.
+    "CREATE INDEX links_utm_source ON links (utm_source) WHERE utm_source IS NOT NULL",
+)
+
+
+def _m0012_index_links_by_source(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0012_SQL)
+
+
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
 MIGRATIONS: Final[list[Migration]] = [
     (1, "0001_create_links", _m0001_create_links),
@@ -644,9 +681,22 @@ MIGRATIONS: Final[list[Migration]] = [
     (7, "0007_create_ingest_progress", _m0007_create_ingest_progress),
     (8, "0008_rules_limits_click_ids", _m0008_rules_limits_click_ids),
     (10, "0010_add_click_bot_reason", _m0010_add_click_bot_reason),
+    (11, "0011_create_change_history", _m0011_create_change_history),
+    (12, "0012_index_links_by_source", _m0012_index_links_by_source),
     (13, "0013_create_alerts", _m0013_create_alerts),
 ]
-LATEST: Final = MIGRATIONS[-1][0]
+# Numbers need not be consecutive (a number may be reserved for work elsewhere): the latest
+# is the highest, and a database lacks a migration when its number is not recorded.
+LATEST: Final = max(number for number, _name, _fn in MIGRATIONS)
+
+
+def pending(conn: sqlite3.Connection) -> list[str]:
+    """The names of the migrations this database lacks (none read: a fresh database)."""
+    try:
+        done = {int(r[0]) for r in conn.execute("SELECT id FROM schema_migrations")}
+    except sqlite3.OperationalError:  # no schema_migrations table yet
+        done = set()
+    return [name for number, name, _fn in MIGRATIONS if number not in done]
 
 
 def migrate(conn: sqlite3.Connection, announce: Callable[[str], None] | None = None) -> list[str]:

@@ -54,6 +54,8 @@ VOLATILE_FIELDS = frozenset(
         "path",
         "state_since",
         "evaluated_at",
+        "ts_ms",
+        "generated_at",
     }
 )
 CURL_WRAPPER = "curl() { command curl --max-time 10 \"$@\" -w '\\n@@STATUS %{http_code}@@\\n'; }\n"
