@@ -25,7 +25,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from admin import admin_cli, timerange
+from admin import admin_cli, conversions, timerange
 from admin.admin_cli import (
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -993,6 +993,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats, backup
     _add_bots_commands(sub)
     _add_import_export_commands(sub)
+    conversions.add_commands(sub, _cmd, _db_option)  # event send
     p = _cmd(
         sub,
         "doctor",
