@@ -44,7 +44,10 @@ def wilson(conversions: int, visitors: int, z: float = _Z95) -> tuple[float, flo
     denominator = 1 + z2 / n
     centre = (p + z2 / (2 * n)) / denominator
     half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # exact at the ends (floating point leaves 1e-17 where 0 or 1 is meant)
+    lo = 0.0 if conversions == 0 else max(0.0, centre - half)
+    hi = 1.0 if conversions == visitors else min(1.0, centre + half)
+    return lo, hi
 
 
 def z_test(c1: int, n1: int, c2: int, n2: int) -> tuple[float, float]:

@@ -64,6 +64,34 @@ POSTBACK_QUERY: Final = (
     "occurred_at",
 )
 STATS_QUERY: Final = ("from", "to", "tz", "goal")
+_EVENT_BODY: Final = {
+    "type": "object",
+    "properties": {
+        "click_id": {"type": "string", "minLength": 22, "maxLength": 22},
+        "name": {"type": "string"},
+        "value": {"type": ["number", "string", "null"]},
+        "currency": {"type": ["string", "null"]},
+        "event_id": {"type": ["string", "null"]},
+        "occurred_at": {"type": ["string", "integer", "null"]},
+    },
+    "required": ["click_id", "name"],
+    "additionalProperties": False,
+}
+# handler name -> (summary, success status, request body schema, content type): what
+# admin/openapi.py documents of these routes
+OPERATIONS: Final[dict[str, tuple[str, int, Any, str]]] = {
+    "post_event": ("Record a conversion of a click (idempotent on event_id)", 201, _EVENT_BODY,
+                   "application/json"),
+    "postback": ("Record a conversion from an affiliate postback (the domain's secret)", 201,
+                 None, "application/json"),
+    "create_postback_secret": ("Make a domain's postback secret (shown once)", 201, None,
+                               "application/json"),
+    "delete_postback_secret": ("Turn a domain's postbacks off", 204, None, "application/json"),
+    "link_abtest": ("A/B test of a link's variants", 200, None, "application/json"),
+    "link_segments": ("Audience segments of a link", 200, None, "application/json"),
+    "group_segments": ("Audience segments of a selection of links", 200, None,
+                       "application/json"),
+}  # fmt: skip
 
 
 # --- writing events ----------------------------------------------------------------------

@@ -51,8 +51,9 @@ def test_the_document_is_valid_openapi_31_and_describes_every_route(served) -> N
         ("DELETE", "/api/tokens/{id}"),
     ):
         assert needed in operations
-    # every handler once, plus: the 7 link handlers by {domain}/{slug} too, qr once per format
-    assert len(operations) == len(openapi.OPERATIONS) + 7 + 2
+    # every handler once, plus: the 9 link handlers by {domain}/{slug} too (abtest and
+    # segments among them), qr once per format
+    assert len(operations) == len(openapi.OPERATIONS) + 9 + 2
     create = doc["paths"]["/api/links"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"]["required"] == ["url"]
     assert "401" in create["responses"] and doc["paths"]["/healthz"]["get"]["security"] == []
