@@ -109,12 +109,15 @@ def decide(arms: list[Arm]) -> dict[str, Any]:
         "leader": leader.name,
         "p_values": {name: round(p, 6) for name, p in p_values.items()},
     }
+    empty = [a.name for a in arms if a.visitors == 0]
+    if empty:
+        return {**out, "winner": None, "reason": f"no visitors yet on {', '.join(empty)}"}
     if sum(a.conversions for a in arms) == 0:
         return {**out, "winner": None, "reason": "no conversions yet"}
     rate_l = leader.conversions / leader.visitors if leader.visitors else 0.0
     rate_r = runner.conversions / runner.visitors if runner.visitors else 0.0
     needed = sample_size(rate_l, rate_r, adjusted)
-    most = max(a.visitors for a in arms)
+    fewest = min(a.visitors for a in arms)
     short = [
         a.name
         for a in arms
@@ -128,10 +131,11 @@ def decide(arms: list[Arm]) -> dict[str, Any]:
     if needed is None:
         reason = "no difference between the leading variants' rates yet"
     else:
-        more = max(needed - min(a.visitors for a in arms), MIN_VISITORS - most, 1)
+        more = max(needed - fewest, MIN_VISITORS - fewest, 1)
         reason = (
-            f"needs ~{more} more visitors per variant at the current rates "
-            f"(~{needed} per variant for {POWER:.0%} power at alpha {adjusted:g})"
+            f"needs ~{more} more visitors per variant at the current rates (the z-test "
+            f"needs ~{needed} per variant for {POWER:.0%} power at alpha {adjusted:g}; "
+            f"the rule at least {MIN_VISITORS})"
         )
         out["visitors_needed_per_variant"] = needed
     if significant and short:

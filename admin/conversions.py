@@ -583,7 +583,18 @@ def segments(
     conn: sqlite3.Connection, flt: LinkFilter, rng: timerange.TimeRange, goal: str | None
 ) -> dict[str, Any]:
     """Fast clickers, delayed converters, repeat and one-time visitors of the selection's
-    human clicks in the range, with the conversion rate of each."""
+    human clicks in the range, with the conversion rate of each (one read snapshot)."""
+    with rollups.read_snapshot(conn) as watermark:
+        return _segments(conn, flt, rng, goal, watermark)
+
+
+def _segments(
+    conn: sqlite3.Connection,
+    flt: LinkFilter,
+    rng: timerange.TimeRange,
+    goal: str | None,
+    watermark: int,
+) -> dict[str, Any]:
     where, params = flt.where()
     link_ids = [int(r[0]) for r in conn.execute(f"SELECT l.id FROM links l WHERE {where}", params)]
     base = stats.selection_stats(conn, flt, rng, 1)
@@ -614,6 +625,13 @@ def segments(
     ):
         for v in visitors.unpack_ids(blob):
             repeat.add((int(day), int(v)))
+    # and those of the clicks written since the last roll-up (the roll-up's own rule)
+    newest = conn.execute("SELECT coalesce(max(id), 0) FROM clicks").fetchone()[0]
+    wanted = set(link_ids)
+    tail = rollups.repeat_visitors(conn, (watermark + 1, newest))
+    for (link_id, day), (repeaters, _h) in tail.items():
+        if link_id in wanted and d_first <= day <= d_last:
+            repeat.update((day, v) for v in repeaters)
     repeat_converted = len(repeat & converted_visitors)
     # fast clickers: human clicks within FAST_S of each link's launch (clicks by time)
     launches = _launches(conn, link_ids)

@@ -446,7 +446,7 @@ def _roll_up_owners(
     return minutes, hour_kinds, hours, visitors
 
 
-def _repeat_visitors(
+def repeat_visitors(
     conn: sqlite3.Connection, span: tuple[int, int]
 ) -> dict[tuple[int, int], ChunkSets]:
     """Per (link, UTC day): the visitors of the span who now have two or more human clicks
@@ -502,7 +502,7 @@ def roll_up(conn: sqlite3.Connection, state: RollupState | None = None, limit: i
         return 0
     span = (lo, hi)
     where = "c.id BETWEEN ? AND ?"
-    repeats = _repeat_visitors(conn, span)  # before this span's visitors are written
+    repeats = repeat_visitors(conn, span)  # before this span's visitors are written
     minutes, hour_kinds, hours, visitors = _roll_up_owners(conn, span, where, state)
     routed = f"{where} AND {ROUTED_SQL}"
     if conn.execute(f"SELECT 1 FROM clicks c WHERE {routed} LIMIT 1", span).fetchone():

@@ -206,11 +206,11 @@ def test_a_campaign_end_to_end(api: Api, server: ServerProcess) -> None:
             assert cut["totals"]["humans"] == n
             assert cut["conversions"]["by_name"]["signup"]["conversions"] == n
         _s, ab = api.get(f"/api/links/{link['id']}/abtest?goal=purchase")
-        assert "variants" in ab, ab
         arms = {v["name"]: v for v in ab["variants"]}
         assert arms["a"]["converted_visitors"] == arms["a"]["visitors"] == served.get("a", 0)
         assert arms["b"]["converted_visitors"] == 0
-        assert ab["winner"] is None and "more visitors" in ab["reason"]
+        assert ab["winner"] is None
+        assert "more visitors" in ab["reason"] or "no visitors yet" in ab["reason"]
         # by campaign
         _s, groups = api.get("/api/stats?group_by=campaign")
         spring = [g for g in groups["groups"] if g["key"] == "spring"][0]
