@@ -13,8 +13,8 @@ Rules of this module:
 - `last_used_at` is written at most once per TOUCH_INTERVAL_S per token, off the request.
 - Scopes (edge/catalog.py SCOPES): every route needs one (`required_scope`), checked with
   the token before routing. `admin` may do everything; `links` may read and change links
-  (and import); `read` may read (every GET but the token list); `events` may only post
-  conversions (POST /api/events). A token without the scope gets 403 naming it.
+  (import, launch campaigns); `read` may read (every GET but the token list); `events`
+  may only post conversions (POST /api/events). A token without the scope gets 403.
 - Bootstrap (server start): LINKEDGE_ADMIN_TOKEN, when set, is stored (its hash) if it is
   not already (one too short to be safe makes the server refuse to start, before anything
   else starts); then, if no active token exists, one named "admin" is created and printed
@@ -65,7 +65,7 @@ class Forbidden(LinkedgeError):
 
 # Routes whose writes need the `links` scope (reads need `read`); everything else written
 # (domains, UTM lists, tokens) needs `admin`.
-_LINK_WRITES: Final = ("links", "import")
+_LINK_WRITES: Final = ("links", "import", "campaigns")
 
 
 def required_scope(method: str, segments: list[str]) -> str:
