@@ -521,6 +521,10 @@ class AdminServer:
         )
         if route is not None:
             result["route"] = call.q("route")
+        else:  # a routed link: its numbers per route (rule, variant)
+            routes = await self.db.run(conversions.route_breakdown, link, rng)
+            if routes is not None:
+                result["routes"] = routes
         return json_response(
             200,
             {

@@ -41,7 +41,7 @@ from edge import events, rollups, visitors
 from edge.catalog import LinkFilter, domain_hosts, domain_row
 from edge.db import Transaction, now_ms
 from edge.errors import InvalidField, LinkedgeError
-from edge.rules import VARIANT_BASE, route_names
+from edge.rules import OVERFLOW, VARIANT_BASE, route_names
 
 if TYPE_CHECKING:
     from admin.api import AdminServer
@@ -362,6 +362,11 @@ def conversion_stats(
         [*args, *extra_params],
     ):
         entry(key)["by_source"][src] = n
+    for key, src, n in conn.execute(
+        f"SELECT {key_sql}, e.click_source, count(*) {source}{extra} AND e.human GROUP BY 1, 2",
+        [*args, *extra_params],
+    ):
+        entry(key)["by_click_source"][src or "direct"] = n
     for key, currency, trusted, micros in conn.execute(
         f"SELECT {key_sql}, e.currency, {_TRUSTED_SQL}, sum(e.value_micros) "
         f"{source}{extra} AND e.currency IS NOT NULL GROUP BY 1, 2, 3",
@@ -415,6 +420,7 @@ def _empty() -> dict[str, Any]:
         "bot_conversions": 0,
         "by_name": {},
         "by_source": {},
+        "by_click_source": {},
         "revenue": {},
         "untrusted_revenue": {},
         "lag": {
@@ -441,6 +447,38 @@ def for_selection(
     clicks = {None: (int(totals["humans"]), int(totals["human_uniques"]))}
     result = conversion_stats(conn, flt, rng, clicks, None, route, goal)
     return result.get(None) or _empty()
+
+
+def route_breakdown(
+    conn: sqlite3.Connection, link: dict[str, Any], rng: timerange.TimeRange
+) -> list[dict[str, Any]] | None:
+    """A routed link's stats per route (default, each rule and variant, the overflow):
+    clicks, humans, human uniques, conversions, rates, revenue; None for a plain link."""
+    rules, variants = link.get("rules") or [], link.get("variants") or []
+    if not rules and not variants and not link.get("max_clicks"):
+        return None
+    names = route_names(rules, variants)
+    if not link.get("max_clicks"):
+        names.pop(OVERFLOW, None)
+    flt = LinkFilter(link_id=link["id"])
+    totals = stats.route_totals(conn, flt, rng, sorted(names))
+    out = []
+    for route in sorted(names):
+        t = totals[route]
+        conv = for_selection(conn, flt, rng, t, route)
+        out.append(
+            {
+                "route": names[route],
+                "clicks": t["clicks"],
+                "humans": t["humans"],
+                "human_uniques": t["human_uniques"],
+                "conversions": conv["conversions"],
+                "rate_per_click": conv["rate_per_click"],
+                "rate_per_visitor": conv["rate_per_visitor"],
+                "revenue": conv["revenue"],
+            }
+        )
+    return out
 
 
 def for_groups(

@@ -264,14 +264,15 @@ def record(
             if row is not None:
                 return False, _event_out(row)
         click = conn.execute(
-            "SELECT c.ts, c.link_id, c.route, c.visitor_id, coalesce(c.bot_kind, '') = '', "
+            "SELECT c.ts, c.link_id, c.route, c.source, c.visitor_id, "
+            "coalesce(c.bot_kind, '') = '', "
             "l.attribution_window_s FROM clicks c CROSS JOIN links l ON l.id = c.link_id "
             "WHERE c.click_id = ?",
             (ev.click_id,),
         ).fetchone()
         if click is None:
             raise UnknownClick("no click has this click id", "click_id")
-        click_ts, link_id, route, visitor_id, human, window_s = click
+        click_ts, link_id, route, click_source, visitor_id, human, window_s = click
         window_ms = (window_s or DEFAULT_ATTRIBUTION_S) * 1000
         occurred = now_ms if ev.occurred_at is None else ev.occurred_at
         if occurred > now_ms + CLOCK_SKEW_MS:
@@ -287,15 +288,16 @@ def record(
                 "click_id",
             )
         cur = conn.execute(
-            "INSERT INTO events (event_id, link_id, click_id, click_ts, route, visitor_id, day, "
-            "human, name, value_micros, currency, occurred_at, received_at, source) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO events (event_id, link_id, click_id, click_ts, route, click_source, "
+            "visitor_id, day, human, name, value_micros, currency, occurred_at, received_at, "
+            "source) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ev.event_id,
                 link_id,
                 ev.click_id,
                 click_ts,
                 route,
+                click_source,
                 visitor_id,
                 click_ts // 86_400_000,
                 1 if human else 0,

@@ -573,6 +573,7 @@ _M0009_SQL: Final = (
         click_id BLOB NOT NULL,
         click_ts INTEGER NOT NULL,
         route INTEGER,
+        click_source TEXT,
         visitor_id BLOB,
         day INTEGER NOT NULL,
         human INTEGER NOT NULL,

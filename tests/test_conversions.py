@@ -205,6 +205,14 @@ def test_a_campaign_end_to_end(api: Api, server: ServerProcess) -> None:
         assert conv["by_name"]["signup"]["rate_per_click"] == 1.0
         assert conv["rate_per_click"] == 1.0
         assert conv["by_source"] == {"api": 3 + len(purchases)}
+        assert conv["by_click_source"] == {"direct": 3 + len(purchases)}  # no Referer
+        routes = {r["route"]: r for r in body["routes"]}
+        assert set(routes) == {"default", "variant:a", "variant:b"}
+        for name in ("a", "b"):
+            assert routes[f"variant:{name}"]["humans"] == served.get(name, 0)
+            assert routes[f"variant:{name}"]["conversions"] == served.get(name, 0) * (
+                2 if name == "a" else 1
+            )
         if purchases:
             assert conv["revenue"] == {"EUR": 30.0 * len(purchases)}
         assert conv["lag"]["p50_s"] is not None and 0 <= conv["lag"]["p50_s"] < 60
