@@ -96,7 +96,9 @@ ROLLUP_BUDGET: Final = 0.1
 # time with a roll-up competing with the event loop (p99 51 ms with 150k, 23-29 ms here).
 ROLLUP_MAX_CLICKS: Final = 500_000
 # Pixel events waiting for their click to be written (edge/events.py PIXEL_RETRY_MS).
-PIXEL_RETRY_MAX: Final = 10_000
+# Each is looked up again at every write (~10 a second): a burst of forged young ids past
+# this many is refused (counted) rather than tried.
+PIXEL_RETRY_MAX: Final = 1000
 DROP_LOG_INTERVAL_S: Final = 10.0
 GEO_CHECK_INTERVAL_S: Final = 2.0  # how often the GeoIP file is stat()ed for replacement
 DAY_S: Final = 86400

@@ -361,7 +361,8 @@ def record_pixels(
                 )
             created, stored = record(conn, ev, "pixel", now_ms)
         except UnknownClick:
-            if now_ms - click_id_time_ms(ev.click_id) < PIXEL_RETRY_MS:
+            age_ms = now_ms - click_id_time_ms(ev.click_id)
+            if -1000 <= age_ms < PIXEL_RETRY_MS:  # (a forged future id is not waited for)
                 out.retry.append((received, query))
             else:
                 out.rejected["unknown_click"] = out.rejected.get("unknown_click", 0) + 1

@@ -167,10 +167,11 @@ def test_pixels_wait_for_a_young_click_and_reject_the_rest(conn: sqlite3.Connect
     cid = _click(conn, NOW - 1000)
     young = new_click_id((NOW - 1000) / 1000)
     old = new_click_id((NOW - events.PIXEL_RETRY_MS - 1) / 1000)
+    future = new_click_id((NOW + 86_400_000) / 1000)  # forged: never waited for
     q = lambda c: f"c={click_id_text(c)}&n=view".encode()  # noqa: E731
     out = events.record_pixels(
         conn, [(NOW / 1000, q(cid)), (NOW / 1000, q(young)), (NOW / 1000, q(old)),
-               (NOW / 1000, b"c=bad&n=view")], NOW,
+               (NOW / 1000, q(future)), (NOW / 1000, b"c=bad&n=view")], NOW,
     )  # fmt: skip
     assert [a[0] for a in out.accepted] == [1] and out.retry == [(NOW / 1000, q(young))]
-    assert out.rejected == {"unknown_click": 1, "invalid": 1}
+    assert out.rejected == {"unknown_click": 2, "invalid": 1}
