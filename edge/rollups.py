@@ -142,7 +142,8 @@ def aggregate_sql(
       humans)
     - "visitors": (link_id, UTC day, visitor id, 1 if any click of it was human), one row
       per distinct visitor of a link and day (clicks without a visitor id left out).
-    - "human_clicks": (link_id, UTC day, visitor id, human clicks) per visitor with one."""
+    - "visitor_clicks": the "visitors" rows with a fifth column, the visitor's human clicks
+      (the roll-up reads both in one pass: repeat visitors need the counts)."""
     if kind == "minutes":
         return [
             f"SELECT {owner}, c.ts / 60000, coalesce(c.bot_kind, ''), count(*) "
@@ -160,10 +161,10 @@ def aggregate_sql(
             f"SELECT {owner}, c.ts / 86400000, c.visitor_id, max({HUMAN_SQL}) "
             f"FROM {source} WHERE {where} AND c.visitor_id IS NOT NULL GROUP BY 1, 2, 3"
         ]
-    if kind == "human_clicks":
+    if kind == "visitor_clicks":
         return [
-            f"SELECT {owner}, c.ts / 86400000, c.visitor_id, count(*) FROM {source} "
-            f"WHERE {where} AND c.visitor_id IS NOT NULL AND {HUMAN_SQL} GROUP BY 1, 2, 3"
+            f"SELECT {owner}, c.ts / 86400000, c.visitor_id, max({HUMAN_SQL}), sum({HUMAN_SQL}) "
+            f"FROM {source} WHERE {where} AND c.visitor_id IS NOT NULL GROUP BY 1, 2, 3"
         ]
     raise ValueError(kind)
 
@@ -408,6 +409,7 @@ def _roll_up_owners(
     where: str,
     state: RollupState,
     owner: str = "c.link_id",
+    repeats: dict[tuple[int, int], ChunkSets] | None = None,
 ) -> tuple[Minutes, dict[tuple[int, int, str], int], Minutes, dict[tuple[int, int], ChunkSets]]:
     """The link tables' share of a roll-up, per `owner` (links, or their routes): minutes,
     hours, days, breakdowns, visitors. Returns what the group roll-up reuses."""
@@ -440,8 +442,14 @@ def _roll_up_owners(
             f"ON CONFLICT (link_id, dim, hour, value) DO UPDATE SET {_UPSERT_COUNTS}",
             span,
         )
-    (visitors_sql,) = aggregate_sql("visitors", "clicks c", where, owner=owner)
-    visitors = visitors_by_link_day(conn.execute(visitors_sql, span))
+    if repeats is None:
+        (visitors_sql,) = aggregate_sql("visitors", "clicks c", where, owner=owner)
+        visitors = visitors_by_link_day(conn.execute(visitors_sql, span))
+    else:  # the links: their visitors, and who of them is now a repeat visitor
+        (visitors_sql,) = aggregate_sql("visitor_clicks", "clicks c", where, owner=owner)
+        rows = conn.execute(visitors_sql, span).fetchall()
+        visitors = visitors_by_link_day(r[:4] for r in rows)
+        repeats.update(_repeaters(conn, rows))  # before this span's chunks are written
     write_chunks(conn, "link_day_visitors", ("link_id",), visitors, span[1], state.chunks)
     return minutes, hour_kinds, hours, visitors
 
@@ -453,10 +461,19 @@ def repeat_visitors(
     that day: two in the span, or one in the span and one before it (a human visitor in
     the link-day's stored chunks, looked up by binary search; read before this span's
     chunk is written)."""
-    (sql,) = aggregate_sql("human_clicks", "clicks c", "c.id BETWEEN ? AND ?")
+    (sql,) = aggregate_sql("visitor_clicks", "clicks c", "c.id BETWEEN ? AND ?")
+    return _repeaters(conn, conn.execute(sql, span))
+
+
+def _repeaters(
+    conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]
+) -> dict[tuple[int, int], ChunkSets]:
+    """repeat_visitors from "visitor_clicks" rows."""
     out: dict[tuple[int, int], ChunkSets] = {}
     singles: dict[tuple[int, int], list[int]] = {}
-    for link_id, day, vid, n in conn.execute(sql, span):
+    for link_id, day, vid, _human, n in rows:
+        if not n:
+            continue
         v = visitor_int(vid)
         if n >= 2:
             entry = out.setdefault((link_id, day), (set(), set()))
@@ -502,8 +519,10 @@ def roll_up(conn: sqlite3.Connection, state: RollupState | None = None, limit: i
         return 0
     span = (lo, hi)
     where = "c.id BETWEEN ? AND ?"
-    repeats = repeat_visitors(conn, span)  # before this span's visitors are written
-    minutes, hour_kinds, hours, visitors = _roll_up_owners(conn, span, where, state)
+    repeats: dict[tuple[int, int], ChunkSets] = {}
+    minutes, hour_kinds, hours, visitors = _roll_up_owners(
+        conn, span, where, state, repeats=repeats
+    )
     routed = f"{where} AND {ROUTED_SQL}"
     if conn.execute(f"SELECT 1 FROM clicks c WHERE {routed} LIMIT 1", span).fetchone():
         _roll_up_owners(conn, span, routed, state, ROUTE_OWNER_SQL)

@@ -104,7 +104,7 @@ def test_route_stats_equal_the_raw_clicks(tmp_path: Path, seed: int, cuts: int) 
         conn.close()
 
 
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), cuts=st.integers(0, 6))
 def test_repeat_visitors_equal_the_raw_clicks(tmp_path_factory: Any, seed: int, cuts: int) -> None:
     conn = catalog.open_db(str(tmp_path_factory.mktemp("rep") / "r.db"))
