@@ -128,3 +128,13 @@ def test_repeat_visitors_equal_the_raw_clicks(tmp_path_factory: Any, seed: int, 
         assert seg["segments"]["repeat_visitors"]["visitors"] == len(want)
     finally:
         conn.close()
+
+
+def test_an_export_of_stats_holds_links_not_routes(conn: sqlite3.Connection) -> None:
+    from admin import exports
+
+    rows = _fill(conn, 7, 60, 1)
+    col = rollups.CLICK_COLUMNS.index("link_id")
+    exported = list(exports.stats_rows(conn, exports.Filters(conn, now_s=END)))
+    assert exported and all(r[1] > 0 for r in exported)
+    assert sum(r[4] for r in exported) == len(rows) == sum(1 for r in rows if r[col] > 0)
