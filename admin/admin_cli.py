@@ -252,7 +252,8 @@ def _token_out(token: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    record, secret = catalog.create_token(conn, args.name)
+    scopes = catalog.validate_scopes(args.scopes) if args.scopes else None
+    record, secret = catalog.create_token(conn, args.name, scopes)
     if args.json:
         print_json({"token": _token_out(record), "secret": secret})
     else:
@@ -277,13 +278,14 @@ def cmd_token_list(args: argparse.Namespace) -> int:
                 str(t["id"]),
                 t["name"],
                 t["prefix"] + "...",
+                ",".join(t["scopes"]),
                 t["created_at"] or "-",
                 t["last_used_at"] or "-",
                 t["revoked_at"] or "no",
             ]
             for t in tokens
         ],
-        ["ID", "NAME", "PREFIX", "CREATED", "LAST USED", "REVOKED"],
+        ["ID", "NAME", "PREFIX", "SCOPES", "CREATED", "LAST USED", "REVOKED"],
     )
     return 0
 
@@ -447,6 +449,10 @@ def add_commands(sub: Any, cmd: CommandAdder, db_option: Callable[[Any], None]) 
         "linkedge token create dashboard",
     )
     p.add_argument("name", help="what the token is for")
+    p.add_argument(
+        "--scopes",
+        help="what it may do, comma-separated: read, links, events, admin (default admin)",
+    )
     p.add_argument("--json", action="store_true")
     db_option(p)
     p = cmd(tsub, "list", cmd_token_list, "list tokens", "linkedge token list --json")

@@ -487,9 +487,9 @@ def _fmt_window(seconds: int) -> str:
 
 
 def conversions_table(conn: sqlite3.Connection) -> bool:
-    """Whether the conversions table (`events`: link_id, ts in Unix ms) is there."""
+    """Whether the conversions table (`events`, migration 0009) is there."""
     cols = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
-    return {"link_id", "ts"} <= cols
+    return {"link_id", "click_ts"} <= cols
 
 
 def scope_facts(conn: sqlite3.Connection, rules: list[dict[str, Any]], now: int) -> dict[str, Any]:
@@ -554,7 +554,8 @@ def conversions_in(conn: sqlite3.Connection, link_ids: list[int], since_ms: int)
         part = link_ids[i : i + 500]
         marks = ", ".join("?" * len(part))
         total += conn.execute(
-            f"SELECT count(*) FROM events WHERE link_id IN ({marks}) AND ts >= ?",
+            # conversions of the window's clicks (the events_link index: link, click time)
+            f"SELECT count(*) FROM events WHERE link_id IN ({marks}) AND click_ts >= ?",
             (*part, since_ms),
         ).fetchone()[0]
     return int(total)

@@ -35,6 +35,7 @@ from admin import (
     alerts,
     auth,
     baselines,
+    conversions,
     imports,
     insights,
     metrics,
@@ -188,11 +189,15 @@ class AdminServer:
         await self.db.close()
 
     async def _authorize(self, req: Request, segments: list[str]) -> None:
+        if segments[:2] == ["api", "postback"]:
+            return  # a domain's postback secret instead (admin/conversions.py)
         if segments[:1] == ["api"] or (segments == ["metrics"] and self.public):
             # (a token the CLI made a moment ago is looked up: admin/auth.py)
             header = req.header(b"authorization")
-            await self.tokens.authenticate(header)
+            token_id = await self.tokens.authenticate(header)
             _caller.set(hashlib.sha256((header or b"").partition(b" ")[2].strip()).digest())
+            scopes = self.tokens.scopes.get(token_id, frozenset())
+            auth.check_scope(scopes, req.method.decode("ascii"), segments)
 
     def _tick(self) -> None:
         self._take_flush_durations()
@@ -229,18 +234,22 @@ class AdminServer:
         r.add("POST", "/api/links", self.create_link)
         r.add("POST", "/api/links/bulk", self.create_links_bulk)
         r.add("POST", "/api/import", self.import_links, IMPORT_QUERY)
+        # (before /api/links/{domain}/{slug}, which would take /api/links/{id}/abtest)
+        conversions.add_routes(r, self, filters)  # events, postbacks, A/B tests, segments
         for ref in ("/api/links/{id}", "/api/links/{domain}/{slug}"):
             r.add("GET", ref, self.get_link)
             r.add("PATCH", ref, self.patch_link)
             r.add("DELETE", ref, self.delete_link, ("purge",))
-            r.add("GET", ref + "/stats", self.link_stats, stats_q)
+            r.add("GET", ref + "/stats", self.link_stats, (*stats_q, "route", "goal"))
             r.add("GET", ref + "/velocity", self.link_velocity, ("window",))
             r.add("GET", ref + "/checkpoints", self.link_checkpoints)
             r.add("POST", ref + "/launch", self.launch_link)
             r.add("DELETE", ref + "/launch", self.unlaunch_link)
             for kind in qr.FORMATS:
                 r.add("GET", f"{ref}/qr.{kind}", self.link_qr, QR_QUERY)
-        r.add("GET", "/api/stats", self.group_stats, (*stats_q, *filters, "group_by", "limit"))
+        r.add(
+            "GET", "/api/stats", self.group_stats, (*stats_q, *filters, "group_by", "limit", "goal")
+        )
         r.add("GET", "/api/campaigns/{name}/launch", self.campaign_launch)
         r.add("POST", "/api/campaigns/{name}/launch", self.launch_campaign)
         r.add("DELETE", "/api/campaigns/{name}/launch", self.unlaunch_campaign)
@@ -525,7 +534,18 @@ class AdminServer:
         top = call.q_int("top", stats.DEFAULT_TOP, 1, stats.MAX_TOP)
         window = velocity.parse_window(call.q("window"))
         flt = catalog.LinkFilter(link_id=link["id"])
-        result = await self.db.run(stats.selection_stats, flt, rng, top)
+        route = conversions.parse_route(link, call.q("route"))
+        goal = conversions.parse_goal(call.q("goal"))
+        result = await self.db.run(stats.selection_stats, flt, rng, top, route)
+        result["conversions"] = await self.db.run(
+            conversions.for_selection, flt, rng, result["totals"], route, goal
+        )
+        if route is not None:
+            result["route"] = call.q("route")
+        else:  # a routed link: its numbers per route (rule, variant)
+            routes = await self.db.run(conversions.route_breakdown, link, rng)
+            if routes is not None:
+                result["routes"] = routes
         return json_response(
             200,
             {
@@ -565,6 +585,14 @@ class AdminServer:
         if group_by is None:
             top = call.q_int("top", stats.DEFAULT_TOP, 1, stats.MAX_TOP)
             result = await self.db.run(stats.selection_stats, flt, rng, top)
+            result["conversions"] = await self.db.run(
+                conversions.for_selection,
+                flt,
+                rng,
+                result["totals"],
+                None,
+                conversions.parse_goal(call.q("goal")),
+            )
             ids = await self.db.run(stats.selected_link_ids, flt, live_ids)
             return json_response(
                 200,
@@ -576,6 +604,7 @@ class AdminServer:
             raise InvalidField("top applies without group_by (breakdowns)", "top")
         limit = call.q_int("limit", stats.DEFAULT_GROUPS, 1, stats.MAX_GROUPS)
         result = await self.db.run(stats.group_stats, flt, group_by, rng, limit)
+        await self.db.run(conversions.for_groups, flt, rng, group_by, result["groups"])
         keys_of = await self.db.run(stats.group_keys_of, flt, group_by, live_ids)
         members: dict[Any, list[int]] = {}
         for link_id, keys in keys_of.items():
@@ -635,6 +664,7 @@ class AdminServer:
                 )
             entry["windows"] = windows
             entry["rate_per_min"] = windows["60s"]["clicks"]
+            entry["conversions"] = conversions.live_conversions(live.conversions, link_id, now_s)
             entry["velocity"] = self._velocity([link_id], velocity.DEFAULT_VELOCITY_WINDOW_S, now_s)
             links.append(entry)
         overall_windows = velocity.live_windows(live, None, now_s)
@@ -645,7 +675,12 @@ class AdminServer:
                 "rate_per_min": overall_windows["60s"]["clicks"],
                 "rate_per_s": round(live.window(None, 10, now_s)[0] / 10, 2),
                 "velocity": self._velocity(None, velocity.DEFAULT_VELOCITY_WINDOW_S, now_s),
-                "since_start": {"clicks": live.total, "humans": live.humans},
+                "since_start": {
+                    "clicks": live.total,
+                    "humans": live.humans,
+                    "conversions": live.conversions.total,
+                },
+                "conversions": conversions.live_conversions(live.conversions, None, now_s),
             },
             "links": links,
             "pipeline": self._pipeline(),
@@ -803,11 +838,12 @@ class AdminServer:
         return json_response(200, {"tokens": [self.token_out(t) for t in tokens]})
 
     async def create_token(self, call: Call) -> Response:
-        body = call.json_object(frozenset({"name"}))
+        body = call.json_object(frozenset({"name", "scopes"}))
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
             raise InvalidField("name is required: what the token is for", "name")
-        record, secret = await self.runtime.writer.run(catalog.create_token, name)
+        scopes = catalog.validate_scopes(body.get("scopes", ["admin"]))
+        record, secret = await self.runtime.writer.run(catalog.create_token, name, scopes)
         await self.tokens.refresh()
         return json_response(201, {"token": self.token_out(record), "secret": secret})
 

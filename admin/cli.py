@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from admin import admin_cli, alertcli, timerange
+from admin import admin_cli, alertcli, conversions, timerange
 from admin.admin_cli import (
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -1154,6 +1154,7 @@ def build_parser() -> argparse.ArgumentParser:
     alertcli.add_commands(sub, _cmd, _db_option)  # alert
     _add_bots_commands(sub)
     _add_import_export_commands(sub)
+    conversions.add_commands(sub, _cmd, _db_option)  # event send
     p = _cmd(
         sub,
         "doctor",

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from admin import alerts
+from admin import alerts, conversions
 from admin.http import Router
 from edge import catalog
 
@@ -136,7 +136,16 @@ OPERATIONS: Final[dict[str, tuple[str, int, Any, str]]] = {
     "create_token": (
         "Create an API token (its secret is shown once)",
         201,
-        _object({"name": {"type": "string"}}, ("name",)),
+        _object(
+            {
+                "name": {"type": "string"},
+                "scopes": {
+                    "type": ["array", "string"],
+                    "items": {"type": "string", "enum": list(catalog.SCOPES)},
+                },
+            },
+            ("name",),
+        ),
         _JSON_BODY,
     ),
     "revoke_token": ("Revoke a token", 200, None, _JSON_BODY),
@@ -150,12 +159,13 @@ OPERATIONS: Final[dict[str, tuple[str, int, Any, str]]] = {
     "root": ("To the dashboard", 302, None, "text/plain"),
     "index": ("The dashboard", 200, None, "text/html"),
     "asset": ("A file of the dashboard", 200, None, "dashboard"),
+    **conversions.OPERATIONS,
 }
 
 OPERATIONS.update(alerts.OPENAPI_OPERATIONS)
 
 # Statuses any /api request may get before or beside its own logic (admin/http.py).
-_COMMON_ERRORS: Final = (400, 401, 404, 405, 408, 409, 413, 414, 415, 422, 431, 503)
+_COMMON_ERRORS: Final = (400, 401, 403, 404, 405, 408, 409, 413, 414, 415, 422, 431, 503)
 _OPEN_ERRORS: Final = (400, 404, 405, 408, 413, 414, 431, 503)  # /healthz, /metrics
 ERROR_SCHEMA: Final = {
     "type": "object",

@@ -164,34 +164,29 @@ def _variants(
 
 
 def _conversions(conn: sqlite3.Connection, link_ids: list[int]) -> dict[str, Any]:
-    """Conversions per link and their lag, if this database records them (the events
-    table of the conversions work); otherwise null with a note."""
-    cols = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
-    if not {"link_id"} <= cols:
-        return {"total": None, "note": "this database records no conversions"}
-    lag_col = "lag_ms" if "lag_ms" in cols else None
-    value_col = "value" if "value" in cols else None
+    """Conversions per link, revenue per currency and the lag from click to conversion,
+    from the events table (admin/conversions.py records them; indexed by link)."""
     total = 0
-    revenue = 0.0
+    revenue: dict[str, float] = {}
     lags: list[float] = []
-    per_link: dict[int, int] = {}
+    per_link: dict[str, int] = {}
     for link_id in link_ids:
-        sel = ["count(*)", f"coalesce(sum({value_col}), 0)" if value_col else "0"]
-        row = conn.execute(
-            f"SELECT {', '.join(sel)} FROM events WHERE link_id = ?", (link_id,)
-        ).fetchone()
-        per_link[link_id] = int(row[0])
-        total += int(row[0])
-        revenue += float(row[1] or 0)
-        if lag_col:
-            lags.extend(
-                float(r[0])
-                for r in conn.execute(
-                    f"SELECT {lag_col} FROM events WHERE link_id = ? AND {lag_col} IS NOT NULL",
-                    (link_id,),
-                )
-            )
-    out: dict[str, Any] = {"total": total, "revenue": round(revenue, 2), "per_link": per_link}
+        rows = conn.execute(
+            "SELECT occurred_at - click_ts, value_micros, currency FROM events "
+            "WHERE link_id = ?",
+            (link_id,),
+        ).fetchall()
+        per_link[str(link_id)] = len(rows)
+        total += len(rows)
+        for lag_ms, micros, currency in rows:
+            lags.append(float(max(0, lag_ms)))
+            if micros is not None and currency:
+                revenue[currency] = revenue.get(currency, 0.0) + micros / 1_000_000
+    out: dict[str, Any] = {
+        "total": total,
+        "revenue": {c: round(v, 2) for c, v in sorted(revenue.items())},
+        "per_link": per_link,
+    }
     if lags:
         out["lag_s"] = {
             "median": round(baselines.quantile(lags, 0.5) / 1000, 1),
@@ -343,7 +338,7 @@ def campaign_report(conn: sqlite3.Connection, name: str, now_ms: int) -> dict[st
 def _converted_best(per_link: list[dict[str, Any]], conversions: dict[str, Any]) -> dict[str, Any]:
     rates: dict[str, list[int]] = {}
     for link in per_link:
-        n = conversions["per_link"].get(link["id"], 0)
+        n = conversions["per_link"].get(str(link["id"]), 0)
         entry = rates.setdefault(link["utm_source"] or "", [0, 0])
         entry[0] += n
         entry[1] += link["humans"]

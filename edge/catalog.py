@@ -806,14 +806,37 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def create_token(conn: sqlite3.Connection, name: str) -> tuple[dict[str, Any], str]:
-    """A new bearer token: returns (its record, the secret shown once; only its hash is kept)."""
+# What a token may do (admin/auth.py says which scope each route needs): read (every
+# GET), links (read, and create/change/delete links, imports), events (POST /api/events
+# only), admin (everything: domains, UTM lists, tokens).
+SCOPES: Final = ("read", "links", "events", "admin")
+
+
+def validate_scopes(value: Any, field: str = "scopes") -> list[str]:
+    """A list (or comma-separated text) of SCOPES -> the stored, ordered list."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise InvalidField(f"{field} must list one or more of {', '.join(SCOPES)}", field)
+    chosen = {i.strip().lower() for i in items}
+    unknown = sorted(chosen - set(SCOPES))
+    if unknown:
+        raise InvalidField(f"unknown scope {unknown[0]!r}: {field} are {', '.join(SCOPES)}", field)
+    return [scope for scope in SCOPES if scope in chosen]
+
+
+def create_token(
+    conn: sqlite3.Connection, name: str, scopes: list[str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """A new bearer token: returns (its record, the secret shown once; only its hash is kept).
+    `scopes`: what it may do (validate_scopes), admin by default."""
     secret = "le_" + secrets.token_urlsafe(32)
     label = _text(name, "name") or "token"
+    granted = ",".join(validate_scopes(scopes if scopes is not None else ["admin"]))
     with Transaction(conn):
         cur = conn.execute(
-            "INSERT INTO api_tokens (name, token_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
-            (label, token_hash(secret), secret[:7], now_ms()),
+            "INSERT INTO api_tokens (name, token_hash, prefix, created_at, scopes) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (label, token_hash(secret), secret[:7], now_ms(), granted),
         )
         row = conn.execute("SELECT * FROM api_tokens WHERE id = ?", (cur.lastrowid,)).fetchone()
     return token_dict(row), secret
@@ -838,6 +861,7 @@ def token_dict(row: sqlite3.Row) -> dict[str, Any]:
         "id": row["id"],
         "name": row["name"],
         "prefix": row["prefix"],
+        "scopes": str(row["scopes"]).split(","),
         "created_at": row["created_at"],
         "last_used_at": row["last_used_at"],
         "revoked_at": row["revoked_at"],
@@ -866,6 +890,14 @@ def active_token_hashes(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
         (r[0], bytes(r[1]))
         for r in conn.execute("SELECT id, token_hash FROM api_tokens WHERE revoked_at IS NULL")
     ]
+
+
+def active_token_scopes(conn: sqlite3.Connection) -> dict[int, frozenset[str]]:
+    """What each active token may do (SCOPES)."""
+    return {
+        int(r[0]): frozenset(str(r[1]).split(","))
+        for r in conn.execute("SELECT id, scopes FROM api_tokens WHERE revoked_at IS NULL")
+    }
 
 
 def active_token_id(conn: sqlite3.Connection, digest: bytes) -> int | None:

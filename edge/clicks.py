@@ -43,9 +43,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
-from edge import rollups, visitors
+from edge import events, rollups, visitors
 from edge.capture import (
     FLAG_DNT,
+    FLAG_EVENT,
     FLAG_GPC,
     FLAG_HEAD,
     FLAG_PREFETCH,
@@ -94,6 +95,10 @@ ROLLUP_BUDGET: Final = 0.1
 # Smaller, more frequent roll-ups measured worse: fewer repeated keys per write, and more
 # time with a roll-up competing with the event loop (p99 51 ms with 150k, 23-29 ms here).
 ROLLUP_MAX_CLICKS: Final = 500_000
+# Pixel events waiting for their click to be written (edge/events.py PIXEL_RETRY_MS).
+# Each is looked up again at every write (~10 a second): a burst of forged young ids past
+# this many is refused (counted) rather than tried.
+PIXEL_RETRY_MAX: Final = 1000
 DROP_LOG_INTERVAL_S: Final = 10.0
 GEO_CHECK_INTERVAL_S: Final = 2.0  # how often the GeoIP file is stat()ed for replacement
 DAY_S: Final = 86400
@@ -120,6 +125,7 @@ class Enricher:
     """Raw captured clicks -> click rows in rollups.CLICK_COLUMNS order. Thread-confined."""
 
     def __init__(self, config: Config, geo: GeoDatabase) -> None:
+        self.pixels: list[tuple[float, bytes]] = []  # the last enrich's pixel events
         self.geo = geo
         self.ua_parser = UserAgentParser()
         self.store_truncated_ip = config.store_truncated_ip
@@ -226,9 +232,13 @@ class Enricher:
         ids_of = {day: self._visitor_ids(day, salt) for day, salt in salts.items()}
         ua_cache, ref_cache, lang_cache = self._ua_cache, self._ref_cache, self._lang_cache
         truncated = self.store_truncated_ip
+        self.pixels = pixels = []  # conversion pixels in the batch (capture.FLAG_EVENT)
         launches = self.launches if self.scanner_window_s > 0 else None
         window = self.scanner_window_s * 1000
         for ts, link_id, domain_id, ip, ua_raw, ref_raw, lang_raw, flags, route, cid in clicks:
+            if flags & FLAG_EVENT:
+                pixels.append((ts, lang_raw))  # (time, the pixel's query): not a click
+                continue
             ua = ua_cache.get(ua_raw) or self._ua(ua_raw)
             if flags:
                 # the request's own signals come first (geo.bots.explain's order)
@@ -364,6 +374,10 @@ class ClickRecorder:
         self._pending: list[tuple[list[Row], Progress, Spent]] = []
         self._pending_count = 0
         self._in_flight = 0  # clicks being enriched right now
+        # conversion pixels (edge/events.py) enriched, and those whose click is not written
+        # yet, tried again at the next writes (bounded)
+        self._pending_pixels: list[tuple[float, bytes]] = []
+        self._pixel_retry: list[tuple[float, bytes]] = []
         # rollups
         self._unrolled = 0  # clicks written but not yet in the rollups
         self._last_rollup = 0.0
@@ -474,9 +488,10 @@ class ClickRecorder:
             finally:
                 self._in_flight = 0
             self.live.add(live)
+            self._pending_pixels.extend(self.enricher.pixels)
             self._pending.append((rows, progress, spent))
             self._pending_count += len(rows)
-        if not self._pending:
+        if not self._pending and not self._pixel_retry:
             await self._write_idle_rollup()
             return 0
         return await self._write_pending()
@@ -516,6 +531,8 @@ class ClickRecorder:
                 spent_total[link_id] = spent_total.get(link_id, 0) + n
         started = time.monotonic()
         rollup_due = self._rollup_due(started)
+        pixels = self._pending_pixels + self._pixel_retry
+        outcome: list[events.PixelOutcome] = []
         write = asyncio.ensure_future(
             self.db.run(
                 _write_batch,
@@ -525,6 +542,8 @@ class ClickRecorder:
                 self._rollup_state,
                 ROLLUP_MAX_CLICKS,
                 spent_total,
+                pixels,
+                outcome,
             )
         )
         # A cancellation must not leave us guessing: the write goes on in its thread and
@@ -545,6 +564,7 @@ class ClickRecorder:
                 raise asyncio.CancelledError from None
             return 0
         self._committed(rows, progress, spent, started, rollup_due, rolled)
+        self._pixels_written(outcome[0] if outcome else None)
         if cancelled:
             raise asyncio.CancelledError
         return len(rows)
@@ -582,6 +602,24 @@ class ClickRecorder:
             self.on_committed(progress, spent)
         if self.on_room is not None and self.queued < self.config.max_queued_clicks // 2:
             self.on_room()
+
+    def _pixels_written(self, outcome: events.PixelOutcome | None) -> None:
+        self._pending_pixels = []
+        self._pixel_retry = []
+        if outcome is None:
+            return
+        counters = self.live.conversions
+        counters.add("pixel", outcome.accepted)
+        for reason, n in outcome.rejected.items():
+            counters.reject(reason, n)
+        if outcome.duplicates:
+            counters.duplicate("pixel", outcome.duplicates)
+        retry = outcome.retry
+        if len(retry) > PIXEL_RETRY_MAX:
+            counters.reject("unknown_click", len(retry) - PIXEL_RETRY_MAX)
+            retry = retry[-PIXEL_RETRY_MAX:]
+        counters.pixel_retries += len(retry)
+        self._pixel_retry = retry
 
     def _rollup_due(self, now: float) -> bool:
         elapsed = now - self._last_rollup
@@ -719,6 +757,8 @@ def _write_batch(
     state: rollups.RollupState | None = None,
     limit: int = 0,
     spent: dict[int, int] | None = None,
+    pixels: list[tuple[float, bytes]] | None = None,
+    outcome: list[events.PixelOutcome] | None = None,
 ) -> tuple[int, int, int]:
     """One transaction: insert the rows, record the workers' progress (the batches they
     came in), and, when `rollup_due`, roll up the clicks above the watermark (at most
@@ -731,6 +771,7 @@ def _write_batch(
     with Transaction(conn):
         if progress and _already_written(conn, progress):
             rows = []  # a retry of a write that committed (its outcome was lost): not twice
+            pixels = None
         first, last = rollups.insert_clicks(conn, rows) if rows else (0, -1)
         if spent and rows:  # click budgets: spent with the clicks that spent them
             conn.executemany(
@@ -738,6 +779,10 @@ def _write_batch(
                 "ON CONFLICT (link_id) DO UPDATE SET spent = spent + excluded.spent",
                 list(spent.items()),
             )
+        if pixels:  # conversion pixels, after the clicks they may belong to
+            result = events.record_pixels(conn, pixels, now_ms())
+            if outcome is not None:
+                outcome.append(result)
         if progress:
             stamp = now_ms()
             conn.executemany(

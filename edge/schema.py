@@ -561,9 +561,54 @@ def _m0008_rules_limits_click_ids(conn: sqlite3.Connection) -> None:
     _run(conn, _M0008_SQL)
 
 
+# --- 0009 ---------------------------------------------------------------------------------
+_M0009_SQL: Final = (
+    # Conversions (edge/events.py): one row per accepted event, tied to its click. The
+    # click's time, route, visitor id (and its UTC day) and humanity are copied in, so stats
+    # never look a click up again; value in millionths (exact sums).
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT,
+        link_id INTEGER NOT NULL,
+        click_id BLOB NOT NULL,
+        click_ts INTEGER NOT NULL,
+        route INTEGER,
+        click_source TEXT,
+        visitor_id BLOB,
+        day INTEGER NOT NULL,
+        human INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        value_micros INTEGER,
+        currency TEXT,
+        occurred_at INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        source TEXT NOT NULL
+    )""",
+    # idempotent per event_id; pixel events (anyone can send one) have their own namespace,
+    # so a forged pixel can never take the id of a server-side event
+    "CREATE UNIQUE INDEX events_event_id ON events (source = 'pixel', event_id) "
+    "WHERE event_id IS NOT NULL",
+    "CREATE INDEX events_link ON events (link_id, click_ts)",
+    # repeat visitors: per link and UTC day, the visitors with two or more human clicks that
+    # day, in the visitor chunk format (edge/visitors.py)
+    """CREATE TABLE link_day_repeat (
+        link_id INTEGER NOT NULL,
+        day INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        n_human INTEGER NOT NULL,
+        ids BLOB NOT NULL,
+        bot_ids BLOB NOT NULL,
+        UNIQUE (link_id, day, seq)
+    )""",
+)
+
+
+def _m0009_events(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0009_SQL)
+
+
 # --- 0010 ---------------------------------------------------------------------------------
-# (9 was reserved for work in progress elsewhere: numbers need not be consecutive, each
-# migration is recorded by its own number.)
 _M0010_SQL: Final = (
     # Which signal made a click a bot (geo/bots.py Verdict.reason: "crawlerdetect:semrushbot",
     # "linkedge:curl/", "head:method", ...); NULL for a human and for clicks written before.
@@ -680,6 +725,7 @@ MIGRATIONS: Final[list[Migration]] = [
     (6, "0006_slug_case_and_time_bounds", _m0006_slug_case_and_time_bounds),
     (7, "0007_create_ingest_progress", _m0007_create_ingest_progress),
     (8, "0008_rules_limits_click_ids", _m0008_rules_limits_click_ids),
+    (9, "0009_events", _m0009_events),
     (10, "0010_add_click_bot_reason", _m0010_add_click_bot_reason),
     (11, "0011_create_change_history", _m0011_create_change_history),
     (12, "0012_index_links_by_source", _m0012_index_links_by_source),

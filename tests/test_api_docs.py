@@ -56,6 +56,13 @@ VOLATILE_FIELDS = frozenset(
         "evaluated_at",
         "ts_ms",
         "generated_at",
+        # an event's times and its lag from the click (tenths of a second in a run)
+        "occurred_at",
+        "received_at",
+        "click_at",
+        "lag_s",
+        "p50_s",
+        "p90_s",
     }
 )
 CURL_WRAPPER = "curl() { command curl --max-time 10 \"$@\" -w '\\n@@STATUS %{http_code}@@\\n'; }\n"

@@ -356,7 +356,7 @@ def test_campaign_report_with_changes_and_exports(api: Api, server: ServerProces
     assert rep["best_channel"] == {"by": "utm_source", "value": "twitter", "humans": 36, "of": 41}
     assert rep["best_placement"]["value"] == "bio"
     assert rep["channels_by_referrer"] == [{"source": "twitter", "humans": 41}]
-    assert rep["conversions"]["total"] is None and rep["conversions"]["note"]
+    assert rep["conversions"]["total"] == 0 and rep["conversions"]["revenue"] == {}
     assert rep["variants"]["best"] is None
     dest = [c for c in rep["changes"] if c["field"] == "url"]
     assert len(dest) == 1 and dest[0]["to"] == "https://example.com/r1-new"
