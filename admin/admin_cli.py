@@ -163,6 +163,11 @@ def open_db(args: argparse.Namespace, *, create: bool = False) -> sqlite3.Connec
         if version < schema.LATEST:  # reads of an up-to-date database take no write lock
             schema.migrate(conn, _announce_migration)
         catalog.ensure_default_domain(conn)
+        store = getattr(args, "link_store", None) or setting(args, "link_store")
+        if store:  # docs/scale-out.md: the catalog lives in PostgreSQL, this file mirrors it
+            from edge import pgstore
+
+            args.link_store_joined = pgstore.attach_cli(conn, store)
     except BaseException:
         conn.close()
         raise

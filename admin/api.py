@@ -769,8 +769,11 @@ class AdminServer:
         degraded = _degraded(pipeline, self.config.max_queued_clicks)
         if degraded:
             pipeline["degraded"] = degraded
+        # the link store down: redirects go on from this node's copy, catalog writes fail
+        store = self.runtime.link_store.health() if self.runtime.link_store else None
+        store_down = store is not None and not store["ok"]
         body = {
-            "status": "unavailable" if not ok else "degraded" if degraded else "ok",
+            "status": "unavailable" if not ok else "degraded" if degraded or store_down else "ok",
             "db": {"ok": db_error is None, "path": self.config.db_path, "error": db_error},
             "pipeline": {"ok": pipeline_error is None, **pipeline},
             "geoip": {
@@ -780,6 +783,7 @@ class AdminServer:
                 "error": geo.get("error"),
             },
             "sync": {"ok": not sync_errors, "error": sync_errors[0] if sync_errors else None},
+            "link_store": store,
             "bot_list": bots.list_info(),
             "workers": {
                 "configured": self.runtime.workers_expected,

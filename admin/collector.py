@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from edge.clicks import ClickRecorder
 from edge.config import Config
-from edge.db import Database
+from edge.db import Database, current_rev
 from edge.ingest import Ingest
 from edge.live import LiveCounters
 from edge.looplag import LoopLag
@@ -45,7 +45,15 @@ class Collector:
         self.started_at = time.time()
         self.live = LiveCounters()
         self.geo = GeoDatabase(config.geoip_path, config.geoip_asn_path)
-        self.writer = Database(config.db_path, timeout_ms=int(config.db_busy_timeout_s * 1000))
+        timeout_ms = int(config.db_busy_timeout_s * 1000)
+        self.writer = Database(config.db_path, timeout_ms=timeout_ms)
+        self.link_store: Any = None  # edge/pgstore.py StoreSync, with --link-store
+        if config.link_store:
+            from edge import pgstore
+
+            store = pgstore.LinkStore(config.link_store)
+            self.writer = pgstore.StoreDatabase(config.db_path, store, timeout_ms=timeout_ms)
+            self.link_store = pgstore.StoreSync(store, self.writer, self._serve_mirror)
         self.clicks: ClickRecorder | None = None
         self.edges = Ingest(None, ingest_path)
         self.admin: Any = None
@@ -54,6 +62,8 @@ class Collector:
 
     async def start(self) -> None:
         await self.writer.open()
+        if self.link_store is not None:
+            self.link_store.start()
         status = self.geo.status()
         if status.get("enabled"):
             log.info("GeoIP: %s built %s", status.get("database_type"), status.get("build_date"))
@@ -86,9 +96,19 @@ class Collector:
         if self.clicks is not None:
             left = await self.clicks.close(timeout_s=max(self.config.shutdown_timeout_s, 5.0))
         await self.edges.stop()
+        if self.link_store is not None:
+            await self.link_store.stop()
         await self.writer.close()
         self.geo.close()
         return left
+
+    async def _serve_mirror(self) -> None:
+        """The link store's changes reached this node's SQLite: the workers serve them now,
+        the admin API knows new and revoked tokens."""
+        rev = await self.writer.run(current_rev)
+        await self.edges.serve_rev(rev)
+        if self.admin is not None:
+            await self.admin.tokens.refresh()
 
     def restart_counts(self) -> dict[str, int]:
         """The supervisor's restart counts by process (a file it rewrites next to the

@@ -75,6 +75,12 @@ class Config:
     link_poll_interval_s: float = _setting(
         0.25, "How often the server checks SQLite for link changes made by other processes."
     )
+    link_store: str | None = _setting(
+        None,
+        "A shared link store, postgresql://USER@HOST:PORT/DB: links, domains, tokens and UTM "
+        "lists live there for every node (docs/scale-out.md); this node's SQLite file keeps "
+        "a copy it serves from. Needs the `postgresql` extra (psycopg).",
+    )
     workers: int = _setting(
         0,
         "Edge worker processes answering on the edge port (SO_REUSEPORT); 0: one per "
@@ -259,5 +265,9 @@ def validate(config: Config) -> None:
             raise ValueError(f"{name} must be positive")
     if not 0 <= config.edge_port <= 65535 or not 0 <= config.admin_port <= 65535:
         raise ValueError("ports must be between 0 and 65535")
+    if config.link_store is not None and not config.link_store.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise ValueError("link_store must be a postgresql:// URL")
     if config.max_connections < 1:
         raise ValueError("max_connections must be at least 1")
