@@ -104,6 +104,14 @@ class Config:
         "past this it stops reading from the workers, which keep their clicks meanwhile.",
     )
     record_clicks: bool = _setting(True, "Record clicks (off only for benchmarks).")
+    click_sink: str | None = _setting(
+        None,
+        "Where the collector writes clicks: unset for SQLite (the default), or "
+        "`clickhouse+http://[USER[:PASSWORD]@]HOST:8123/DATABASE` for ClickHouse (created and "
+        "migrated at start; stats are then read from it). Links stay in the link store. "
+        "See docs/clickhouse.md.",
+        flag="click-sink",
+    )
     geoip_path: str | None = _setting(
         None,
         "MaxMind-format City or Country database (.mmdb); without one, geo fields stay empty.",
@@ -259,5 +267,9 @@ def validate(config: Config) -> None:
             raise ValueError(f"{name} must be positive")
     if not 0 <= config.edge_port <= 65535 or not 0 <= config.admin_port <= 65535:
         raise ValueError("ports must be between 0 and 65535")
+    if config.click_sink is not None:
+        from edge.chclient import parse_sink_url
+
+        parse_sink_url(config.click_sink)
     if config.max_connections < 1:
         raise ValueError("max_connections must be at least 1")
