@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import orjson
 
-from admin import auth, imports, metrics, qr, stats, timerange, velocity
+from admin import auth, chstats, imports, metrics, qr, stats, timerange, velocity
 from admin.http import (
     BulkFailed,
     Call,
@@ -116,6 +116,8 @@ class AdminServer:
         self.runtime = runtime
         self.config = runtime.config
         self.db = Database(self.config.db_path)  # reads: links, stats, tokens
+        # the stats reads: admin/stats.py over SQLite, or admin/chstats.py over ClickHouse
+        self.reads: Any = stats if not self.config.click_sink else chstats.for_sink(self.config)
         self.tokens = auth.TokenCache(self.db, runtime.writer)
         self.router = Router()
         self._add_routes()
@@ -454,8 +456,8 @@ class AdminServer:
         cached = self._final_checkpoints.get(link["id"])
         if cached is not None:
             return cached
-        result = await self.db.run(
-            stats.launch_checkpoints, link["id"], link["created_at"], now_ms()
+        result: dict[str, Any] | None = await self.db.run(
+            self.reads.launch_checkpoints, link["id"], link["created_at"], now_ms()
         )
         if result and result["checkpoints"] and all(c["complete"] for c in result["checkpoints"]):
             self._final_checkpoints[link["id"]] = result
@@ -467,7 +469,7 @@ class AdminServer:
         top = call.q_int("top", stats.DEFAULT_TOP, 1, stats.MAX_TOP)
         window = velocity.parse_window(call.q("window"))
         flt = catalog.LinkFilter(link_id=link["id"])
-        result = await self.db.run(stats.selection_stats, flt, rng, top)
+        result = await self.db.run(self.reads.selection_stats, flt, rng, top)
         return json_response(
             200,
             {
@@ -505,7 +507,7 @@ class AdminServer:
         live_ids = self._live_ids(window)
         if group_by is None:
             top = call.q_int("top", stats.DEFAULT_TOP, 1, stats.MAX_TOP)
-            result = await self.db.run(stats.selection_stats, flt, rng, top)
+            result = await self.db.run(self.reads.selection_stats, flt, rng, top)
             ids = await self.db.run(stats.selected_link_ids, flt, live_ids)
             return json_response(
                 200,
@@ -516,7 +518,7 @@ class AdminServer:
         if call.q("top") is not None:
             raise InvalidField("top applies without group_by (breakdowns)", "top")
         limit = call.q_int("limit", stats.DEFAULT_GROUPS, 1, stats.MAX_GROUPS)
-        result = await self.db.run(stats.group_stats, flt, group_by, rng, limit)
+        result = await self.db.run(self.reads.group_stats, flt, group_by, rng, limit)
         keys_of = await self.db.run(stats.group_keys_of, flt, group_by, live_ids)
         members: dict[Any, list[int]] = {}
         for link_id, keys in keys_of.items():

@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any, Final
 
+from edge.chclient import ClickHouseError
 from edge.clicks import ClickRecorder
 from edge.config import Config
 from edge.db import Database, current_rev
@@ -73,7 +74,15 @@ class Collector:
                 status.get("error"),
             )
         if self.config.record_clicks:
-            self.clicks = ClickRecorder(self.config, self.writer, self.geo, self.live)
+            sink = None
+            if self.config.click_sink:
+                from edge.chclient import parse_sink_url
+                from edge.chsink import ClickHouseSink, node_id
+
+                url = parse_sink_url(self.config.click_sink)
+                sink = ClickHouseSink(url, node_id(self.config.db_path))
+                log.info("clicks go to ClickHouse at %s", url.safe())
+            self.clicks = ClickRecorder(self.config, self.writer, self.geo, self.live, sink)
             await self.clicks.start()
             self.edges = Ingest(self.clicks, self.edges.path)
         else:
@@ -186,7 +195,7 @@ def main() -> int:
                 config, os.environ["LINKEDGE_COLLECTOR_SOCKET"], int(ready) if ready else None
             )
         )
-    except OSError as exc:
+    except (OSError, ClickHouseError) as exc:  # e.g. the ClickHouse sink is unreachable
         print(f"linkedge: the collector cannot start: {exc}", file=sys.stderr)
         return 2
 

@@ -53,6 +53,7 @@ from edge.capture import (
     FLAG_TEST,
     RawClick,
 )
+from edge.chsink import ClickHouseSink, Layout
 from edge.config import Config
 from edge.db import Database, Transaction, now_ms
 from edge.live import LiveCounters
@@ -94,6 +95,11 @@ ROLLUP_BUDGET: Final = 0.1
 # Smaller, more frequent roll-ups measured worse: fewer repeated keys per write, and more
 # time with a roll-up competing with the event loop (p99 51 ms with 150k, 23-29 ms here).
 ROLLUP_MAX_CLICKS: Final = 500_000
+# With a ClickHouse sink, rows are written at most every SINK_WRITE_INTERVAL_S (or at once
+# past SINK_WRITE_MAX_ROWS): ClickHouse wants few big inserts (each makes a part; at 0.1 s
+# intervals and 20k clicks/s it fell behind, at 1 s it kept up: docs/clickhouse.md).
+SINK_WRITE_INTERVAL_S: Final = 1.0
+SINK_WRITE_MAX_ROWS: Final = 100_000
 DROP_LOG_INTERVAL_S: Final = 10.0
 GEO_CHECK_INTERVAL_S: Final = 2.0  # how often the GeoIP file is stat()ed for replacement
 DAY_S: Final = 86400
@@ -331,9 +337,13 @@ class ClickRecorder:
         db: Database,
         geo: GeoDatabase,
         live: LiveCounters,
+        sink: ClickHouseSink | None = None,
     ) -> None:
         self.config = config
         self.db = db
+        # where the rows go: SQLite (None) or ClickHouse, which then also deduplicates
+        # (edge/chsink.py); the click budgets and salts stay in SQLite either way
+        self.sink = sink
         self.geo = geo
         self.live = live
         self.enricher = Enricher(config, geo)
@@ -351,6 +361,8 @@ class ClickRecorder:
         self._raw_count = 0
         self._pending: list[tuple[list[Row], Progress, Spent]] = []
         self._pending_count = 0
+        self._pending_layout: Layout = []  # the worker batches of the pending rows (sink)
+        self._pending_since = 0.0
         self._in_flight = 0  # clicks being enriched right now
         # rollups
         self._unrolled = 0  # clicks written but not yet in the rollups
@@ -387,8 +399,14 @@ class ClickRecorder:
         return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     async def start(self) -> None:
-        self.committed = await self.db.run(_load_progress)
-        await self._catch_up_rollups()
+        if self.sink is not None:
+            # ClickHouse holds the rows and their worker identities: a resent batch is
+            # recognised there when it is written (its epoch is checked first)
+            await self.sink.start()
+            self.committed = {}
+        else:
+            self.committed = await self.db.run(_load_progress)
+            await self._catch_up_rollups()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="click-flusher")
 
     def accept(
@@ -462,12 +480,25 @@ class ClickRecorder:
             finally:
                 self._in_flight = 0
             self.live.add(live)
+            if not self._pending:
+                self._pending_since = time.monotonic()
             self._pending.append((rows, progress, spent))
             self._pending_count += len(rows)
+            if self.sink is not None:
+                self._pending_layout.extend((e, s, len(c)) for e, s, c, _spent in take)
         if not self._pending:
             await self._write_idle_rollup()
             return 0
+        if self.sink is not None and not self._sink_due():
+            return 0
         return await self._write_pending()
+
+    def _sink_due(self) -> bool:
+        return (
+            self._closing
+            or self._pending_count >= SINK_WRITE_MAX_ROWS
+            or time.monotonic() - self._pending_since >= SINK_WRITE_INTERVAL_S
+        )
 
     async def _enrich(
         self, raw: list[RawClick]
@@ -503,18 +534,23 @@ class ClickRecorder:
             for link_id, n in links.items():
                 spent_total[link_id] = spent_total.get(link_id, 0) + n
         started = time.monotonic()
-        rollup_due = self._rollup_due(started)
-        write = asyncio.ensure_future(
-            self.db.run(
-                _write_batch,
-                rows,
-                progress,
-                rollup_due,
-                self._rollup_state,
-                ROLLUP_MAX_CLICKS,
-                spent_total,
+        write: asyncio.Future[tuple[int, int, int]]
+        if self.sink is not None:
+            rollup_due = False
+            write = asyncio.ensure_future(self._sink_write(rows, spent_total))
+        else:
+            rollup_due = self._rollup_due(started)
+            write = asyncio.ensure_future(
+                self.db.run(
+                    _write_batch,
+                    rows,
+                    progress,
+                    rollup_due,
+                    self._rollup_state,
+                    ROLLUP_MAX_CLICKS,
+                    spent_total,
+                )
             )
-        )
         # A cancellation must not leave us guessing: the write goes on in its thread and
         # may commit, so wait for its outcome, keep the books, then let the cancel go on.
         cancelled = False
@@ -537,6 +573,16 @@ class ClickRecorder:
             raise asyncio.CancelledError
         return len(rows)
 
+    async def _sink_write(self, rows: list[Row], spent: dict[int, int]) -> tuple[int, int, int]:
+        """Rows to ClickHouse, then the click budgets they spent to SQLite. A failure of
+        either fails the write: its retry finds the rows in ClickHouse (the sink
+        reconciles after a failure) and records the budgets once."""
+        assert self.sink is not None
+        await self.sink.write(rows, list(self._pending_layout))
+        if spent and rows:
+            await self.db.run(_record_spent, spent)
+        return 0, -1, 0
+
     def _committed(
         self,
         rows: list[Row],
@@ -548,6 +594,7 @@ class ClickRecorder:
     ) -> None:
         self._pending = []
         self._pending_count = 0
+        self._pending_layout = []
         for epoch, seq in progress.items():
             if seq > self.committed.get(epoch, 0):
                 self.committed[epoch] = seq
@@ -590,7 +637,7 @@ class ClickRecorder:
         """Rebuild one group-day's visitors that a link edit left stale per flush cycle
         while any wait (a bounded step: a rebuild reads a whole group's day); look again
         after the next roll-up once none does."""
-        if not self._rebuild_due:
+        if not self._rebuild_due or self.sink is not None:
             return
         try:
             self._rebuild_due = await self.db.run(_rebuild_one_stale_group_day)
@@ -601,7 +648,7 @@ class ClickRecorder:
         """No clicks waiting: still roll up the last ones, so the rollup tables (and
         everything reading them, like `linkedge stats`) do not wait for the next click."""
         started = time.monotonic()
-        if not self._unrolled or not self._rollup_due(started):
+        if self.sink is not None or not self._unrolled or not self._rollup_due(started):
             return
         try:
             _first, _last, rolled = await self.db.run(
@@ -671,7 +718,7 @@ class ClickRecorder:
             except Exception:
                 log.exception("final click flush failed; retrying")
                 await asyncio.sleep(0.1)
-        if not self.queued:
+        if not self.queued and self.sink is None:
             # everything is written: roll up the last clicks too, a capped step at a time
             try:
                 while time.monotonic() < deadline:
@@ -687,7 +734,15 @@ class ClickRecorder:
         if left:
             log.error("shutdown: %d clicks could not be written before the deadline", left)
         self._executor.shutdown(wait=False)
+        if self.sink is not None:
+            await self.sink.close()
         return left
+
+
+_SPENT_SQL: Final = (
+    "INSERT INTO link_spent (link_id, spent) VALUES (?, ?) "
+    "ON CONFLICT (link_id) DO UPDATE SET spent = spent + excluded.spent"
+)
 
 
 def _load_progress(conn: sqlite3.Connection) -> Progress:
@@ -721,11 +776,7 @@ def _write_batch(
             rows = []  # a retry of a write that committed (its outcome was lost): not twice
         first, last = rollups.insert_clicks(conn, rows) if rows else (0, -1)
         if spent and rows:  # click budgets: spent with the clicks that spent them
-            conn.executemany(
-                "INSERT INTO link_spent (link_id, spent) VALUES (?, ?) "
-                "ON CONFLICT (link_id) DO UPDATE SET spent = spent + excluded.spent",
-                list(spent.items()),
-            )
+            conn.executemany(_SPENT_SQL, list(spent.items()))
         if progress:
             stamp = now_ms()
             conn.executemany(
@@ -737,6 +788,11 @@ def _write_batch(
         if rollup_due:
             rolled = rollups.roll_up(conn, state, limit)
     return first, last, rolled
+
+
+def _record_spent(conn: sqlite3.Connection, spent: dict[int, int]) -> None:
+    with Transaction(conn):
+        conn.executemany(_SPENT_SQL, list(spent.items()))
 
 
 def _already_written(conn: sqlite3.Connection, progress: Progress) -> bool:

@@ -110,6 +110,14 @@ class Config:
         "past this it stops reading from the workers, which keep their clicks meanwhile.",
     )
     record_clicks: bool = _setting(True, "Record clicks (off only for benchmarks).")
+    click_sink: str | None = _setting(
+        None,
+        "Where the collector writes clicks: unset for SQLite (the default), or "
+        "`clickhouse+http://[USER[:PASSWORD]@]HOST:8123/DATABASE` for ClickHouse (created and "
+        "migrated at start; stats are then read from it). Links stay in the link store. "
+        "See docs/clickhouse.md.",
+        flag="click-sink",
+    )
     geoip_path: str | None = _setting(
         None,
         "MaxMind-format City or Country database (.mmdb); without one, geo fields stay empty.",
@@ -269,5 +277,9 @@ def validate(config: Config) -> None:
         ("postgresql://", "postgres://")
     ):
         raise ValueError("link_store must be a postgresql:// URL")
+    if config.click_sink is not None:
+        from edge.chclient import parse_sink_url
+
+        parse_sink_url(config.click_sink)
     if config.max_connections < 1:
         raise ValueError("max_connections must be at least 1")
