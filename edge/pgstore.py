@@ -66,7 +66,9 @@ CONNECT_TIMEOUT_S: Final = 3
 STATEMENT_TIMEOUT_MS: Final = 5000
 LOCK_TIMEOUT_MS: Final = 4000
 CONFLICT_RETRIES: Final = 5
-LISTEN_CHECK_S: Final = 2.0  # the listener proves its connection alive this often
+# Without notifications the listener compares the store's revision with the mirror's
+# this often (the fallback for a lost notification or a failed pull).
+LISTEN_CHECK_S: Final = 0.5
 RECONNECT_S: Final = (0.2, 0.5, 1.0, 2.0)
 
 # The shared tables and their key columns (the mirror's table names).
@@ -267,6 +269,7 @@ class LinkStore:
         self.shown = redact(url)
         self._conn: Any = None
         self.down: Callable[[], str | None] = lambda: None  # the listener's verdict
+        self.last_rev = -1  # the store revision the mirror was last brought to (any thread)
 
     # connection
 
@@ -464,6 +467,7 @@ class LinkStore:
 
         new = self._pg(run)
         _set_meta(conn, META_STORE_REV, new)
+        self.last_rev = new
 
     def pull(self, conn: sqlite3.Connection) -> int:
         """Apply the store's rows newer than the mirror's revision; the rows applied."""
@@ -482,13 +486,13 @@ class LinkStore:
             return rev, [(str(r[0]), str(r[1]), bool(r[2]), r[3]) for r in cur.fetchall()]
 
         rev, rows = self._pg(run)
-        if rev == since:
-            return 0
-        with Transaction(conn):
-            _apply(conn, rows)
-            _set_meta(conn, META_STORE_REV, rev)
-            if _has_capture(conn):
-                conn.execute("DELETE FROM temp.store_changed")
+        if rev != since:
+            with Transaction(conn):
+                _apply(conn, rows)
+                _set_meta(conn, META_STORE_REV, rev)
+                if _has_capture(conn):
+                    conn.execute("DELETE FROM temp.store_changed")
+        self.last_rev = rev
         return len(rows)
 
 
@@ -619,9 +623,10 @@ class StoreListener:
     thread) on each notification and after each (re)connect. `error` says why the store
     is unreachable, None while it is connected."""
 
-    def __init__(self, url: str, wake: Callable[[], None]) -> None:
+    def __init__(self, url: str, wake: Callable[[], None], mirrored: Callable[[], int]) -> None:
         self.url = url
         self.wake = wake
+        self.mirrored = mirrored  # the revision the mirror holds
         self.error: str | None = None
         self.down_since: float | None = None
         self._stop = threading.Event()
@@ -652,8 +657,12 @@ class StoreListener:
                         woke = True
                     if woke:
                         self.wake()
-                    else:
-                        conn.execute("SELECT 1")
+                        continue
+                    # quiet: prove the connection alive, and catch what a notification
+                    # missed (or a pull that failed) by the store's revision
+                    row = conn.execute("SELECT rev FROM linkedge_state WHERE id = 1").fetchone()
+                    if row is not None and int(row[0]) != self.mirrored():
+                        self.wake()
             except psycopg.Error as exc:
                 text = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
                 if self.error is None:
@@ -684,7 +693,7 @@ class StoreSync:
         self.store = store
         self.writer = writer
         self.serve = serve  # async: workers serve the mirror's current revision
-        self.listener = StoreListener(store.url, self._wake)
+        self.listener = StoreListener(store.url, self._wake, lambda: store.last_rev)
         store.down = lambda: self.listener.error
         self.pulls = 0
         self.pulled_rows = 0
