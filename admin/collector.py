@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any, Final
 
+from edge import catalog
 from edge.chclient import ClickHouseError
 from edge.clicks import ClickRecorder
 from edge.config import Config
@@ -55,6 +56,8 @@ class Collector:
             store = pgstore.LinkStore(config.link_store)
             self.writer = pgstore.StoreDatabase(config.db_path, store, timeout_ms=timeout_ms)
             self.link_store = pgstore.StoreSync(store, self.writer, self._serve_mirror)
+        # the click limits' reads: never queued behind a write of clicks
+        self.limits_db = Database(config.db_path, timeout_ms=timeout_ms)
         self.clicks: ClickRecorder | None = None
         self.edges = Ingest(None, ingest_path)
         self.admin: Any = None
@@ -87,6 +90,11 @@ class Collector:
             self.edges = Ingest(self.clicks, self.edges.path)
         else:
             log.warning("click recording is OFF (record_clicks=false)")
+        await self.limits_db.open()
+        await self.edges.watch_limits(
+            lambda: self.limits_db.run(catalog.click_limits),
+            lambda: self.limits_db.run(current_rev),
+        )
         await self.edges.start()
         if self.config.admin_enabled:
             from admin.api import AdminServer
@@ -107,6 +115,7 @@ class Collector:
         await self.edges.stop()
         if self.link_store is not None:
             await self.link_store.stop()
+        await self.limits_db.close()
         await self.writer.close()
         self.geo.close()
         return left

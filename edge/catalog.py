@@ -860,16 +860,25 @@ def active_token_id(conn: sqlite3.Connection, digest: bytes) -> int | None:
     return None if row is None else int(row[0])
 
 
-def click_limits(conn: sqlite3.Connection) -> tuple[dict[int, int], dict[int, int]]:
-    """(limit of every servable link with max_clicks, what each has spent)."""
-    limits = {
-        int(r[0]): int(r[1])
-        for r in conn.execute(
-            "SELECT id, max_clicks FROM links WHERE max_clicks IS NOT NULL AND archived_at IS NULL"
-        )
-    }
-    spent = {int(r[0]): int(r[1]) for r in conn.execute("SELECT link_id, spent FROM link_spent")}
-    return limits, spent
+def click_limits(conn: sqlite3.Connection) -> tuple[int, dict[int, int], dict[int, int]]:
+    """(the catalog revision, the limit of every servable link with max_clicks, what each
+    has spent), read in one snapshot (the partial index links_limited)."""
+    conn.execute("BEGIN")  # deferred: a read, never the write lock
+    try:
+        rev = current_rev(conn)
+        limits = {
+            int(r[0]): int(r[1])
+            for r in conn.execute(
+                "SELECT id, max_clicks FROM links "
+                "WHERE max_clicks IS NOT NULL AND archived_at IS NULL"
+            )
+        }
+        spent = {
+            int(r[0]): int(r[1]) for r in conn.execute("SELECT link_id, spent FROM link_spent")
+        }
+    finally:
+        conn.execute("COMMIT")
+    return rev, limits, spent
 
 
 def touch_token(conn: sqlite3.Connection, token_id: int) -> None:

@@ -438,7 +438,8 @@ async def run_worker(
         link.send(capture.number_frame(capture.AT_REV, table.rev))
 
     def keep_leases() -> None:
-        link.leases.ask(i for i in table.limited if link.leases.budget.get(i, 0) < LOW_WATER)
+        budget = link.leases.budget
+        link.leases.ask((i for i in table.limited if budget.get(i, 0) < LOW_WATER), force=True)
 
     sync.on_change = keep_leases
     link.on_connected = keep_leases
