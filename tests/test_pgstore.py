@@ -104,8 +104,14 @@ def test_every_catalog_write_reaches_the_other_copy(tmp_path: Path, link_store: 
     catalog.revoke_token(a, revoked["id"])
     catalog.set_utm_allowed(a, "medium", ["email", "social"])
     catalog.set_utm_case(a, "keep")
+    before = catalog.current_rev(b)
     assert store_b.pull(b) > 0
     assert catalog_of(a) == catalog_of(b) == store_rows(link_store)
+    # b's workers reload what carries a newer revision of b's own: every row the pull
+    # wrote carries the one revision it took
+    _rev, changed, _purged, _domains = catalog.changes_since(b, before)
+    assert {r["slug"] for r in changed} == {"x", "y"}
+    assert {r["rev"] for r in changed} == {catalog.current_rev(b)}
     # what b's edge and API read: the same links, and the token authenticates there
     assert catalog.find_link(b, "x", "localhost")["url"] == "https://example.com/x2"
     assert catalog.get_link(b, y["id"])["archived_at"] is not None
@@ -230,3 +236,17 @@ def test_the_url_shown_never_carries_the_password() -> None:
     assert pgstore.redact("postgresql://u@db/x") == "postgresql://u@db/x"
     with pytest.raises(ValueError, match="postgresql://"):
         pgstore.check_url("mysql://db/x")
+
+
+def test_a_store_the_listener_found_down_refuses_at_once(tmp_path: Path, link_store: str) -> None:
+    """While the node's listener says the store is unreachable, a write fails at once (no
+    connect timeout on the writer thread, which the clicks share) and changes nothing."""
+    a, store_a = node(tmp_path, "a", link_store)
+    store_a.down = lambda: "connection refused"
+    with pytest.raises(pgstore.StoreUnavailable, match="connection refused"):
+        catalog.create_link(a, {"url": "https://example.com/"}, slug="no")
+    assert a.execute("SELECT count(*) FROM links").fetchone()[0] == 0
+    assert "links[1]" not in store_rows(link_store)
+    store_a.down = lambda: None
+    catalog.create_link(a, {"url": "https://example.com/"}, slug="yes")
+    assert store_rows(link_store)["links[1]"]["slug"] == "yes"
