@@ -69,7 +69,8 @@ def test_serve_with_an_unreachable_sink_fails_with_one_line(tmp_path: Path) -> N
         timeout=60,
     )
     assert proc.returncode != 0
-    assert "the collector cannot start" in proc.stderr and "Traceback" not in proc.stderr
+    assert "the collector cannot start: cannot reach clickhouse+http://127.0.0.1:" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 # --- the recorder with a ClickHouse sink ----------------------------------------------------
@@ -118,6 +119,7 @@ class FaultyProxy:
         self.rng = random.Random(seed)
         self.port = 0
         self.faults = {"cut": 0, "swallowed": 0, "refused": 0, "closed": 0}
+        self.warm = False
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -130,7 +132,9 @@ class FaultyProxy:
             await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        roll = self.rng.random()
+        # faults start once an insert went through: every epoch is then known to the sink,
+        # so only its own record of a failed attempt makes it look before writing again
+        roll = self.rng.random() if self.warm else 1.0
         if roll < 0.1:
             self.faults["refused"] += 1
             writer.close()
@@ -142,13 +146,14 @@ class FaultyProxy:
         life = self.rng.randrange(1, 6)
         cut_after = self.rng.randrange(1, 200_000)
         up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        state = {"requests": 0, "swallowing": False, "insert_bytes": -1}
+        state: dict[str, Any] = {"requests": 0, "swallowing": False, "insert_bytes": -1}
 
         async def upload() -> None:
             while data := await reader.read(65536):
                 if data.startswith(b"POST "):  # no pipelining: a request starts a read
                     state["requests"] += 1
                     inserting = b"query=INSERT" in data.split(b"\r\n", 1)[0]
+                    state["inserting"] = inserting
                     if inserting and state["insert_bytes"] < 0 and (cut or swallow):
                         state["insert_bytes"] = 0
                         state["swallowing"] = swallow
@@ -170,6 +175,8 @@ class FaultyProxy:
                 if state["swallowing"]:
                     self.faults["swallowed"] += 1
                     raise ConnectionResetError
+                if state.get("inserting") and data.startswith(b"HTTP/1.1 200"):
+                    self.warm = True
                 writer.write(data)
                 await writer.drain()
 
@@ -212,20 +219,20 @@ def test_every_click_lands_once_through_a_faulty_network(
         acked: dict[int, int] = {}
         recorder.on_committed = lambda progress, _spent: acked.update(progress)
         n = 0
-        for seq in range(1, 61):
+        for seq in range(1, 41):
             epoch = 100 + seq % 3
             clicks = [_raw(n + i, 1 + i % 4) for i in range(300 + seq * 7)]
             n += len(clicks)
             assert recorder.accept(epoch, seq, clicks)
-            await asyncio.sleep(0.03)
+            await asyncio.sleep(0.02)
         await _drain(recorder)
-        assert acked == {100: 60, 101: 58, 102: 59}  # every epoch's last batch acknowledged
+        assert acked == {100: 39, 101: 40, 102: 38}  # every epoch's last batch acknowledged
         await _close(recorder)
         await proxy.stop()
         return recorder, proxy
 
     recorder, proxy = asyncio.run(run())
-    total = sum(300 + seq * 7 for seq in range(1, 61))
+    total = sum(300 + seq * 7 for seq in range(1, 41))
     assert _counts(clickhouse, url) == (total, total)
     assert recorder.metrics.written == total
     sink = recorder.sink
