@@ -358,15 +358,23 @@ def link_report(conn: sqlite3.Connection, args: argparse.Namespace) -> dict[str,
     now = time.time()
     rng = timerange.time_range(args.from_, args.to, args.interval, args.tz, now)
     flt = catalog.LinkFilter(link_id=link["id"])
-    result = stats.selection_stats(conn, flt, rng, _check_top(args.top, stats.MAX_TOP))
+    reads: Any = stats
+    rollup_velocity = velocity.rollup_velocity
+    sink = setting(args, "click_sink")
+    if sink:  # the clicks are in ClickHouse (docs/clickhouse.md)
+        from admin import chstats
+
+        reads = chstats.for_url(sink)
+        rollup_velocity = reads.rollup_velocity
+    result = reads.selection_stats(conn, flt, rng, _check_top(args.top, stats.MAX_TOP))
     window = velocity.parse_window(args.window)
-    speed = velocity.rollup_velocity(conn, link["id"], window, int(now))
+    speed = rollup_velocity(conn, link["id"], window, int(now))
     return {
         "link": stats.link_head(link),
         **rng.describe(),
         **result,
         "velocity": speed,
-        "checkpoints": stats.launch_checkpoints(
+        "checkpoints": reads.launch_checkpoints(
             conn, link["id"], link["created_at"], int(now * 1000)
         ),
     }

@@ -29,10 +29,11 @@ from typing import Any, Final
 
 from admin import stats
 from admin.timerange import TimeRange, bucket_starts, iso_local, iso_ms
+from admin.velocity import velocity_of
 from edge.catalog import LinkFilter, domain_hosts, link_names
-from edge.chclient import BlockingClient, SinkURL, parse_sink_url
+from edge.chclient import BlockingClient, ClickHouseError, SinkURL, parse_sink_url
 from edge.config import Config
-from edge.errors import InvalidField
+from edge.errors import InvalidField, LinkedgeError
 
 MINUTE_MS: Final = 60_000
 HOUR_MS: Final = 3_600_000
@@ -41,6 +42,13 @@ DAY_MS: Final = 86_400_000
 _UNITS: Final = (1440, 60, 15, 1)
 _INTERVAL_MINUTES: Final = {"minute": 1, "hour": 60, "day": 1440}
 HUMAN: Final = "bot_kind = ''"
+
+
+class StatsUnavailable(LinkedgeError):
+    """ClickHouse did not answer a stats query (down, unreachable, or an error)."""
+
+    status = 503
+    code = "stats_unavailable"
 
 
 class _Links:
@@ -63,6 +71,12 @@ class _Links:
                 i = index[key] = len(self.keys)
             self.groups_of.setdefault(int(link_id), []).append(i)
             self.sizes[key] = self.sizes.get(key, 0) + 1
+        # the selection (for tags: also the links without one, counted in the totals)
+        self.selected = (
+            [int(r[0]) for r in conn.execute(f"SELECT l.id FROM links l WHERE {where}", params)]
+            if group_by == "tag"
+            else list(self.groups_of)
+        )
         self.everything = where == "1"
         self.purged = (
             [int(r[0]) for r in conn.execute("SELECT id FROM purged_links")]
@@ -83,7 +97,7 @@ class _Links:
             return f"link_id IN ({_ints(ids)})"
         if self.everything:
             return f"link_id NOT IN ({_ints(self.purged)})" if self.purged else "1"
-        return f"link_id IN ({_ints(self.groups_of)})"
+        return f"link_id IN ({_ints(self.selected)})"
 
     def key(self) -> str:
         """The group number of a click (tags: one row per tag of its link)."""
@@ -125,7 +139,10 @@ class ClickHouseStats:
         self.client = BlockingClient(url)
 
     def _rows(self, sql: str) -> list[list[Any]]:
-        return self.client.rows(sql)
+        try:
+            return self.client.rows(sql)
+        except ClickHouseError as exc:
+            raise StatsUnavailable(f"the click store did not answer: {exc}") from None
 
     # -- pieces ---------------------------------------------------------------------------
 
@@ -210,7 +227,7 @@ class ClickHouseStats:
         top_lists: dict[str, list[dict[str, Any]]] = {n: [] for n in stats.DIMENSION_NAMES.values()}
         unique = human_unique = 0
         kinds: dict[str, int] = {}
-        if links.groups_of:
+        if links.selected:
             buckets = self._series_rows(links, rng, starts, "0", None).get(0, buckets)
             unique, human_unique = self._uniques(links, rng, "0", None).get(0, [0, 0])
             kinds = self._bot_kinds(links, rng, "0", None).get(0, {})
@@ -269,14 +286,15 @@ class ClickHouseStats:
         m_first, m_last = rng.minutes
         totals: dict[int, list[int]] = {}
         overall = [0, 0]
-        if links.groups_of:
+        if links.selected:
             span = f"ts_ms >= {m_first * MINUTE_MS} AND ts_ms < {(m_last + 1) * MINUTE_MS}"
             key_sql = links.key()
             for k, clicks, humans in self._rows(
                 f"SELECT {key_sql} AS k, count(), countIf({HUMAN}) FROM clicks "
                 f"WHERE {links.where()} AND {span} GROUP BY k"
             ):
-                totals[int(k)] = [int(clicks), int(humans)]
+                if int(k):  # 0: a link without a tag (in the totals only)
+                    totals[int(k)] = [int(clicks), int(humans)]
             if links.multi:  # a click of a link with two tags counts once in the totals
                 for clicks, humans in self._rows(
                     f"SELECT count(), countIf({HUMAN}) FROM clicks WHERE {links.where()} AND {span}"
@@ -372,6 +390,19 @@ class ClickHouseStats:
             )
         return {"first_click_at": iso_ms(first), "checkpoints": checkpoints}
 
+    def rollup_velocity(
+        self, conn: sqlite3.Connection, link_id: int, window_s: int, now_s: int
+    ) -> dict[str, Any]:
+        """velocity.rollup_velocity (the CLI's, without live counters) from ClickHouse."""
+        now_ms = (now_s + 1) * 1000
+        w_ms = window_s * 1000
+        current, previous = self._rows(
+            f"SELECT countIf(ts_ms >= {now_ms - w_ms}), countIf(ts_ms < {now_ms - w_ms}) "
+            f"FROM clicks WHERE link_id = {int(link_id)} AND ts_ms >= {now_ms - 2 * w_ms} "
+            f"AND ts_ms < {now_ms}"
+        )[0]
+        return velocity_of(int(current), int(previous), window_s)
+
     # the link-store reads stay admin/stats.py's
     selected_link_ids = staticmethod(stats.selected_link_ids)
     group_keys_of = staticmethod(stats.group_keys_of)
@@ -380,4 +411,11 @@ class ClickHouseStats:
 def for_sink(config: Config) -> ClickHouseStats:
     """The stats reads of a config whose click sink is ClickHouse."""
     assert config.click_sink
-    return ClickHouseStats(parse_sink_url(config.click_sink))
+    return for_url(config.click_sink)
+
+
+def for_url(url: str) -> ClickHouseStats:
+    try:
+        return ClickHouseStats(parse_sink_url(url))
+    except ValueError as exc:
+        raise InvalidField(str(exc), "click_sink") from None

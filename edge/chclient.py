@@ -43,7 +43,7 @@ class ClickHouseError(Exception):
 
     def __init__(self, status: int, body: bytes) -> None:
         text = body[:500].decode("utf-8", "replace").strip()
-        super().__init__(f"ClickHouse HTTP {status}: {text}")
+        super().__init__(f"ClickHouse HTTP {status}: {text}" if status else text)
         self.status = status
         self.code: int | None = None
         if body.startswith(b"Code: "):
@@ -221,7 +221,10 @@ class AsyncClient:
         if chunked:
             parts = []
             while True:
-                size = int((await reader.readline()).split(b";")[0], 16)
+                line = await reader.readline()
+                if not line:
+                    raise ConnectionResetError("ClickHouse closed the connection mid-answer")
+                size = int(line.split(b";")[0], 16)
                 if size == 0:
                     await reader.readline()
                     break

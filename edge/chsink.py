@@ -226,9 +226,12 @@ class ClickHouseSink:
         try:
             self.version = (await admin.query("SELECT version()")).decode().strip()
             await admin.query(f"CREATE DATABASE IF NOT EXISTS {self.url.database}")
+            applied = await migrate(self.client, self.node)
+        except (TimeoutError, OSError, asyncio.IncompleteReadError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else repr(exc)
+            raise ClickHouseError(0, f"cannot reach {self.url.safe()}: {reason}".encode()) from None
         finally:
             await admin.close()
-        applied = await migrate(self.client, self.node)
         if applied:
             log.info("ClickHouse %s: applied %s", self.url.safe(), ", ".join(applied))
 

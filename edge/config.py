@@ -118,6 +118,11 @@ class Config:
         "See docs/clickhouse.md.",
         flag="click-sink",
     )
+    click_sink_interval_s: float = _setting(
+        1.0,
+        "With a ClickHouse click sink, the collector writes at most this often (or at once "
+        "past 100,000 clicks): ClickHouse wants few, large inserts.",
+    )
     geoip_path: str | None = _setting(
         None,
         "MaxMind-format City or Country database (.mmdb); without one, geo fields stay empty.",
@@ -268,7 +273,12 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Conf
 def validate(config: Config) -> None:
     if config.unknown_host not in ("default", "404"):
         raise ValueError("unknown_host must be 'default' or '404'")
-    for name in ("keep_alive_timeout_s", "header_timeout_s", "flush_interval_s"):
+    for name in (
+        "keep_alive_timeout_s",
+        "header_timeout_s",
+        "flush_interval_s",
+        "click_sink_interval_s",
+    ):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive")
     if not 0 <= config.edge_port <= 65535 or not 0 <= config.admin_port <= 65535:

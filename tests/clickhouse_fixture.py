@@ -31,6 +31,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -187,3 +188,31 @@ def clickhouse() -> Iterator[ClickHouseServer]:
 
 def database_of(url: str) -> str:
     return urllib.parse.urlsplit(url).path.strip("/")
+
+
+def copy_clicks(conn: Any, url: str) -> int:
+    """Copy a SQLite file's `clicks` rows into the ClickHouse database at `url` through
+    linkedge's own sink (created and migrated as a collector would); returns the count.
+    For tests that compare both backends on the same clicks."""
+    import asyncio
+
+    from edge import rollups
+    from edge.chclient import parse_sink_url
+    from edge.chsink import ClickHouseSink
+
+    rows = [
+        tuple(r)
+        for r in conn.execute(f"SELECT {', '.join(rollups.CLICK_COLUMNS)} FROM clicks ORDER BY id")
+    ]
+
+    async def write() -> None:
+        sink = ClickHouseSink(parse_sink_url(url), "tests")
+        await sink.start()
+        try:
+            if rows:
+                await sink.write(rows, [(1, 1, len(rows))])
+        finally:
+            await sink.close()
+
+    asyncio.run(write())
+    return len(rows)
