@@ -35,6 +35,10 @@ from edge.chclient import BlockingClient, ClickHouseError, SinkURL, parse_sink_u
 from edge.config import Config
 from edge.errors import InvalidField, LinkedgeError
 
+# the checkpoints' window from the link's creation (stats.py kept it before main's
+# launch times; counted from creation here until ClickHouse follows them)
+LAUNCH_PERIOD_MS: Final = 86400 * 1000
+
 MINUTE_MS: Final = 60_000
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
@@ -355,7 +359,7 @@ class ClickHouseStats:
     ) -> dict[str, Any] | None:
         """stats.launch_checkpoints from ClickHouse: the first click from the minute the
         link was created, then clicks, humans and uniques up to each checkpoint."""
-        if now_ms - created_at_ms >= stats.LAUNCH_PERIOD_MS:
+        if now_ms - created_at_ms >= LAUNCH_PERIOD_MS:
             return None
         link_id = int(link_id)
         since = (int(created_at_ms) // MINUTE_MS) * MINUTE_MS

@@ -37,6 +37,7 @@ log = logging.getLogger("linkedge.collector")
 # and ship before the collector gives up on them at a stop.
 WORKERS_GONE_GRACE_S: Final = 5.0
 GC_THRESHOLDS: Final = (100_000, 50, 100)
+LAUNCHES_KEPT_S: Final = 86400  # launches older than this cannot be in a scanner window
 
 
 class Collector:
@@ -91,16 +92,22 @@ class Collector:
         else:
             log.warning("click recording is OFF (record_clicks=false)")
         await self.limits_db.open()
-        await self.edges.watch_limits(
-            lambda: self.limits_db.run(catalog.click_limits),
-            lambda: self.limits_db.run(current_rev),
-        )
+        await self.edges.watch_limits(self._load_catalog, lambda: self.limits_db.run(current_rev))
         await self.edges.start()
         if self.config.admin_enabled:
             from admin.api import AdminServer
 
             self.admin = AdminServer(self)
             await self.admin.start()
+
+    async def _load_catalog(self) -> tuple[int, dict[int, int], dict[int, int]]:
+        """What the collector keeps of the catalog: the click limits (for the leases) and
+        the links launched in the last day (for the scanner window)."""
+        since = int((time.time() - LAUNCHES_KEPT_S) * 1000)
+        rev, limits, spent, launches = await self.limits_db.run(catalog.collector_catalog, since)
+        if self.clicks is not None:
+            self.clicks.enricher.launches = launches
+        return rev, limits, spent
 
     async def stop(self) -> int:
         """Graceful stop (the workers go first); returns clicks left unwritten."""
