@@ -370,7 +370,7 @@ def link_report(conn: sqlite3.Connection, args: argparse.Namespace) -> dict[str,
         **result,
         "velocity": speed,
         "checkpoints": reads.launch_checkpoints(
-            conn, link["id"], link["created_at"], int(now * 1000)
+            conn, link["id"], *catalog.link_launch(conn, link), int(now * 1000)
         ),
     }
 
@@ -396,13 +396,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"{speed['window_s'] // 60} min vs {speed['previous']} before)"
     )
     launch = report["checkpoints"]
-    if launch and launch["first_click_at"]:
+    if launch["started_at"]:
         marks = ", ".join(
-            f"{c['minutes']}m: {c['clicks']} clicks / {c['uniques']} uniques"
+            f"{c['minutes']}m: {c['humans']} humans / {c['uniques']} uniques"
             + ("" if c["complete"] else " (so far)")
             for c in launch["checkpoints"]
         )
-        print(f"launch: first click {launch['first_click_at']}; {marks}")
+        since = "launched" if launch["started_by"] == "launch" else "first human click"
+        print(f"launch: {since} {launch['started_at']}; {marks}")
     series = report["series"]
     if any(p["clicks"] for p in series):
         print()

@@ -138,7 +138,7 @@ class AdminServer:
         self._openapi: bytes | None = None
         self._live: tuple[int, int, int, float, dict[str, Any]] | None = None
         self._names_rev = -1
-        self._names: dict[int, tuple[str, str]] = {}
+        self._names: dict[int, tuple[str, str, int | None]] = {}
         self._final_checkpoints: dict[int, dict[str, Any]] = {}  # links whose checkpoints are final
 
     @property
@@ -220,9 +220,14 @@ class AdminServer:
             r.add("GET", ref + "/stats", self.link_stats, stats_q)
             r.add("GET", ref + "/velocity", self.link_velocity, ("window",))
             r.add("GET", ref + "/checkpoints", self.link_checkpoints)
+            r.add("POST", ref + "/launch", self.launch_link)
+            r.add("DELETE", ref + "/launch", self.unlaunch_link)
             for kind in qr.FORMATS:
                 r.add("GET", f"{ref}/qr.{kind}", self.link_qr, QR_QUERY)
         r.add("GET", "/api/stats", self.group_stats, (*stats_q, *filters, "group_by", "limit"))
+        r.add("GET", "/api/campaigns/{name}/launch", self.campaign_launch)
+        r.add("POST", "/api/campaigns/{name}/launch", self.launch_campaign)
+        r.add("DELETE", "/api/campaigns/{name}/launch", self.unlaunch_campaign)
         r.add("GET", "/api/live", self.live, ("top",))
         r.add("GET", "/api/live/stream", self.live_stream, ("top",))
         r.add("GET", "/api/domains", self.list_domains)
@@ -257,6 +262,7 @@ class AdminServer:
         serves it (they reload at once; a worker that does not within a second picks it
         up at its next poll)."""
         result = await self.runtime.writer.run(fn, *args)
+        self._final_checkpoints.clear()  # a launch may have moved
         await self._serve_latest()
         return result
 
@@ -426,6 +432,40 @@ class AdminServer:
         link = await self._write(_archive_link, ref)
         return json_response(200, self.link_out(link))
 
+    # --- launches ------------------------------------------------------------------------
+
+    def _launch_at(self, call: Call) -> int:
+        """The body's `at` (ISO 8601, Unix ms, or relative like -5m); now without a body."""
+        body = call.json_object(frozenset({"at"})) if call.body else {}
+        value = body.get("at")
+        at = timerange.time_ms(value, "at", call.now)
+        return int(call.now * 1000) if at is None else at
+
+    async def launch_link(self, call: Call) -> Response:
+        at = self._launch_at(call)
+        link = await self._write(_patch_link, self._link_ref(call), {"launched_at": at}, None)
+        return json_response(200, self.link_out(link))
+
+    async def unlaunch_link(self, call: Call) -> Response:
+        link = await self._write(_patch_link, self._link_ref(call), {"launched_at": None}, None)
+        return json_response(200, self.link_out(link))
+
+    def _campaign_out(self, launch: dict[str, Any]) -> dict[str, Any]:
+        return {**launch, "launched_at": timerange.iso_ms(launch["launched_at"])}
+
+    async def campaign_launch(self, call: Call) -> Response:
+        launch = await self.db.run(catalog.campaign_launch, call.params["name"])
+        return json_response(200, self._campaign_out(launch))
+
+    async def launch_campaign(self, call: Call) -> Response:
+        at = self._launch_at(call)
+        launch = await self._write(catalog.launch_campaign, call.params["name"], at)
+        return json_response(200, self._campaign_out(launch))
+
+    async def unlaunch_campaign(self, call: Call) -> Response:
+        launch = await self._write(catalog.launch_campaign, call.params["name"], None)
+        return json_response(200, self._campaign_out(launch))
+
     # --- stats ---------------------------------------------------------------------------
 
     def _range(self, call: Call) -> timerange.TimeRange:
@@ -452,15 +492,13 @@ class AdminServer:
         record["warming_up"] = now - self.runtime.started_at < 2 * window_s
         return record
 
-    async def _checkpoints(self, link: dict[str, Any]) -> dict[str, Any] | None:
+    async def _checkpoints(self, link: dict[str, Any]) -> dict[str, Any]:
         cached = self._final_checkpoints.get(link["id"])
         if cached is not None:
             return cached
-        result: dict[str, Any] | None = await self.db.run(
-            self.reads.launch_checkpoints, link["id"], link["created_at"], now_ms()
-        )
-        if result and result["checkpoints"] and all(c["complete"] for c in result["checkpoints"]):
-            self._final_checkpoints[link["id"]] = result
+        result = await self.db.run(_checkpoints, self.reads, link, now_ms())
+        if result["checkpoints"] and all(c["complete"] for c in result["checkpoints"]):
+            self._final_checkpoints[link["id"]] = result  # until the launch changes
         return result
 
     async def link_stats(self, call: Call) -> Response:
@@ -531,15 +569,15 @@ class AdminServer:
     # --- live ----------------------------------------------------------------------------
 
     async def _refresh_names(self, link_ids: list[int]) -> None:
-        """(domain, slug) of the live links, read once per link and again after the link
-        table changed: the only SQL behind /api/live."""
+        """(domain, slug, launch) of the live links, read once per link and again after
+        the catalog changed: the only SQL behind /api/live."""
         rev = await self.db.run(current_rev)
         if self._names_rev != rev:
             self._names_rev = rev
             self._names.clear()
         missing = [i for i in link_ids if i not in self._names]
         if missing:
-            self._names.update(await self.db.run(catalog.link_names, missing))
+            self._names.update(await self.db.run(catalog.live_heads, missing))
 
     async def live_snapshot(self, top: int) -> dict[str, Any]:
         now = time.time()
@@ -563,8 +601,18 @@ class AdminServer:
             windows = velocity.live_windows(live, link_id, now_s)
             entry: dict[str, Any] = {"id": link_id}
             if name is not None:
+                domain, slug, launched = name
                 entry.update(
-                    {"domain": name[0], "slug": name[1], "short_url": stats.short_url(*name)}
+                    {
+                        "domain": domain,
+                        "slug": slug,
+                        "short_url": stats.short_url(domain, slug),
+                        "launched_at": timerange.iso_ms(launched),
+                        # whole minutes since the send (negative: scheduled ahead)
+                        "minutes_since_launch": (
+                            None if launched is None else int(now * 1000 - launched) // 60000
+                        ),
+                    }
                 )
             entry["windows"] = windows
             entry["rate_per_min"] = windows["60s"]["clicks"]
@@ -877,6 +925,15 @@ def _patch_link(
 
 def _archive_link(conn: sqlite3.Connection, ref: LinkRef) -> dict[str, Any]:
     return catalog.archive_link(conn, _resolve(conn, ref))
+
+
+def _checkpoints(
+    conn: sqlite3.Connection, reads: Any, link: dict[str, Any], now: int
+) -> dict[str, Any]:
+    result: dict[str, Any] = reads.launch_checkpoints(
+        conn, link["id"], *catalog.link_launch(conn, link), now
+    )
+    return result
 
 
 def _purge_link(conn: sqlite3.Connection, ref: LinkRef) -> None:

@@ -25,6 +25,8 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
+import orjson
+
 from admin import admin_cli, timerange
 from admin.admin_cli import (
     EXIT_RUNTIME,
@@ -314,7 +316,90 @@ def _link_fields(args: argparse.Namespace) -> dict[str, Any]:
         fields["forward_query"] = False
     if args.query_precedence is not None:
         fields["query_precedence"] = args.query_precedence
+    _routing_fields(args, fields)
     return fields
+
+
+# --rule: a JSON object, or the short form `WHEN => URL [STATUS]` where WHEN is
+# space-separated conditions `device=ios,android country=US query.ref=mail query.promo`.
+_RULE_ARROW = "=>"
+
+
+def parse_rule(text: str) -> dict[str, Any]:
+    """One --rule argument as the API's rule object (edge/rules.py validates it)."""
+    stripped = text.strip()
+    if stripped.startswith("{"):
+        try:
+            given = orjson.loads(stripped)
+        except orjson.JSONDecodeError as exc:
+            raise CLIError(f"--rule {text!r}: not valid JSON ({exc})") from None
+        if not isinstance(given, dict):
+            raise CLIError(f"--rule {text!r}: give a JSON object or 'WHEN => URL'")
+        return given
+    when_text, arrow, target = stripped.partition(_RULE_ARROW)
+    parts = target.split()
+    if not arrow or not parts or len(parts) > 2:
+        raise CLIError(
+            f"--rule {text!r}: give 'device=ios => https://apps.apple.com/...' (conditions, "
+            "=>, the URL, optionally a status) or a JSON object"
+        )
+    when: dict[str, Any] = {}
+    for cond in when_text.split():
+        key, eq, value = cond.partition("=")
+        if key.startswith("query."):
+            when.setdefault("query", {})[key[6:]] = value if eq else True
+        elif not eq or not value:
+            raise CLIError(f"--rule {text!r}: {cond!r} is not CONDITION=VALUE[,VALUE]")
+        else:
+            when[key] = value.split(",") if "," in value else value
+    if not when:
+        raise CLIError(f"--rule {text!r}: no condition before => (e.g. device=ios)")
+    rule: dict[str, Any] = {"when": when, "url": parts[0]}
+    if len(parts) == 2:
+        if not parts[1].isdigit():
+            raise CLIError(f"--rule {text!r}: the status after the URL must be a number")
+        rule["status"] = int(parts[1])
+    return rule
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """One --variant: `URL`, `WEIGHT:URL` or `NAME:WEIGHT:URL`."""
+    pieces = text.split(":", 2)
+    if len(pieces) == 3 and not pieces[0].startswith("http") and pieces[1].strip().isdigit():
+        return {"name": pieces[0], "weight": int(pieces[1]), "url": pieces[2]}
+    if len(pieces) >= 2 and pieces[0].strip().isdigit():
+        return {"weight": int(pieces[0]), "url": text.split(":", 1)[1]}
+    return {"url": text}
+
+
+def _routing_fields(args: argparse.Namespace, fields: dict[str, Any]) -> None:
+    if getattr(args, "no_rules", False):
+        fields["rules"] = None
+    elif getattr(args, "rule", None):
+        fields["rules"] = [parse_rule(r) for r in args.rule]
+    if getattr(args, "no_variants", False):
+        fields["variants"] = None
+    elif getattr(args, "variant", None):
+        fields["variants"] = [parse_variant(v) for v in args.variant]
+    limit = getattr(args, "max_clicks", None)
+    if limit is not None:
+        if limit == "none":
+            fields["max_clicks"] = None
+        elif not limit.isdigit():
+            raise CLIError(f"--max-clicks {limit!r}: a number of clicks, or 'none' to remove it")
+        else:
+            fields["max_clicks"] = int(limit)
+    if getattr(args, "overflow_url", None) is not None:
+        fields["overflow_url"] = args.overflow_url or None
+    if getattr(args, "click_ids", None) is not None:
+        fields["click_ids"] = args.click_ids
+    if getattr(args, "click_id_param", None) is not None:
+        fields["click_id_param"] = args.click_id_param or None
+    launched = getattr(args, "launched_at", None)
+    if launched is not None:
+        fields["launched_at"] = (
+            None if launched == "none" else now_ms() if launched == "now" else parse_time(launched)
+        )
 
 
 def _state(link: dict[str, Any]) -> str:
@@ -335,6 +420,20 @@ def _show_link(args: argparse.Namespace, link: dict[str, Any], as_json: bool) ->
     )
     tags = ", ".join(link["tags"]) or "-"
     print(f"  campaign {link['campaign'] or '-'}, tags {tags}")
+    routing = []
+    if link["rules"]:
+        routing.append(f"{len(link['rules'])} rule(s)")
+    if link["variants"]:
+        split = "/".join(f"{v['name']} {v['weight']:g}" for v in link["variants"])
+        routing.append(f"A/B {split}")
+    if link["max_clicks"] is not None:
+        routing.append(f"at most {link['max_clicks']} clicks, then {link['overflow_url'] or '410'}")
+    if link["click_ids"]:
+        routing.append(f"click ids as {link['click_id_param']}=")
+    if link["launched_at"] is not None:
+        routing.append(f"launched {format_time(link['launched_at'])}")
+    if routing:
+        print("  " + "; ".join(routing))
     utm = [f"{name} {link[name]}" for name in catalog.UTM_FIELDS if link[name]]
     if utm:
         location = catalog.link_location(link["url"], link)
@@ -475,6 +574,20 @@ def cmd_link_set(args: argparse.Namespace) -> int:
     if not args.json:
         _say_tags(link["tags"], updated["tags"], replaced=args.tag is not None)
         print(f"saved {changed(args)}")
+    return 0
+
+
+def cmd_campaign_launch(args: argparse.Namespace) -> int:
+    conn = open_db(args)
+    if args.clear and args.at is not None:
+        raise CLIError("--at and --clear: give one")
+    at = None if args.clear else parse_time(args.at) if args.at is not None else now_ms()
+    launch = catalog.launch_campaign(conn, args.name, at)
+    if args.json:
+        print_json({**launch, "launched_at": timerange.iso_ms(launch["launched_at"])})
+        return 0
+    when = format_time(launch["launched_at"]) if launch["launched_at"] else "not launched"
+    print(f"campaign {launch['campaign']}: {when} ({launch['links']} links) {changed(args)}")
     return 0
 
 
@@ -754,6 +867,31 @@ def _link_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-max-age", type=int, help="seconds browsers may cache (default 0)")
     p.add_argument("--no-forward-query", action="store_true", help="do not pass ?query on")
     p.add_argument("--query-precedence", choices=("destination", "request"))
+    p.add_argument(
+        "--rule",
+        action="append",
+        help="a redirect rule, first match wins (repeatable, in order): "
+        "'device=ios => https://apps.apple.com/app' or a JSON object (docs/api.md)",
+    )
+    p.add_argument("--no-rules", action="store_true", help="remove every rule")
+    p.add_argument(
+        "--variant",
+        action="append",
+        help="an A/B variant NAME:WEIGHT:URL (or WEIGHT:URL, URL), two to eight",
+    )
+    p.add_argument("--no-variants", action="store_true", help="end the A/B split")
+    p.add_argument("--max-clicks", help="serve at most this many human clicks; 'none' removes it")
+    p.add_argument("--overflow-url", help="where visitors go past --max-clicks (else 410)")
+    p.add_argument(
+        "--click-ids",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="append a click id (lc=...) to the destination, for conversions",
+    )
+    p.add_argument("--click-id-param", help="the click id's parameter name (default lc)")
+    p.add_argument(
+        "--launched-at", help="the send time: 'now', ISO 8601, relative like -10m, or 'none'"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -873,6 +1011,28 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "rm":
             p.add_argument("--purge", action="store_true", help="delete the link row for good")
         _db_option(p)
+
+    campaign = _cmd(
+        sub,
+        "campaign",
+        lambda a: 0,
+        "a campaign's launch (the send time its links' checkpoints count from)",
+        "linkedge campaign launch spring-2025",
+    )
+    csub = campaign.add_subparsers(dest="campaign_command", metavar="ACTION", required=True)
+    p = _cmd(
+        csub,
+        "launch",
+        cmd_campaign_launch,
+        "mark a campaign's launch (now, or --at), or --clear it",
+        "linkedge campaign launch spring-2025 --at=-10m",
+    )
+    p._negative_number_matcher = admin_cli.RELATIVE_ARG_RE
+    p.add_argument("name")
+    p.add_argument("--at", help="ISO 8601 time or relative like -10m (default now)")
+    p.add_argument("--clear", action="store_true", help="remove the campaign's launch")
+    p.add_argument("--json", action="store_true")
+    _db_option(p)
 
     domain = _cmd(
         sub,

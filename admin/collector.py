@@ -21,10 +21,11 @@ import sys
 import time
 from typing import Any, Final
 
+from edge import catalog
 from edge.chclient import ClickHouseError
 from edge.clicks import ClickRecorder
 from edge.config import Config
-from edge.db import Database
+from edge.db import Database, current_rev
 from edge.ingest import Ingest
 from edge.live import LiveCounters
 from edge.looplag import LoopLag
@@ -36,6 +37,7 @@ log = logging.getLogger("linkedge.collector")
 # and ship before the collector gives up on them at a stop.
 WORKERS_GONE_GRACE_S: Final = 5.0
 GC_THRESHOLDS: Final = (100_000, 50, 100)
+LAUNCHES_KEPT_S: Final = 86400  # launches older than this cannot be in a scanner window
 
 
 class Collector:
@@ -47,6 +49,8 @@ class Collector:
         self.live = LiveCounters()
         self.geo = GeoDatabase(config.geoip_path, config.geoip_asn_path)
         self.writer = Database(config.db_path, timeout_ms=int(config.db_busy_timeout_s * 1000))
+        # the click limits' reads: never queued behind a write of clicks
+        self.limits_db = Database(config.db_path, timeout_ms=int(config.db_busy_timeout_s * 1000))
         self.clicks: ClickRecorder | None = None
         self.edges = Ingest(None, ingest_path)
         self.admin: Any = None
@@ -77,12 +81,23 @@ class Collector:
             self.edges = Ingest(self.clicks, self.edges.path)
         else:
             log.warning("click recording is OFF (record_clicks=false)")
+        await self.limits_db.open()
+        await self.edges.watch_limits(self._load_catalog, lambda: self.limits_db.run(current_rev))
         await self.edges.start()
         if self.config.admin_enabled:
             from admin.api import AdminServer
 
             self.admin = AdminServer(self)
             await self.admin.start()
+
+    async def _load_catalog(self) -> tuple[int, dict[int, int], dict[int, int]]:
+        """What the collector keeps of the catalog: the click limits (for the leases) and
+        the links launched in the last day (for the scanner window)."""
+        since = int((time.time() - LAUNCHES_KEPT_S) * 1000)
+        rev, limits, spent, launches = await self.limits_db.run(catalog.collector_catalog, since)
+        if self.clicks is not None:
+            self.clicks.enricher.launches = launches
+        return rev, limits, spent
 
     async def stop(self) -> int:
         """Graceful stop (the workers go first); returns clicks left unwritten."""
@@ -95,6 +110,7 @@ class Collector:
         if self.clicks is not None:
             left = await self.clicks.close(timeout_s=max(self.config.shutdown_timeout_s, 5.0))
         await self.edges.stop()
+        await self.limits_db.close()
         await self.writer.close()
         self.geo.close()
         return left

@@ -98,6 +98,21 @@ OPERATIONS: Final[dict[str, tuple[str, int, Any, str]]] = {
     "link_stats": ("A link's stats over a time range", 200, None, _JSON_BODY),
     "link_velocity": ("A link's velocity", 200, None, _JSON_BODY),
     "link_checkpoints": ("A link's first 15/30/60 minutes", 200, None, _JSON_BODY),
+    "launch_link": (
+        "Mark the link's launch (send): now, or at `at` (ISO 8601, Unix ms, -5m)",
+        200,
+        _object({"at": {"type": ["string", "integer"]}}),
+        _JSON_BODY,
+    ),
+    "unlaunch_link": ("Clear the link's launch", 200, None, _JSON_BODY),
+    "campaign_launch": ("A campaign's launch", 200, None, _JSON_BODY),
+    "launch_campaign": (
+        "Mark a campaign's launch for its links without one of their own",
+        200,
+        _object({"at": {"type": ["string", "integer"]}}),
+        _JSON_BODY,
+    ),
+    "unlaunch_campaign": ("Clear a campaign's launch", 200, None, _JSON_BODY),
     "link_qr": ("The link's QR code (scans count as source qr)", 200, None, "image"),
     "group_stats": ("Stats grouped by campaign, UTM field, tag or domain", 200, None, _JSON_BODY),
     "live": ("Live counters", 200, None, _JSON_BODY),
@@ -151,7 +166,10 @@ _PATH_PARAMETERS: Final = {
     "slug": {"type": "string", "minLength": 1, "examples": ["a"]},
     "host": {"type": "string", "minLength": 1, "examples": ["localhost"]},
     "field": {"type": "string", "enum": list(catalog.UTM_FIELDS)},
+    "name": {"type": "string", "minLength": 1, "examples": ["spring"]},  # a campaign
 }
+# Operations whose JSON body may be left out.
+_OPTIONAL_BODY: Final = frozenset({"launch_link", "launch_campaign"})
 
 
 _TEXT: Final = {"type": "string"}
@@ -217,7 +235,10 @@ def _operation(method: str, path: str, handler: str, query: frozenset[str]) -> d
             "content": {t: {"schema": {"type": "string"}} for t in _IMPORT_TYPES},
         }
     elif body is not None:
-        op["requestBody"] = {"required": True, "content": {_JSON_BODY: {"schema": body}}}
+        op["requestBody"] = {
+            "required": handler not in _OPTIONAL_BODY,
+            "content": {_JSON_BODY: {"schema": body}},
+        }
     if public:
         op["security"] = []
     return op

@@ -18,7 +18,7 @@ Rules of this module:
   range, unique visitors the whole UTC days. The visitor id's salt rotates every UTC day,
   so uniques over several days are the sum of each day's distinct visitors.
 - The raw `clicks` table is read only by time range (its `ts` index), for launch
-  checkpoints: at most the hour after a link's first click.
+  checkpoints: at most the hour after a link's launch (or first human click).
 """
 
 from __future__ import annotations
@@ -61,9 +61,8 @@ BOT_KIND_DIM: Final = "bot_kind"
 
 GROUP_BY: Final = ("campaign", "utm_source", "utm_medium", "utm_campaign", "tag", "domain", "link")
 
-# Launch checkpoints: minutes after a link's first click, for links younger than a day.
+# Launch checkpoints: minutes after a link's launch, else its first human click.
 CHECKPOINT_MINUTES: Final = (15, 30, 60)
-LAUNCH_PERIOD_MS: Final = 86400 * 1000
 
 
 # --- stats of a selection of links ----------------------------------------------------------
@@ -760,36 +759,58 @@ def link_head(link: dict[str, Any]) -> dict[str, Any]:
 # --- launch checkpoints --------------------------------------------------------------------
 
 
+def _first_click(conn: sqlite3.Connection, link_id: int, watermark: int, human: bool) -> int | None:
+    """The time (ms) of the link's first click, or first human click: the first minute
+    of link_minute with one (its primary key), then the exact time inside it; clicks not
+    rolled up yet are read past the watermark."""
+    column = "humans" if human else "clicks"
+    row = conn.execute(
+        f"SELECT min(minute) FROM link_minute WHERE link_id = ? AND {column} > 0", (link_id,)
+    ).fetchone()
+    human_sql = " AND coalesce(bot_kind, '') = ''" if human else ""
+    if row is not None and row[0] is not None:
+        minute = int(row[0])
+        found = conn.execute(
+            "SELECT min(ts) FROM clicks WHERE ts >= ? AND ts < ? AND link_id = ?" + human_sql,
+            (minute * 60000, (minute + 1) * 60000, link_id),
+        ).fetchone()[0]
+        return minute * 60000 if found is None else int(found)
+    found = conn.execute(
+        "SELECT min(ts) FROM clicks NOT INDEXED WHERE id > ? AND link_id = ?" + human_sql,
+        (watermark, link_id),
+    ).fetchone()[0]
+    return None if found is None else int(found)
+
+
 def launch_checkpoints(
-    conn: sqlite3.Connection, link_id: int, created_at_ms: int, now_ms: int
-) -> dict[str, Any] | None:
-    """Clicks and uniques 15/30/60 minutes after a young link's first click (None when the
-    link is a day old or more). Exact: read from `clicks` by time, the hour after the
-    first click only (its `ts` index), filtered to the link."""
-    if now_ms - created_at_ms >= LAUNCH_PERIOD_MS:
-        return None
+    conn: sqlite3.Connection,
+    link_id: int,
+    launch_ms: int | None,
+    launch_from: str | None,
+    now_ms: int,
+) -> dict[str, Any]:
+    """Clicks, humans and uniques 15/30/60 minutes after the link's launch (its own
+    launched_at, else its campaign's), else after its first *human* click: a preview
+    bot's fetch before the send does not start the clock, and a link made days ahead
+    gets its checkpoints all the same. Exact: the hour from the start, from `clicks` by
+    time (its `ts` index), filtered to the link."""
     with rollups.read_snapshot(conn) as watermark:
-        row = conn.execute(
-            "SELECT min(minute) FROM link_minute WHERE link_id = ? AND minute >= ?",
-            (link_id, created_at_ms // 60000),
-        ).fetchone()
-        first: int | None = None
-        if row is not None and row[0] is not None:
-            minute = int(row[0])
-            found = conn.execute(
-                "SELECT min(ts) FROM clicks WHERE ts >= ? AND ts < ? AND link_id = ?",
-                (minute * 60000, (minute + 1) * 60000, link_id),
-            ).fetchone()[0]
-            first = minute * 60000 if found is None else int(found)
-        else:  # the first clicks may not be rolled up yet
-            found = conn.execute(
-                "SELECT min(ts) FROM clicks NOT INDEXED WHERE id > ? AND link_id = ?",
-                (watermark, link_id),
-            ).fetchone()[0]
-            first = None if found is None else int(found)
-        if first is None:
-            return {"first_click_at": None, "checkpoints": []}
-        ends = [first + n * 60000 for n in CHECKPOINT_MINUTES]
+        first = _first_click(conn, link_id, watermark, human=False)
+        first_human = _first_click(conn, link_id, watermark, human=True)
+        start = launch_ms if launch_ms is not None else first_human
+        head: dict[str, Any] = {
+            "launched_at": iso_ms(launch_ms) if launch_ms is not None else None,
+            "launch_from": launch_from,  # "link", "campaign" or None
+            "first_click_at": iso_ms(first) if first is not None else None,
+            "first_human_click_at": iso_ms(first_human) if first_human is not None else None,
+            "started_at": iso_ms(start) if start is not None else None,
+            "started_by": (
+                "launch" if launch_ms is not None else "first_human_click" if start else None
+            ),
+        }
+        if start is None:
+            return {**head, "checkpoints": []}
+        ends = [start + n * 60000 for n in CHECKPOINT_MINUTES]
         parts = [
             f"sum(ts < {end}), sum(ts < {end} AND coalesce(bot_kind, '') = ''), "
             f"count(DISTINCT CASE WHEN ts < {end} THEN visitor_id END)"
@@ -797,7 +818,7 @@ def launch_checkpoints(
         ]
         values = conn.execute(
             f"SELECT {', '.join(parts)} FROM clicks WHERE ts >= ? AND ts < ? AND link_id = ?",
-            (first, min(ends[-1], now_ms + 1), link_id),
+            (start, max(start, min(ends[-1], now_ms + 1)), link_id),
         ).fetchone()
     checkpoints = []
     for i, n in enumerate(CHECKPOINT_MINUTES):
@@ -812,4 +833,4 @@ def launch_checkpoints(
                 "uniques": int(uniques or 0),
             }
         )
-    return {"first_click_at": iso_ms(first), "checkpoints": checkpoints}
+    return {**head, "checkpoints": checkpoints}

@@ -860,16 +860,127 @@ def active_token_id(conn: sqlite3.Connection, digest: bytes) -> int | None:
     return None if row is None else int(row[0])
 
 
-def click_limits(conn: sqlite3.Connection) -> tuple[dict[int, int], dict[int, int]]:
-    """(limit of every servable link with max_clicks, what each has spent)."""
-    limits = {
-        int(r[0]): int(r[1])
-        for r in conn.execute(
-            "SELECT id, max_clicks FROM links WHERE max_clicks IS NOT NULL AND archived_at IS NULL"
+def click_limits(conn: sqlite3.Connection) -> tuple[int, dict[int, int], dict[int, int]]:
+    """(the catalog revision, the limit of every servable link with max_clicks, what each
+    has spent), read in one snapshot (the partial index links_limited)."""
+    own = not conn.in_transaction
+    if own:
+        conn.execute("BEGIN")  # deferred: a read, never the write lock
+    try:
+        rev = current_rev(conn)
+        limits = {
+            int(r[0]): int(r[1])
+            for r in conn.execute(
+                "SELECT id, max_clicks FROM links "
+                "WHERE max_clicks IS NOT NULL AND archived_at IS NULL"
+            )
+        }
+        spent = {
+            int(r[0]): int(r[1]) for r in conn.execute("SELECT link_id, spent FROM link_spent")
+        }
+    finally:
+        if own:
+            conn.execute("COMMIT")
+    return rev, limits, spent
+
+
+# --- launches ------------------------------------------------------------------------------
+# A link's launch (the send time of its newsletter or post) is its own launched_at, else
+# its campaign's (campaign_launches). Checkpoints count from it; clicks in the seconds
+# after it from mail scanners' networks are labelled (edge/clicks.py).
+
+
+def launch_campaign(conn: sqlite3.Connection, name: Any, at_ms: int | None) -> dict[str, Any]:
+    """Set (at_ms) or clear (None) a campaign's launch; the campaign must have links."""
+    campaign = _text(name, "campaign")
+    if campaign is None:
+        raise InvalidField("campaign is required", "campaign")
+    with Transaction(conn):
+        n = int(
+            conn.execute(
+                "SELECT count(*) FROM links WHERE campaign = ? AND archived_at IS NULL",
+                (campaign,),
+            ).fetchone()[0]
         )
-    }
-    spent = {int(r[0]): int(r[1]) for r in conn.execute("SELECT link_id, spent FROM link_spent")}
-    return limits, spent
+        if n == 0:
+            raise NotFound(f"no link has campaign {campaign!r}: set it on the links first")
+        if at_ms is None:
+            conn.execute("DELETE FROM campaign_launches WHERE campaign = ?", (campaign,))
+        else:
+            conn.execute(
+                "INSERT INTO campaign_launches (campaign, launched_at) VALUES (?, ?) "
+                "ON CONFLICT (campaign) DO UPDATE SET launched_at = excluded.launched_at",
+                (campaign, check_time_ms(at_ms, "at")),
+            )
+        next_rev(conn)  # the collector reads launches again (scanner labels)
+    return campaign_launch(conn, campaign, n)
+
+
+def campaign_launch(
+    conn: sqlite3.Connection, campaign: str, links: int | None = None
+) -> dict[str, Any]:
+    row = conn.execute(
+        "SELECT launched_at FROM campaign_launches WHERE campaign = ?", (campaign,)
+    ).fetchone()
+    if links is None:
+        links = int(
+            conn.execute(
+                "SELECT count(*) FROM links WHERE campaign = ? AND archived_at IS NULL",
+                (campaign,),
+            ).fetchone()[0]
+        )
+        if links == 0 and row is None:
+            raise NotFound(f"no link has campaign {campaign!r}")
+    return {"campaign": campaign, "launched_at": None if row is None else row[0], "links": links}
+
+
+def link_launch(conn: sqlite3.Connection, link: dict[str, Any]) -> tuple[int | None, str | None]:
+    """(the link's launch in ms, "link" or "campaign" as where it was set), or (None, None)."""
+    if link.get("launched_at") is not None:
+        return int(link["launched_at"]), "link"
+    if link.get("campaign"):
+        row = conn.execute(
+            "SELECT launched_at FROM campaign_launches WHERE campaign = ?", (link["campaign"],)
+        ).fetchone()
+        if row is not None:
+            return int(row[0]), "campaign"
+    return None, None
+
+
+def recent_launches(conn: sqlite3.Connection, since_ms: int) -> dict[int, int]:
+    """link id -> launch (ms) of the servable links launched since `since_ms` (their own
+    launch first, else their campaign's)."""
+    out: dict[int, int] = {}
+    campaigns = conn.execute(
+        "SELECT campaign, launched_at FROM campaign_launches WHERE launched_at >= ?", (since_ms,)
+    ).fetchall()
+    for campaign, at in campaigns:
+        for (link_id,) in conn.execute(
+            "SELECT id FROM links WHERE campaign = ? AND launched_at IS NULL "
+            "AND archived_at IS NULL",
+            (campaign,),
+        ):
+            out[int(link_id)] = int(at)
+    for link_id, at in conn.execute(
+        "SELECT id, launched_at FROM links WHERE launched_at >= ? AND archived_at IS NULL",
+        (since_ms,),
+    ):
+        out[int(link_id)] = int(at)
+    return out
+
+
+def collector_catalog(
+    conn: sqlite3.Connection, launches_since_ms: int
+) -> tuple[int, dict[int, int], dict[int, int], dict[int, int]]:
+    """What the collector keeps of the catalog, in one snapshot: (revision, click limits,
+    their spent counts, recent launches)."""
+    conn.execute("BEGIN")  # deferred: a read, never the write lock
+    try:
+        rev, limits, spent = click_limits(conn)
+        launches = recent_launches(conn, launches_since_ms)
+    finally:
+        conn.execute("COMMIT")
+    return rev, limits, spent, launches
 
 
 def touch_token(conn: sqlite3.Connection, token_id: int) -> None:
@@ -969,6 +1080,22 @@ def link_names(conn: sqlite3.Connection, link_ids: Sequence[int]) -> dict[int, t
         (orjson.dumps(list(link_ids)).decode(),),
     ).fetchall()
     return {int(r[0]): (str(r[1]), str(r[2])) for r in rows}
+
+
+def live_heads(
+    conn: sqlite3.Connection, link_ids: Sequence[int]
+) -> dict[int, tuple[str, str, int | None]]:
+    """(domain, slug, launch ms or None) of each link id that still exists: /api/live."""
+    if not link_ids:
+        return {}
+    rows = conn.execute(
+        "SELECT l.id, d.host, l.slug, coalesce(l.launched_at, c.launched_at) FROM links l "
+        "JOIN domains d ON d.id = l.domain_id "
+        "LEFT JOIN campaign_launches c ON c.campaign = l.campaign "
+        "WHERE l.id IN (SELECT value FROM json_each(?))",
+        (orjson.dumps(list(link_ids)).decode(),),
+    ).fetchall()
+    return {int(r[0]): (str(r[1]), str(r[2]), r[3]) for r in rows}
 
 
 def domain_hosts(conn: sqlite3.Connection) -> dict[int, str]:

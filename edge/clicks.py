@@ -58,7 +58,7 @@ from edge.config import Config
 from edge.db import Database, Transaction, now_ms
 from edge.live import LiveCounters
 from edge.visitors import VisitorIds
-from geo.bots import HEAD, PREFETCH, TEST, Verdict, explain, pattern_verdict
+from geo.bots import HEAD, PREFETCH, TEST, Verdict, explain, launch_scanner, pattern_verdict
 from geo.geoip import EMPTY_GEO, GeoDatabase, GeoResult
 from geo.language import primary_language
 from geo.referrer import click_source, parse_referrer
@@ -129,6 +129,9 @@ class Enricher:
         self.geo = geo
         self.ua_parser = UserAgentParser()
         self.store_truncated_ip = config.store_truncated_ip
+        # link id -> its launch (unix ms), for the scanner window (set by the collector)
+        self.launches: dict[int, int] = {}
+        self.scanner_window_s = config.scanner_window_s
         self._ua_cache: dict[bytes, UAEntry] = {}
         self._ua_probation: dict[bytes, UAEntry] = {}
         self._ua_budget_s = float("inf")
@@ -229,6 +232,8 @@ class Enricher:
         ids_of = {day: self._visitor_ids(day, salt) for day, salt in salts.items()}
         ua_cache, ref_cache, lang_cache = self._ua_cache, self._ref_cache, self._lang_cache
         truncated = self.store_truncated_ip
+        launches = self.launches if self.scanner_window_s > 0 else None
+        window = self.scanner_window_s * 1000
         for ts, link_id, domain_id, ip, ua_raw, ref_raw, lang_raw, flags, route, cid in clicks:
             ua = ua_cache.get(ua_raw) or self._ua(ua_raw)
             if flags:
@@ -258,6 +263,13 @@ class Enricher:
             lang = lang_cache.get(lang_raw, _UNSET)
             if lang is _UNSET:
                 lang = self._language(lang_raw)
+            if launches and verdict.kind is None:
+                launched = launches.get(link_id)  # in ms, as the clicks are stored: a
+                # click in the launch's own millisecond was answered before it was made
+                if launched is not None and 0 < int(ts * 1000) - launched < window:
+                    found = launch_scanner(ref[1], bool(lang_raw), geo[3])
+                    if found is not None:
+                        verdict = found
             second = int(ts)
             bot_kind = verdict.kind
             if private:

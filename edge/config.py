@@ -98,6 +98,12 @@ class Config:
     flush_interval_s: float = _setting(
         0.1, "The collector enriches and writes received clicks to SQLite this often."
     )
+    scanner_window_s: float = _setting(
+        60.0,
+        "Clicks this soon after a link's launch are labelled bot kind scanner when they come "
+        "through a mail-security rewrite host, from a mail scanner's network (with an ASN "
+        "database), or without Accept-Language (docs/api.md, launches). 0: off.",
+    )
     max_queued_clicks: int = _setting(
         200000,
         "Clicks the collector holds while the writer is behind (slow disk, locked DB); "
@@ -277,6 +283,8 @@ def validate(config: Config) -> None:
             raise ValueError(f"{name} must be positive")
     if not 0 <= config.edge_port <= 65535 or not 0 <= config.admin_port <= 65535:
         raise ValueError("ports must be between 0 and 65535")
+    if not 0 <= config.scanner_window_s <= 3600:
+        raise ValueError("scanner_window_s must be from 0 to 3600 seconds")
     if config.click_sink is not None:
         from edge.chclient import parse_sink_url
 

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from edge import capture
@@ -33,6 +34,13 @@ log = logging.getLogger("linkedge.ingest")
 
 # How long an API write waits for every worker to serve it before answering anyway.
 SERVE_REV_TIMEOUT_S: Final = 1.0
+# Click limits: the catalog's revision is read this often, the limits again when it moved
+# (a lease asked for a link the collector does not know yet reloads them at once).
+LIMITS_POLL_S: Final = 0.5
+
+# (catalog revision, max_clicks per limited link, what each has spent) as SQLite has them
+LimitsLoader = Callable[[], Awaitable[tuple[int, dict[int, int], dict[int, int]]]]
+RevReader = Callable[[], Awaitable[int]]
 # Counter fields summed over slots (retired processes included) for the totals.
 SUMMED: Final = ("requests", "redirects", "captured", "acked", "dropped", "bad_requests")
 # ...and every counter a finished worker process leaves to its slot's retired sums.
@@ -76,6 +84,11 @@ class Ingest:
         self.retired: dict[int, dict[str, Any]] = {}  # slot -> sums of finished processes
         self.bad_frames = 0
         self.budgets = Budgets()  # click limits: the leases of every worker
+        self.limits_rev = -1  # the catalog revision the budgets' limits were read at
+        self._limits: tuple[LimitsLoader, RevReader] | None = None
+        self._limits_lock = asyncio.Lock()
+        self._limits_loaded_at = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.AbstractServer | None = None
         self._paused = False
         self._rev_waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -84,6 +97,39 @@ class Ingest:
         if recorder is not None:
             recorder.on_committed = self._acknowledge
             recorder.on_room = self._resume
+
+    async def watch_limits(self, load: LimitsLoader, rev: RevReader) -> None:
+        """Read the click limits now (before any worker may ask for a lease) and again
+        whenever the catalog changes."""
+        self._limits = (load, rev)
+        await self._load_limits()
+        self._spawn(self._poll_limits())
+
+    async def _load_limits(self, unless_since: float | None = None) -> None:
+        if self._limits is None:
+            return
+        async with self._limits_lock:
+            if unless_since is not None and self._limits_loaded_at > unless_since:
+                return  # another ask's reload ran while this one waited
+            rev, limits, spent = await self._limits[0]()
+            self.budgets.set_limits(limits, spent)
+            self.limits_rev = rev
+            self._limits_loaded_at = time.monotonic()
+
+    async def _poll_limits(self) -> None:
+        assert self._limits is not None
+        while True:
+            await asyncio.sleep(LIMITS_POLL_S)
+            try:
+                if await self._limits[1]() != self.limits_rev:
+                    await self._load_limits()
+            except Exception as exc:  # a locked or busy database: the next poll retries
+                log.warning("click limits not reloaded: %s", exc)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path)
@@ -96,6 +142,8 @@ class Ingest:
         os.chmod(self.path, 0o600)
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions.values()):
@@ -154,10 +202,28 @@ class Ingest:
         elif kind == capture.LEASE_ASK:
             asks = capture.read_data(payload)
             if isinstance(asks, dict):
-                grants = self.budgets.grant(session.epoch, asks, len(self.sessions))
-                session.send(capture.data_frame(capture.LEASE, grants))
+                known = self.budgets.limits
+                if self._limits is not None and any(int(k) not in known for k in asks):
+                    # a link limited since the last read: read the limits, then answer
+                    self._spawn(self._grant_after_reload(session, asks, time.monotonic()))
+                else:
+                    self._grant(session, asks)
         else:
             raise FrameError(f"unknown frame kind {kind}")
+
+    def _grant(self, session: WorkerSession, asks: dict[Any, Any]) -> None:
+        grants = self.budgets.grant(session.epoch, asks, len(self.sessions))
+        session.send(capture.data_frame(capture.LEASE, grants))
+
+    async def _grant_after_reload(
+        self, session: WorkerSession, asks: dict[Any, Any], asked_at: float
+    ) -> None:
+        try:
+            await self._load_limits(unless_since=asked_at)
+        except Exception as exc:  # answer from what is known: nothing for the new link
+            log.warning("click limits not read for a lease: %s", exc)
+        if self.sessions.get(session.epoch) is session:
+            self._grant(session, asks)
 
     def on_lost(self, session: WorkerSession) -> None:
         if self.sessions.get(session.epoch) is session:
@@ -206,7 +272,14 @@ class Ingest:
     # --- revisions -----------------------------------------------------------------------
 
     async def serve_rev(self, rev: int, timeout_s: float = SERVE_REV_TIMEOUT_S) -> bool:
-        """Have every connected worker serve links up to `rev`; True when all do."""
+        """Have every connected worker serve links up to `rev`; True when all do. The
+        click limits are read first: a worker that asks for a lease of a changed limit
+        gets it at once."""
+        if self._limits is not None and rev > self.limits_rev:
+            try:
+                await self._load_limits()
+            except Exception as exc:  # the poll reads them later
+                log.warning("click limits not reloaded: %s", exc)
         pending = [s for s in self.sessions.values() if s.rev < rev]
         if not pending:
             return True

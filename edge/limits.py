@@ -32,6 +32,9 @@ from typing import Final
 # fewer than LOW_WATER of a link.
 LEASE_CLICKS: Final = 100
 LOW_WATER: Final = 20
+# A link the collector had nothing left for is asked for again at most this often (a
+# change to the catalog asks at once: its limit may have been raised).
+EMPTY_RETRY_S: Final = 1.0
 # A gone worker's outstanding leases are kept this long (its last batches may still be
 # read and written) before they return to the pool.
 GONE_GRACE_S: Final = 5.0
@@ -107,7 +110,7 @@ class Leases:
     def __init__(self, ask: Callable[[dict[int, int]], None]) -> None:
         self.budget: dict[int, int] = {}
         self.asking: set[int] = set()
-        self.empty: set[int] = set()  # the collector had nothing left to lease
+        self.empty: dict[int, float] = {}  # link -> when the collector had nothing left
         self.spent: dict[int, int] = {}  # spent since the last batch was shipped
         self.unwritten: dict[int, dict[int, int]] = {}  # batch seq -> its spent
         self._ask = ask
@@ -127,8 +130,19 @@ class Leases:
     def exhausted(self, link_id: int) -> bool:
         return self.budget.get(link_id, 0) <= 0 and link_id in self.empty
 
-    def ask(self, link_ids: Iterable[int]) -> None:
-        wanted = {i: LEASE_CLICKS for i in link_ids if i not in self.asking}
+    def ask(self, link_ids: Iterable[int], *, force: bool = False) -> None:
+        """Ask the collector for budget (not again while an ask is in flight, and for a
+        link it had nothing left for, not before EMPTY_RETRY_S unless `force`)."""
+        asking, empty = self.asking, self.empty
+        if empty and not force:
+            retry = time.monotonic() - EMPTY_RETRY_S
+            wanted = {
+                i: LEASE_CLICKS
+                for i in link_ids
+                if i not in asking and empty.get(i, retry) <= retry
+            }
+        else:
+            wanted = {i: LEASE_CLICKS for i in link_ids if i not in asking}
         if wanted:
             self.asking.update(wanted)
             self._ask(wanted)
@@ -140,9 +154,9 @@ class Leases:
             self.asking.discard(link_id)
             if n > 0:
                 self.budget[link_id] = self.budget.get(link_id, 0) + n
-                self.empty.discard(link_id)
+                self.empty.pop(link_id, None)
             else:
-                self.empty.add(link_id)
+                self.empty[link_id] = time.monotonic()
 
     def shipped(self, seq: int) -> dict[int, int]:
         """What the batch `seq` spent (the clicks in it), kept until it is written."""

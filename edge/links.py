@@ -20,11 +20,12 @@ Rules:
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import secrets
 import sqlite3
 from collections.abc import Callable, Iterable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 from urllib.parse import unquote_to_bytes
 
 import orjson
@@ -200,6 +201,9 @@ class Routes:
         "limited",
         "overflow_head",
         "click_id_param",
+        "heads",
+        "reads",
+        "key_of",
     )
 
     @staticmethod
@@ -207,6 +211,8 @@ class Routes:
         return bool(row["rules"] or row["variants"] or row["max_clicks"] or row["click_ids"])
 
     def __init__(self, row: sqlite3.Row, location: str) -> None:
+        status = int(row["status"])
+        max_age_s = int(row["cache_max_age_s"])
         utm = [(f, row[f]) for f in UTM_FIELDS if row[f]]  # a link's tags go everywhere
 
         def tagged(url: str) -> str:
@@ -225,6 +231,42 @@ class Routes:
         self.click_id_param = (
             (row["click_id_param"] or DEFAULT_CLICK_ID_PARAM) if row["click_ids"] else None
         )
+        # The head of each route for a visit without a query, built once: route index ->
+        # head (a visit with a query, or a click id, builds its own).
+        heads = {0: redirect_head(status, location, max_age_s)}
+        for i, (rule_status, url) in enumerate(self.targets):
+            heads[i + 1] = redirect_head(rule_status, url, max_age_s)
+        for i, url in enumerate(self.variant_targets):
+            heads[VARIANT_BASE + i] = redirect_head(status, url, max_age_s)
+        self.heads = heads
+        # What of a request the rules read (a decision memo's key), or None when a rule
+        # reads the clock (its answer changes with time alone).
+        self.reads = _rule_inputs(rules)
+        self.key_of = decision_key(self.reads) if self.reads is not None else None
+
+
+# Request inputs a rule condition depends on (LinkTable's decision memo keys on these).
+_INPUT_OF_CONDITION: Final = {
+    "device": "ua",
+    "os": "ua",
+    "browser": "ua",
+    "country": "ip",
+    "language": "lang",
+    "referrer_source": "ref",
+    "referrer_host": "ref",
+    "query": "query",
+}
+_INPUT_ORDER: Final = ("ua", "ip", "lang", "ref", "query")
+
+
+def _rule_inputs(rules: list[dict[str, Any]]) -> tuple[str, ...] | None:
+    needed: set[str] = set()
+    for rule in rules:
+        for condition in rule["when"]:
+            if condition == "time":
+                return None
+            needed.add(_INPUT_OF_CONDITION[condition])
+    return tuple(name for name in _INPUT_ORDER if name in needed)
 
 
 class Routing(Protocol):
@@ -400,6 +442,31 @@ def normalize_raw_host(raw: bytes) -> str | None:
     return name.rstrip(".")
 
 
+DECISIONS_KEPT: Final = 50_000  # entries of each decision memo (about 15 MB at most)
+_UNDECIDED: Final = -2
+
+
+# The key of a decision: what the link's rules read of the request (and a probe's
+# HEAD/prefetch, which makes the device "bot"): equal keys get the same first match.
+_KEY_PARTS: Final = {
+    "ua": "req.user_agent, req.prefetch or req.method == b'HEAD'",
+    "ip": "client_ip()",
+    "lang": "req.accept_language",
+    "ref": "req.referer",
+    "query": "req.query",
+}
+DecisionKey = Callable[[int, Request, Callable[[], str]], tuple[object, ...]]
+
+
+@functools.cache
+def decision_key(reads: tuple[str, ...]) -> DecisionKey:
+    """A function building the key for rules reading `reads`: one tuple display, made
+    from the fixed parts above (at most 2^5 such functions exist)."""
+    parts = ", ".join(_KEY_PARTS[name] for name in reads)
+    fn: DecisionKey = eval(f"lambda link_id, req, client_ip: (link_id, {parts})")  # noqa: S307
+    return fn
+
+
 class LinkTable:
     """All servable links in memory, keyed by domain then slug bytes (entry_for)."""
 
@@ -408,6 +475,14 @@ class LinkTable:
         # what routed links need of the process (edge/worker.py sets the real one)
         self.routing: Routing = LocalRouting()
         self.limited: set[int] = set()  # ids of links with a click limit
+        # Whether some link reads the User-Agent (device rules, A/B tests and limits
+        # leave bots out): the worker then builds its UA parser ahead, off its loop.
+        self.reads_user_agent = False
+        # Decision memos of routed links: which rule a client's requests match, keyed by
+        # what the rules read (Routes.reads); which variant a visitor of the day gets.
+        # Bounded; cleared when full and whenever a link changes.
+        self._decisions: dict[tuple[object, ...], int] = {}
+        self._variants: dict[tuple[object, ...], int] = {}
         self.rev = 0
         self._count = 0
         self._slugs: dict[int, dict[bytes, Entry]] = {}
@@ -489,7 +564,16 @@ class LinkTable:
             return self._route(link, link.routes, domain, req, now, client_ip, marks)
         if domain.click_id_param is not None:
             return self._routed_head(
-                link, domain, req, now, link.status, link.location, None, 0, domain.click_id_param
+                link,
+                None,
+                domain,
+                req,
+                now,
+                link.status,
+                link.location,
+                None,
+                0,
+                domain.click_id_param,
             )
         head = link.head_for_query(req.query) if req.query else link.head
         return head, b"", link.status, link.id, domain.id, None, None, 0
@@ -519,39 +603,70 @@ class LinkTable:
             if human:
                 flags = FLAG_LIMITED
         if routes.rules:
-            i = first_match(routes.rules, routing.facts.facts(req, client_ip, now))
+            key_of = routes.key_of
+            if key_of is None:  # a rule reads the clock
+                i = first_match(routes.rules, routing.facts.facts(req, client_ip, now))
+            else:
+                key = key_of(link.id, req, client_ip)
+                decisions = self._decisions
+                i = decisions.get(key, _UNDECIDED)
+                if i == _UNDECIDED:
+                    i = first_match(routes.rules, routing.facts.facts(req, client_ip, now))
+                    if len(decisions) >= DECISIONS_KEPT:
+                        decisions.clear()
+                    decisions[key] = i
             if i >= 0:
                 status, location = routes.targets[i]
                 return self._routed_head(
-                    link, domain, req, now, status, location, i + 1, flags, param
+                    link, routes, domain, req, now, status, location, i + 1, flags, param
                 )
         if routes.weights:
             if routing.facts.is_bot(req):
                 v = 0  # bots always get the first variant (and stats leave them out)
             else:
-                visitor = routing.visitor(client_ip(), req.user_agent, domain.id, now)
-                v = pick_variant(routes.weights, visitor)
+                ip = client_ip()
+                key = (link.id, int(now) // 86400, ip, req.user_agent, domain.id)
+                chosen = self._variants.get(key)
+                if chosen is None:
+                    visitor = routing.visitor(ip, req.user_agent, domain.id, now)
+                    chosen = pick_variant(routes.weights, visitor)
+                    if len(self._variants) >= DECISIONS_KEPT:
+                        self._variants.clear()
+                    self._variants[key] = chosen
+                v = chosen
             location = routes.variant_targets[v]
             return self._routed_head(
-                link, domain, req, now, link.status, location, VARIANT_BASE + v, flags, param
+                link,
+                routes,
+                domain,
+                req,
+                now,
+                link.status,
+                location,
+                VARIANT_BASE + v,
+                flags,
+                param,
             )
-        return self._routed_head(
-            link, domain, req, now, link.status, link.location, 0, flags, param
-        )
+        return self._routed_head(link, routes, domain, req, now, link.status, None, 0, flags, param)
 
     def _routed_head(
         self,
         link: Link,
+        routes: Routes | None,
         domain: Domain,
         req: Request,
         now: float,
         status: int,
-        location: str,
+        location: str | None,
         route: int | None,
         flags: int,
         param: str | None,
     ) -> Answer:
-        location = link.merged(location, req.query)
+        """The redirect of a routed link (or of a plain link on a click-id domain) to
+        `location` (None: the link's own)."""
+        if param is None and not req.query and routes is not None and route is not None:
+            return routes.heads[route], b"", status, link.id, domain.id, route, None, flags
+        location = link.merged(link.location if location is None else location, req.query)
         click_id = None
         if param is not None:
             click_id = self.routing.click_id(now)
@@ -604,14 +719,22 @@ class LinkTable:
             if entry is not None:
                 slugs[key] = entry
                 self._count += 1
-            if entry.__class__ is Link and entry.routes is not None and entry.routes.limited:
+            routes = entry.routes if entry.__class__ is Link else None
+            if routes is not None and routes.limited:
                 self.limited.add(link_id)
             else:
                 self.limited.discard(link_id)
+            if routes is not None and (
+                routes.limited or routes.weights or routes.reads is None or "ua" in routes.reads
+            ):
+                self.reads_user_agent = True
             folded = folded_of.get(domain_id)
             if folded is not None:  # the slug is folded once, when its link loads
                 _refold(folded, key.lower(), link_id, entry)
             changed += 1
+        if changed:
+            self._decisions.clear()
+            self._variants.clear()
         self.rev = rev
         return changed
 

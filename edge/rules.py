@@ -10,7 +10,8 @@ Rules of this module:
   no match falls through to the variants (if any), then the link's own URL.
 - Conditions and the request facts they read (edge/facts.py computes a fact only when a
   rule asks for it, cached per client):
-    device            desktop, mobile, tablet, ios, android, bot (ios/android: the OS)
+    device            desktop, mobile, tablet, ios, android, bot (ios/android: the OS of a
+                      person's phone or tablet; a bot or a HEAD/prefetch probe is bot only)
     os, browser       family names as ua-parser gives them ("iOS", "Chrome Mobile"),
                       matched case-insensitively
     country           ISO 3166-1 alpha-2 codes of the GeoIP country

@@ -538,6 +538,11 @@ _M0008_SQL: Final = (
     "ALTER TABLE clicks ADD COLUMN route INTEGER",
     "ALTER TABLE clicks ADD COLUMN click_id BLOB",
     "CREATE UNIQUE INDEX clicks_click_id ON clicks (click_id) WHERE click_id IS NOT NULL",
+    # the collector reads the limited links (edge/catalog.py click_limits) at every change
+    "CREATE INDEX links_limited ON links (id) WHERE max_clicks IS NOT NULL",
+    # ...and the recent launches (scanner labels), and a campaign's links
+    "CREATE INDEX links_launched ON links (launched_at) WHERE launched_at IS NOT NULL",
+    "CREATE INDEX links_campaign ON links (campaign) WHERE campaign IS NOT NULL",
     # the clicks each limited link has spent of its budget (counted when written)
     """CREATE TABLE link_spent (
         link_id INTEGER PRIMARY KEY,

@@ -438,10 +438,23 @@ async def run_worker(
         link.send(capture.number_frame(capture.AT_REV, table.rev))
 
     def keep_leases() -> None:
-        link.leases.ask(i for i in table.limited if link.leases.budget.get(i, 0) < LOW_WATER)
+        budget = link.leases.budget
+        link.leases.ask((i for i in table.limited if budget.get(i, 0) < LOW_WATER), force=True)
 
-    sync.on_change = keep_leases
+    ua_task: asyncio.Task[None] | None = None
+
+    def prepare_facts() -> None:
+        nonlocal ua_task
+        if table.reads_user_agent and routing.facts.ua_parser is None and ua_task is None:
+            ua_task = loop.create_task(asyncio.to_thread(routing.facts.build_ua_parser))
+
+    def on_change() -> None:
+        keep_leases()
+        prepare_facts()
+
+    sync.on_change = on_change
     link.on_connected = keep_leases
+    prepare_facts()
 
     async def reload_geo() -> None:
         while geo is not None:

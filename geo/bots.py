@@ -492,6 +492,36 @@ def mask(text: str) -> str:
 MAX_REASON_TOKEN_CHARS: Final = 48
 
 
+# --- the seconds after a launch --------------------------------------------------------------
+# Mail-security services follow every link of a message within seconds of its delivery,
+# most with a plain browser User-Agent (Microsoft Safe Links, Proofpoint, Mimecast, ...).
+# Mail platforms discount clicks that come too soon after the send; linkedge does the
+# same with evidence: a click inside the scanner window after its link's launch (the
+# collector knows the launch; edge/clicks.py) is a scanner when one more signal says so:
+#   - the Referer is a link-rewriting host of a mail-security service;
+#   - with an ASN database configured, the client is on a mail scanner's network;
+#   - no Accept-Language at all (every browser sends one; scanners' fetchers often don't).
+# Outside the window these signals alone label nothing: people behind Outlook or on
+# Microsoft's network click links too.
+MAIL_REWRITE_HOSTS: Final = (
+    "safelinks.protection.outlook.com",
+    "urldefense.com",
+    "urldefense.proofpoint.com",
+    "linkprotect.cudasvc.com",
+    "protect-eu.mimecast.com",
+    "protect-us.mimecast.com",
+    "protect-au.mimecast.com",
+    "mimecastprotect.com",
+    "secure-web.cisco.com",
+    "clicktime.symantec.com",
+    "protect2.fireeye.com",
+    "link.edgepilot.com",
+)
+# Autonomous systems the mail-security services scan from (as their operators register
+# them): Microsoft, Proofpoint (two), Mimecast, Barracuda, Cisco IronPort.
+MAIL_SCANNER_ASNS: Final = frozenset({8075, 22843, 26211, 30031, 15324, 16417})
+
+
 class Verdict(NamedTuple):
     """Which kind of bot a click is (None: a human) and the signal that decided it:
     "prefetch:header", "head:method", "linkedge:empty", "linkedge:<token>" (this module's
@@ -573,6 +603,22 @@ def explain(ua: str, ua_info: UAInfo | None, *, is_head: bool, is_prefetch: bool
     if ua_info is not None and ua_info.spider:
         return SPIDER
     return HUMAN
+
+
+def launch_scanner(
+    referrer_host: str | None, has_language: bool, asn: int | None
+) -> Verdict | None:
+    """The scanner verdict on a human-looking click inside the scanner window after its
+    link's launch, or None (see the comment above MAIL_REWRITE_HOSTS)."""
+    if referrer_host:
+        for host in MAIL_REWRITE_HOSTS:
+            if referrer_host == host or referrer_host.endswith("." + host):
+                return Verdict("scanner", "launch:referrer:" + host)
+    if asn is not None and asn in MAIL_SCANNER_ASNS:
+        return Verdict("scanner", f"launch:asn:{asn}")
+    if not has_language:
+        return Verdict("scanner", "launch:no-accept-language")
+    return None
 
 
 def classify(ua: str, ua_info: UAInfo | None, *, is_head: bool, is_prefetch: bool) -> str | None:

@@ -337,14 +337,17 @@ def test_list_links_pages_newest_first_with_filters(conn: sqlite3.Connection) ->
     assert catalog.list_links(conn, catalog.LinkFilter(q="_"), 50, None)[0][0]["slug"] == "other"
 
 
-def test_launch_checkpoints_count_from_the_first_click(conn: sqlite3.Connection) -> None:
-    created = now_ms() // 1000 - 7200
+def test_launch_checkpoints_count_from_the_launch_else_the_first_human_click(
+    conn: sqlite3.Connection,
+) -> None:
+    created = now_ms() // 1000 - 3 * 86400  # made days ahead of its first click
     a = link(conn, "a")
     conn.execute("UPDATE links SET created_at = ? WHERE id = ?", (created * 1000, a))
-    first = created + 600
+    first = created + 2 * 86400
     write_clicks(
         conn,
         [
+            click(first - 30, a, b"p0", bot_kind="preview"),  # an unfurler, before the send
             click(first, a, b"v1"),
             click(first + 14 * 60, a, b"v2"),
             click(first + 20 * 60, a, b"v1"),
@@ -352,18 +355,33 @@ def test_launch_checkpoints_count_from_the_first_click(conn: sqlite3.Connection)
             click(first + 61 * 60, a, b"v4"),
         ],
     )
-    at_ms = (created + 3 * 3600) * 1000
-    tail_only = stats.launch_checkpoints(conn, a, created * 1000, at_ms)
+    at_ms = (first + 3 * 3600) * 1000
+    tail_only = stats.launch_checkpoints(conn, a, None, None, at_ms)
     roll_up(conn)
-    result = stats.launch_checkpoints(conn, a, created * 1000, at_ms)
+    result = stats.launch_checkpoints(conn, a, None, None, at_ms)
     assert tail_only == result
-    assert result is not None
-    assert result["first_click_at"] == timerange.iso_ms(first * 1000)
+    assert result["first_click_at"] == timerange.iso_ms((first - 30) * 1000)
+    assert result["first_human_click_at"] == timerange.iso_ms(first * 1000)
+    assert (result["started_at"], result["started_by"]) == (
+        timerange.iso_ms(first * 1000),
+        "first_human_click",
+    )
     marks = {c["minutes"]: (c["clicks"], c["humans"], c["uniques"]) for c in result["checkpoints"]}
     assert marks == {15: (2, 2, 2), 30: (3, 3, 2), 60: (4, 3, 3)}
     assert all(c["complete"] for c in result["checkpoints"])
-    # A day after creation, the launch is over.
-    assert stats.launch_checkpoints(conn, a, created * 1000, (created + 86400) * 1000) is None
+    # with a launch 10 minutes before the first human click, the clock starts there
+    launch = (first - 600) * 1000
+    result = stats.launch_checkpoints(conn, a, launch, "campaign", at_ms)
+    assert (result["started_by"], result["launch_from"]) == ("launch", "campaign")
+    marks = {c["minutes"]: (c["clicks"], c["humans"], c["uniques"]) for c in result["checkpoints"]}
+    assert marks == {15: (2, 1, 2), 30: (3, 2, 3), 60: (4, 3, 3)}
+    # a launch still in progress: the later checkpoints are not complete
+    result = stats.launch_checkpoints(conn, a, launch, "link", launch + 20 * 60000)
+    assert [c["complete"] for c in result["checkpoints"]] == [True, False, False]
+    # no clicks and no launch: no checkpoints
+    b = link(conn, "b")
+    empty = stats.launch_checkpoints(conn, b, None, None, at_ms)
+    assert empty["started_at"] is None and empty["checkpoints"] == []
 
 
 # --- velocity ------------------------------------------------------------------------------
