@@ -186,7 +186,7 @@ class ClickHouseStats:
                 f"SELECT k, sum(u), sum(h) FROM (SELECT {key_sql} AS k, "
                 f"intDiv(ts_ms, {DAY_MS}) AS day, uniqExact(visitor_id) AS u, "
                 f"uniqExactIf(visitor_id, {HUMAN}) AS h FROM clicks "
-                f"WHERE {links.where(only)} AND visitor_id != 0 "
+                f"WHERE {links.where(only)} AND has_visitor = 1 "
                 f"AND ts_ms >= {d_first * DAY_MS} AND ts_ms < {(d_last + 1) * DAY_MS} "
                 f"GROUP BY k, day HAVING 1{keep}) GROUP BY k"
             )
@@ -384,7 +384,7 @@ class ClickHouseStats:
         ends = [start + n * MINUTE_MS for n in stats.CHECKPOINT_MINUTES]
         parts = [
             f"countIf(ts_ms < {end}), countIf(ts_ms < {end} AND {HUMAN}), "
-            f"uniqExactIf(visitor_id, ts_ms < {end} AND visitor_id != 0)"
+            f"uniqExactIf(visitor_id, ts_ms < {end} AND has_visitor = 1)"
             for end in ends
         ]
         values = self._rows(
