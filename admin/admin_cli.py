@@ -374,12 +374,8 @@ def link_report(conn: sqlite3.Connection, args: argparse.Namespace) -> dict[str,
         **rng.describe(),
         **result,
         "velocity": speed,
-        "checkpoints": stats.launch_checkpoints(
+        "checkpoints": reads.launch_checkpoints(
             conn, link["id"], *catalog.link_launch(conn, link), int(now * 1000)
-        )
-        if reads is stats
-        else reads.launch_checkpoints(  # ClickHouse: counted from the link's creation
-            conn, link["id"], link["created_at"], int(now * 1000)
         ),
     }
 

@@ -496,14 +496,8 @@ class AdminServer:
         cached = self._final_checkpoints.get(link["id"])
         if cached is not None:
             return cached
-        result: dict[str, Any] | None
-        if self.reads is stats:
-            result = await self.db.run(_checkpoints, link, now_ms())
-        else:  # ClickHouse (admin/chstats.py): counted from the link's creation
-            result = await self.db.run(
-                self.reads.launch_checkpoints, link["id"], link["created_at"], now_ms()
-            )
-        if result and result["checkpoints"] and all(c["complete"] for c in result["checkpoints"]):
+        result = await self.db.run(_checkpoints, self.reads, link, now_ms())
+        if result["checkpoints"] and all(c["complete"] for c in result["checkpoints"]):
             self._final_checkpoints[link["id"]] = result  # until the launch changes
         return result
 
@@ -937,8 +931,13 @@ def _archive_link(conn: sqlite3.Connection, ref: LinkRef) -> dict[str, Any]:
     return catalog.archive_link(conn, _resolve(conn, ref))
 
 
-def _checkpoints(conn: sqlite3.Connection, link: dict[str, Any], now: int) -> dict[str, Any]:
-    return stats.launch_checkpoints(conn, link["id"], *catalog.link_launch(conn, link), now)
+def _checkpoints(
+    conn: sqlite3.Connection, reads: Any, link: dict[str, Any], now: int
+) -> dict[str, Any]:
+    result: dict[str, Any] = reads.launch_checkpoints(
+        conn, link["id"], *catalog.link_launch(conn, link), now
+    )
+    return result
 
 
 def _purge_link(conn: sqlite3.Connection, ref: LinkRef) -> None:

@@ -35,10 +35,6 @@ from edge.chclient import BlockingClient, ClickHouseError, SinkURL, parse_sink_u
 from edge.config import Config
 from edge.errors import InvalidField, LinkedgeError
 
-# the checkpoints' window from the link's creation (stats.py kept it before main's
-# launch times; counted from creation here until ClickHouse follows them)
-LAUNCH_PERIOD_MS: Final = 86400 * 1000
-
 MINUTE_MS: Final = 60_000
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 86_400_000
@@ -190,7 +186,7 @@ class ClickHouseStats:
                 f"SELECT k, sum(u), sum(h) FROM (SELECT {key_sql} AS k, "
                 f"intDiv(ts_ms, {DAY_MS}) AS day, uniqExact(visitor_id) AS u, "
                 f"uniqExactIf(visitor_id, {HUMAN}) AS h FROM clicks "
-                f"WHERE {links.where(only)} AND visitor_id != 0 "
+                f"WHERE {links.where(only)} AND has_visitor = 1 "
                 f"AND ts_ms >= {d_first * DAY_MS} AND ts_ms < {(d_last + 1) * DAY_MS} "
                 f"GROUP BY k, day HAVING 1{keep}) GROUP BY k"
             )
@@ -355,29 +351,45 @@ class ClickHouseStats:
         }
 
     def launch_checkpoints(
-        self, conn: sqlite3.Connection, link_id: int, created_at_ms: int, now_ms: int
-    ) -> dict[str, Any] | None:
-        """stats.launch_checkpoints from ClickHouse: the first click from the minute the
-        link was created, then clicks, humans and uniques up to each checkpoint."""
-        if now_ms - created_at_ms >= LAUNCH_PERIOD_MS:
-            return None
+        self,
+        conn: sqlite3.Connection,
+        link_id: int,
+        launch_ms: int | None,
+        launch_from: str | None,
+        now_ms: int,
+    ) -> dict[str, Any]:
+        """stats.launch_checkpoints from ClickHouse: from the link's launch, else from its
+        first human click."""
         link_id = int(link_id)
-        since = (int(created_at_ms) // MINUTE_MS) * MINUTE_MS
-        found = self._rows(
-            f"SELECT count(), min(ts_ms) FROM clicks WHERE link_id = {link_id} AND ts_ms >= {since}"
-        )
-        if not found or not int(found[0][0]):
-            return {"first_click_at": None, "checkpoints": []}
-        first = int(found[0][1])
-        ends = [first + n * MINUTE_MS for n in stats.CHECKPOINT_MINUTES]
+        first = first_human = None
+        for n, at, n_human, at_human in self._rows(
+            f"SELECT count(), min(ts_ms), countIf({HUMAN}), minIf(ts_ms, {HUMAN}) "
+            f"FROM clicks WHERE link_id = {link_id}"
+        ):
+            first = int(at) if int(n) else None
+            first_human = int(at_human) if int(n_human) else None
+        start = launch_ms if launch_ms is not None else first_human
+        head: dict[str, Any] = {
+            "launched_at": iso_ms(launch_ms) if launch_ms is not None else None,
+            "launch_from": launch_from,
+            "first_click_at": iso_ms(first) if first is not None else None,
+            "first_human_click_at": iso_ms(first_human) if first_human is not None else None,
+            "started_at": iso_ms(start) if start is not None else None,
+            "started_by": (
+                "launch" if launch_ms is not None else "first_human_click" if start else None
+            ),
+        }
+        if start is None:
+            return {**head, "checkpoints": []}
+        ends = [start + n * MINUTE_MS for n in stats.CHECKPOINT_MINUTES]
         parts = [
             f"countIf(ts_ms < {end}), countIf(ts_ms < {end} AND {HUMAN}), "
-            f"uniqExactIf(visitor_id, ts_ms < {end} AND visitor_id != 0)"
+            f"uniqExactIf(visitor_id, ts_ms < {end} AND has_visitor = 1)"
             for end in ends
         ]
         values = self._rows(
             f"SELECT {', '.join(parts)} FROM clicks WHERE link_id = {link_id} "
-            f"AND ts_ms >= {first} AND ts_ms < {min(ends[-1], now_ms + 1)}"
+            f"AND ts_ms >= {int(start)} AND ts_ms < {max(start, min(ends[-1], now_ms + 1))}"
         )[0]
         checkpoints = []
         for i, n in enumerate(stats.CHECKPOINT_MINUTES):
@@ -392,7 +404,7 @@ class ClickHouseStats:
                     "uniques": int(uniques),
                 }
             )
-        return {"first_click_at": iso_ms(first), "checkpoints": checkpoints}
+        return {**head, "checkpoints": checkpoints}
 
     def rollup_velocity(
         self, conn: sqlite3.Connection, link_id: int, window_s: int, now_s: int

@@ -46,11 +46,12 @@ from edge.chclient import AsyncClient, ClickHouseError, SinkURL, quote
 log = logging.getLogger("linkedge.chsink")
 
 # (name, ClickHouse type) in edge/rollups.CLICK_COLUMNS order (ts in ms), then the key.
-# SQLite's NULLs are stored as '' (strings), 0 (asn, visitor_id: 0 = none) and -1 (route).
+# SQLite's NULLs are stored as '' (strings), 0 (asn, has_visitor) and -1 (route).
 CLICK_TABLE_COLUMNS: Final = (
     ("ts_ms", "UInt64"),
     ("link_id", "UInt32"),
     ("visitor_id", "UInt64"),  # the 8-byte id read little-endian
+    ("has_visitor", "UInt8"),  # 0: no visitor id (DNT); an id may read as 0
     ("bot_kind", "String"),  # '' = human
     ("method", "String"),
     ("country", "String"),
@@ -157,7 +158,7 @@ class RowEncoder:
             (ts, link_id, vid, bot, method, country, region, city, asn, org) = row[:10]
             ap(_U64(ts))
             ap(_U32(link_id))
-            ap(_U64(int.from_bytes(vid, "little")) if vid else b"\x00" * 8)
+            ap(_U64(int.from_bytes(vid, "little")) + b"\x01" if vid else b"\x00" * 9)
             for s in (bot, method, country, region, city):
                 e = cache.get(s)
                 if e is None:

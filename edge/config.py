@@ -293,11 +293,11 @@ def validate(config: Config) -> None:
         ("postgresql://", "postgres://")
     ):
         raise ValueError("link_store must be a postgresql:// URL")
+    if not 0 <= config.scanner_window_s <= 3600:
+        raise ValueError("scanner_window_s must be from 0 to 3600 seconds")
     if config.click_sink is not None:
         from edge.chclient import parse_sink_url
 
         parse_sink_url(config.click_sink)
-    if not 0 <= config.scanner_window_s <= 3600:
-        raise ValueError("scanner_window_s must be from 0 to 3600 seconds")
     if config.max_connections < 1:
         raise ValueError("max_connections must be at least 1")

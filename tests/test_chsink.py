@@ -333,11 +333,12 @@ def test_rows_round_trip_with_every_column(
 
     asyncio.run(go())
     got = clickhouse.query(
-        "SELECT ts_ms, link_id, hex(reinterpretAsString(visitor_id)), bot_kind, as_org, route, "
+        "SELECT ts_ms, link_id, hex(reinterpretAsString(visitor_id)), has_visitor, bot_kind, "
+        "as_org, route, "
         "hex(click_id), lengthUTF8(bot_reason), referrer, epoch, wseq, pos FROM clicks FORMAT TSV",
         database_of(url),
     )
     fields = got.rstrip("\n").split("\t")
-    assert fields[0:4] == ["1700000000123", "42", "0102030405060708", ""]
-    assert fields[4] == "Org\\t\\'\"\\\\"  # TSV escapes of the original text
-    assert fields[5:] == ["-1", "00" * 16, "200", "https://t.co/x?a=ü", "9", "1", "0"]
+    assert fields[0:5] == ["1700000000123", "42", "0102030405060708", "1", ""]
+    assert fields[5] == "Org\\t\\'\"\\\\"  # TSV escapes of the original text
+    assert fields[6:] == ["-1", "00" * 16, "200", "https://t.co/x?a=ü", "9", "1", "0"]

@@ -73,6 +73,7 @@ def _fill(conn: sqlite3.Connection, links: list[dict[str, Any]], n: int, seed: i
     of clicks written but not rolled up."""
     rng = random.Random(seed)
     visitors = [rng.randbytes(8) for _ in range(60)]
+    visitors[0] = bytes(8)  # a real id may be all zeros: still a visitor
     start_ms = (END - 3 * DAY) * 1000
     times = sorted(rng.randrange(start_ms, END * 1000) for _ in range(n))
     rows = [_click(rng, t, rng.choice(links)["id"], visitors) for t in times]
