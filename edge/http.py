@@ -246,10 +246,15 @@ class HeadScanner:
             if end - head_from > MAX_HEAD_BYTES:
                 raise BadRequest("request header section too large", 431)
             return end + 4
-        # Past the limit, only the start of the head's final CRLFCRLF may follow (a read
-        # can end inside it, and its first CRLF counts): anything else is too large now.
-        if size - head_from > MAX_HEAD_BYTES and not _TERMINATOR.startswith(
-            bytes(buf[head_from + MAX_HEAD_BYTES : min(size, head_from + MAX_HEAD_BYTES + 4)])
+        # Past the limit, only the head's final CRLFCRLF may still be arriving: it may
+        # start at the limit at the latest (as parse_head allows), so what follows some
+        # start in the last 4 bytes before it must be a beginning of CRLFCRLF (a read can
+        # end inside it); anything else is too large now.
+        limit = head_from + MAX_HEAD_BYTES
+        if size > limit and not any(
+            _TERMINATOR.startswith(bytes(buf[p:size]))
+            for p in range(max(head_from, limit - 3), limit + 1)
+            if size - p < 4
         ):
             raise BadRequest("request header section too large", 431)
         # A bare LF among the new bytes: every LF must close a CRLF (one that straddles

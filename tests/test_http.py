@@ -738,3 +738,25 @@ def test_the_scanner_refuses_an_oversized_head_before_it_ends() -> None:
     with pytest.raises(BadRequest) as info:
         HeadScanner().advance(bytearray(head + b"p" * (fill + 1)))
     assert info.value.status == 431
+
+
+@pytest.mark.parametrize("over", [-3, -2, -1, 0])
+def test_a_head_ending_across_the_limit_is_read_in_pieces_as_in_one(over: int) -> None:
+    """The head's CRLFCRLF may start at the limit at the latest (parse_head's rule); read in
+    pieces that end inside it, the scanner waits rather than refusing (a fuzzer finding:
+    the terminator starting 1 byte before the limit, a read ending 2 bytes past it)."""
+    head = BASE + b"X-Pad: "
+    data = head + b"a" * (MAX_HEAD_BYTES + over - len(head)) + b"\r\n\r\n"
+    start = data.index(b"\r\n\r\n", len(head))
+    assert start == MAX_HEAD_BYTES + over
+    whole = parse_head(data)
+    assert whole is not None
+    for cut in range(start, start + 4):
+        scanner = HeadScanner()
+        assert scanner.advance(bytearray(data[:cut])) == -1
+        assert scanner.advance(bytearray(data)) == whole[1]
+    # past the limit, a byte that cannot continue the terminator: refused at once
+    if start + 1 > MAX_HEAD_BYTES:
+        with pytest.raises(BadRequest) as info:
+            HeadScanner().advance(bytearray(data[: start + 1] + b"x"))
+        assert info.value.status == 431
