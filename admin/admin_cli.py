@@ -163,6 +163,11 @@ def open_db(args: argparse.Namespace, *, create: bool = False) -> sqlite3.Connec
         if schema.pending(conn):  # reads of an up-to-date database take no write lock
             schema.migrate(conn, _announce_migration)
         catalog.ensure_default_domain(conn)
+        store = getattr(args, "link_store", None) or setting(args, "link_store")
+        if store:  # docs/scale-out.md: the catalog lives in PostgreSQL, this file mirrors it
+            from edge import pgstore
+
+            args.link_store_joined = pgstore.attach_cli(conn, store)
     except BaseException:
         conn.close()
         raise
@@ -356,15 +361,23 @@ def link_report(conn: sqlite3.Connection, args: argparse.Namespace) -> dict[str,
     now = time.time()
     rng = timerange.time_range(args.from_, args.to, args.interval, args.tz, now)
     flt = catalog.LinkFilter(link_id=link["id"])
-    result = stats.selection_stats(conn, flt, rng, _check_top(args.top, stats.MAX_TOP))
+    reads: Any = stats
+    rollup_velocity = velocity.rollup_velocity
+    sink = setting(args, "click_sink")
+    if sink:  # the clicks are in ClickHouse (docs/clickhouse.md)
+        from admin import chstats
+
+        reads = chstats.for_url(sink)
+        rollup_velocity = reads.rollup_velocity
+    result = reads.selection_stats(conn, flt, rng, _check_top(args.top, stats.MAX_TOP))
     window = velocity.parse_window(args.window)
-    speed = velocity.rollup_velocity(conn, link["id"], window, int(now))
+    speed = rollup_velocity(conn, link["id"], window, int(now))
     return {
         "link": stats.link_head(link),
         **rng.describe(),
         **result,
         "velocity": speed,
-        "checkpoints": stats.launch_checkpoints(
+        "checkpoints": reads.launch_checkpoints(
             conn, link["id"], *catalog.link_launch(conn, link), int(now * 1000)
         ),
         "baseline": baselines.summary(conn, link, int(now * 1000)),

@@ -35,6 +35,7 @@ from admin import (
     alerts,
     auth,
     baselines,
+    chstats,
     conversions,
     imports,
     insights,
@@ -133,6 +134,8 @@ class AdminServer:
         self.runtime = runtime
         self.config = runtime.config
         self.db = Database(self.config.db_path)  # reads: links, stats, tokens
+        # the stats reads: admin/stats.py over SQLite, or admin/chstats.py over ClickHouse
+        self.reads: Any = stats if not self.config.click_sink else chstats.for_sink(self.config)
         self.tokens = auth.TokenCache(self.db, runtime.writer)
         self.router = Router()
         self._add_routes()
@@ -519,11 +522,11 @@ class AdminServer:
         record["warming_up"] = now - self.runtime.started_at < 2 * window_s
         return record
 
-    async def _checkpoints(self, link: dict[str, Any]) -> dict[str, Any]:
+    async def _checkpoints(self, link: dict[str, Any]) -> dict[str, Any] | None:
         cached = self._final_checkpoints.get(link["id"])
         if cached is not None:
             return cached
-        result = await self.db.run(_checkpoints, link, now_ms())
+        result = await self.db.run(_checkpoints, self.reads, link, now_ms())
         if result["checkpoints"] and all(c["complete"] for c in result["checkpoints"]):
             self._final_checkpoints[link["id"]] = result  # until the launch changes
         return result
@@ -536,7 +539,10 @@ class AdminServer:
         flt = catalog.LinkFilter(link_id=link["id"])
         route = conversions.parse_route(link, call.q("route"))
         goal = conversions.parse_goal(call.q("goal"))
-        result = await self.db.run(stats.selection_stats, flt, rng, top, route)
+        if route is None:  # SQLite's or ClickHouse's stats (self.reads)
+            result = await self.db.run(self.reads.selection_stats, flt, rng, top)
+        else:  # a route's cut: the per-route rollups are SQLite's
+            result = await self.db.run(stats.selection_stats, flt, rng, top, route)
         result["conversions"] = await self.db.run(
             conversions.for_selection, flt, rng, result["totals"], route, goal
         )
@@ -584,7 +590,7 @@ class AdminServer:
         live_ids = self._live_ids(window)
         if group_by is None:
             top = call.q_int("top", stats.DEFAULT_TOP, 1, stats.MAX_TOP)
-            result = await self.db.run(stats.selection_stats, flt, rng, top)
+            result = await self.db.run(self.reads.selection_stats, flt, rng, top)
             result["conversions"] = await self.db.run(
                 conversions.for_selection,
                 flt,
@@ -603,7 +609,7 @@ class AdminServer:
         if call.q("top") is not None:
             raise InvalidField("top applies without group_by (breakdowns)", "top")
         limit = call.q_int("limit", stats.DEFAULT_GROUPS, 1, stats.MAX_GROUPS)
-        result = await self.db.run(stats.group_stats, flt, group_by, rng, limit)
+        result = await self.db.run(self.reads.group_stats, flt, group_by, rng, limit)
         await self.db.run(conversions.for_groups, flt, rng, group_by, result["groups"])
         keys_of = await self.db.run(stats.group_keys_of, flt, group_by, live_ids)
         members: dict[Any, list[int]] = {}
@@ -875,8 +881,11 @@ class AdminServer:
         degraded = _degraded(pipeline, self.config.max_queued_clicks)
         if degraded:
             pipeline["degraded"] = degraded
+        # the link store down: redirects go on from this node's copy, catalog writes fail
+        store = self.runtime.link_store.health() if self.runtime.link_store else None
+        store_down = store is not None and not store["ok"]
         body = {
-            "status": "unavailable" if not ok else "degraded" if degraded else "ok",
+            "status": "unavailable" if not ok else "degraded" if degraded or store_down else "ok",
             "db": {"ok": db_error is None, "path": self.config.db_path, "error": db_error},
             "pipeline": {"ok": pipeline_error is None, **pipeline},
             "geoip": {
@@ -886,6 +895,7 @@ class AdminServer:
                 "error": geo.get("error"),
             },
             "sync": {"ok": not sync_errors, "error": sync_errors[0] if sync_errors else None},
+            "link_store": store,
             "bot_list": bots.list_info(),
             "workers": {
                 "configured": self.runtime.workers_expected,
@@ -994,8 +1004,13 @@ def _archive_link(conn: sqlite3.Connection, ref: LinkRef) -> dict[str, Any]:
     return catalog.archive_link(conn, _resolve(conn, ref))
 
 
-def _checkpoints(conn: sqlite3.Connection, link: dict[str, Any], now: int) -> dict[str, Any]:
-    return stats.launch_checkpoints(conn, link["id"], *catalog.link_launch(conn, link), now)
+def _checkpoints(
+    conn: sqlite3.Connection, reads: Any, link: dict[str, Any], now: int
+) -> dict[str, Any]:
+    result: dict[str, Any] = reads.launch_checkpoints(
+        conn, link["id"], *catalog.link_launch(conn, link), now
+    )
+    return result
 
 
 def _purge_link(conn: sqlite3.Connection, ref: LinkRef) -> None:

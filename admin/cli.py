@@ -193,6 +193,8 @@ def _prepare_to_serve(args: argparse.Namespace, config: cfg.Config) -> sqlite3.C
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     _prepare_to_serve(args, config).close()
+    if getattr(args, "link_store_joined", None) is not None:
+        args.link_store_joined.close()  # caught up; the collector keeps its own connection
     from admin.runtime import run
 
     _setup_logging(config.log_level)

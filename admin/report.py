@@ -172,8 +172,7 @@ def _conversions(conn: sqlite3.Connection, link_ids: list[int]) -> dict[str, Any
     per_link: dict[str, int] = {}
     for link_id in link_ids:
         rows = conn.execute(
-            "SELECT occurred_at - click_ts, value_micros, currency FROM events "
-            "WHERE link_id = ?",
+            "SELECT occurred_at - click_ts, value_micros, currency FROM events WHERE link_id = ?",
             (link_id,),
         ).fetchall()
         per_link[str(link_id)] = len(rows)

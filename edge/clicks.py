@@ -54,6 +54,7 @@ from edge.capture import (
     FLAG_TEST,
     RawClick,
 )
+from edge.chsink import ClickHouseSink, Layout
 from edge.config import Config
 from edge.db import Database, Transaction, now_ms
 from edge.live import LiveCounters
@@ -99,6 +100,11 @@ ROLLUP_MAX_CLICKS: Final = 500_000
 # Each is looked up again at every write (~10 a second): a burst of forged young ids past
 # this many is refused (counted) rather than tried.
 PIXEL_RETRY_MAX: Final = 1000
+# With a ClickHouse sink, rows are written at most every click_sink_interval_s (or at once
+# past SINK_WRITE_MAX_ROWS): ClickHouse wants few big inserts (each makes a part; at 0.1 s
+# intervals and 20k clicks/s it fell behind, at 1 s it kept up: docs/clickhouse.md), and
+# one insert stays well under the ~1M rows it commits atomically.
+SINK_WRITE_MAX_ROWS: Final = 100_000
 DROP_LOG_INTERVAL_S: Final = 10.0
 GEO_CHECK_INTERVAL_S: Final = 2.0  # how often the GeoIP file is stat()ed for replacement
 DAY_S: Final = 86400
@@ -353,9 +359,13 @@ class ClickRecorder:
         db: Database,
         geo: GeoDatabase,
         live: LiveCounters,
+        sink: ClickHouseSink | None = None,
     ) -> None:
         self.config = config
         self.db = db
+        # where the rows go: SQLite (None) or ClickHouse, which then also deduplicates
+        # (edge/chsink.py); the click budgets and salts stay in SQLite either way
+        self.sink = sink
         self.geo = geo
         self.live = live
         self.enricher = Enricher(config, geo)
@@ -373,6 +383,8 @@ class ClickRecorder:
         self._raw_count = 0
         self._pending: list[tuple[list[Row], Progress, Spent]] = []
         self._pending_count = 0
+        self._pending_layout: Layout = []  # the worker batches of the pending rows (sink)
+        self._pending_since = 0.0
         self._in_flight = 0  # clicks being enriched right now
         # conversion pixels (edge/events.py) enriched, and those whose click is not written
         # yet, tried again at the next writes (bounded)
@@ -413,8 +425,14 @@ class ClickRecorder:
         return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     async def start(self) -> None:
-        self.committed = await self.db.run(_load_progress)
-        await self._catch_up_rollups()
+        if self.sink is not None:
+            # ClickHouse holds the rows and their worker identities: a resent batch is
+            # recognised there when it is written (its epoch is checked first)
+            await self.sink.start()
+            self.committed = {}
+        else:
+            self.committed = await self.db.run(_load_progress)
+            await self._catch_up_rollups()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="click-flusher")
 
     def accept(
@@ -489,12 +507,25 @@ class ClickRecorder:
                 self._in_flight = 0
             self.live.add(live)
             self._pending_pixels.extend(self.enricher.pixels)
+            if not self._pending:
+                self._pending_since = time.monotonic()
             self._pending.append((rows, progress, spent))
             self._pending_count += len(rows)
+            if self.sink is not None:
+                self._pending_layout.extend((e, s, len(c)) for e, s, c, _spent in take)
         if not self._pending and not self._pixel_retry:
             await self._write_idle_rollup()
             return 0
+        if self.sink is not None and not self._sink_due():
+            return 0
         return await self._write_pending()
+
+    def _sink_due(self) -> bool:
+        return (
+            self._closing
+            or self._pending_count >= SINK_WRITE_MAX_ROWS
+            or time.monotonic() - self._pending_since >= self.config.click_sink_interval_s
+        )
 
     async def _enrich(
         self, raw: list[RawClick]
@@ -530,22 +561,27 @@ class ClickRecorder:
             for link_id, n in links.items():
                 spent_total[link_id] = spent_total.get(link_id, 0) + n
         started = time.monotonic()
-        rollup_due = self._rollup_due(started)
         pixels = self._pending_pixels + self._pixel_retry
         outcome: list[events.PixelOutcome] = []
-        write = asyncio.ensure_future(
-            self.db.run(
-                _write_batch,
-                rows,
-                progress,
-                rollup_due,
-                self._rollup_state,
-                ROLLUP_MAX_CLICKS,
-                spent_total,
-                pixels,
-                outcome,
+        write: asyncio.Future[tuple[int, int, int]]
+        if self.sink is not None:  # conversions are not tracked with a sink (docs/clickhouse.md)
+            rollup_due = False
+            write = asyncio.ensure_future(self._sink_write(rows, spent_total))
+        else:
+            rollup_due = self._rollup_due(started)
+            write = asyncio.ensure_future(
+                self.db.run(
+                    _write_batch,
+                    rows,
+                    progress,
+                    rollup_due,
+                    self._rollup_state,
+                    ROLLUP_MAX_CLICKS,
+                    spent_total,
+                    pixels,
+                    outcome,
+                )
             )
-        )
         # A cancellation must not leave us guessing: the write goes on in its thread and
         # may commit, so wait for its outcome, keep the books, then let the cancel go on.
         cancelled = False
@@ -569,6 +605,16 @@ class ClickRecorder:
             raise asyncio.CancelledError
         return len(rows)
 
+    async def _sink_write(self, rows: list[Row], spent: dict[int, int]) -> tuple[int, int, int]:
+        """Rows to ClickHouse, then the click budgets they spent to SQLite. A failure of
+        either fails the write: its retry finds the rows in ClickHouse (the sink
+        reconciles after a failure) and records the budgets once."""
+        assert self.sink is not None
+        await self.sink.write(rows, list(self._pending_layout))
+        if spent and rows:
+            await self.db.run(_record_spent, spent)
+        return 0, -1, 0
+
     def _committed(
         self,
         rows: list[Row],
@@ -580,6 +626,7 @@ class ClickRecorder:
     ) -> None:
         self._pending = []
         self._pending_count = 0
+        self._pending_layout = []
         for epoch, seq in progress.items():
             if seq > self.committed.get(epoch, 0):
                 self.committed[epoch] = seq
@@ -640,7 +687,7 @@ class ClickRecorder:
         """Rebuild one group-day's visitors that a link edit left stale per flush cycle
         while any wait (a bounded step: a rebuild reads a whole group's day); look again
         after the next roll-up once none does."""
-        if not self._rebuild_due:
+        if not self._rebuild_due or self.sink is not None:
             return
         try:
             self._rebuild_due = await self.db.run(_rebuild_one_stale_group_day)
@@ -651,7 +698,7 @@ class ClickRecorder:
         """No clicks waiting: still roll up the last ones, so the rollup tables (and
         everything reading them, like `linkedge stats`) do not wait for the next click."""
         started = time.monotonic()
-        if not self._unrolled or not self._rollup_due(started):
+        if self.sink is not None or not self._unrolled or not self._rollup_due(started):
             return
         try:
             _first, _last, rolled = await self.db.run(
@@ -721,7 +768,7 @@ class ClickRecorder:
             except Exception:
                 log.exception("final click flush failed; retrying")
                 await asyncio.sleep(0.1)
-        if not self.queued:
+        if not self.queued and self.sink is None:
             # everything is written: roll up the last clicks too, a capped step at a time
             try:
                 while time.monotonic() < deadline:
@@ -737,7 +784,15 @@ class ClickRecorder:
         if left:
             log.error("shutdown: %d clicks could not be written before the deadline", left)
         self._executor.shutdown(wait=False)
+        if self.sink is not None:
+            await self.sink.close()
         return left
+
+
+_SPENT_SQL: Final = (
+    "INSERT INTO link_spent (link_id, spent) VALUES (?, ?) "
+    "ON CONFLICT (link_id) DO UPDATE SET spent = spent + excluded.spent"
+)
 
 
 def _load_progress(conn: sqlite3.Connection) -> Progress:
@@ -774,11 +829,7 @@ def _write_batch(
             pixels = None
         first, last = rollups.insert_clicks(conn, rows) if rows else (0, -1)
         if spent and rows:  # click budgets: spent with the clicks that spent them
-            conn.executemany(
-                "INSERT INTO link_spent (link_id, spent) VALUES (?, ?) "
-                "ON CONFLICT (link_id) DO UPDATE SET spent = spent + excluded.spent",
-                list(spent.items()),
-            )
+            conn.executemany(_SPENT_SQL, list(spent.items()))
         if pixels:  # conversion pixels, after the clicks they may belong to
             result = events.record_pixels(conn, pixels, now_ms())
             if outcome is not None:
@@ -794,6 +845,11 @@ def _write_batch(
         if rollup_due:
             rolled = rollups.roll_up(conn, state, limit)
     return first, last, rolled
+
+
+def _record_spent(conn: sqlite3.Connection, spent: dict[int, int]) -> None:
+    with Transaction(conn):
+        conn.executemany(_SPENT_SQL, list(spent.items()))
 
 
 def _already_written(conn: sqlite3.Connection, progress: Progress) -> bool:
