@@ -160,9 +160,14 @@ def open_db(args: argparse.Namespace, *, create: bool = False) -> sqlite3.Connec
                 f"({schema.LATEST}): upgrade linkedge first",
                 EXIT_RUNTIME,
             )
-        if version < schema.LATEST:  # reads of an up-to-date database take no write lock
+        if schema.pending(conn):  # reads of an up-to-date database take no write lock
             schema.migrate(conn, _announce_migration)
         catalog.ensure_default_domain(conn)
+        store = getattr(args, "link_store", None) or setting(args, "link_store")
+        if store:  # docs/scale-out.md: the catalog lives in PostgreSQL, this file mirrors it
+            from edge import pgstore
+
+            args.link_store_joined = pgstore.attach_cli(conn, store)
     except BaseException:
         conn.close()
         raise
@@ -252,7 +257,8 @@ def _token_out(token: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     conn = open_db(args)
-    record, secret = catalog.create_token(conn, args.name)
+    scopes = catalog.validate_scopes(args.scopes) if args.scopes else None
+    record, secret = catalog.create_token(conn, args.name, scopes)
     if args.json:
         print_json({"token": _token_out(record), "secret": secret})
     else:
@@ -277,13 +283,14 @@ def cmd_token_list(args: argparse.Namespace) -> int:
                 str(t["id"]),
                 t["name"],
                 t["prefix"] + "...",
+                ",".join(t["scopes"]),
                 t["created_at"] or "-",
                 t["last_used_at"] or "-",
                 t["revoked_at"] or "no",
             ]
             for t in tokens
         ],
-        ["ID", "NAME", "PREFIX", "CREATED", "LAST USED", "REVOKED"],
+        ["ID", "NAME", "PREFIX", "SCOPES", "CREATED", "LAST USED", "REVOKED"],
     )
     return 0
 
@@ -347,23 +354,33 @@ def cmd_utm_list(args: argparse.Namespace) -> int:
 
 def link_report(conn: sqlite3.Connection, args: argparse.Namespace) -> dict[str, Any]:
     """The same numbers as GET /api/links/{id}/stats, velocity from the minute rollup."""
-    from admin import stats, velocity  # loaded for stats only: every other command starts faster
+    # loaded for stats only: every other command starts faster
+    from admin import baselines, stats, velocity
 
     link = catalog.find_link(conn, args.slug, args.domain)
     now = time.time()
     rng = timerange.time_range(args.from_, args.to, args.interval, args.tz, now)
     flt = catalog.LinkFilter(link_id=link["id"])
-    result = stats.selection_stats(conn, flt, rng, _check_top(args.top, stats.MAX_TOP))
+    reads: Any = stats
+    rollup_velocity = velocity.rollup_velocity
+    sink = setting(args, "click_sink")
+    if sink:  # the clicks are in ClickHouse (docs/clickhouse.md)
+        from admin import chstats
+
+        reads = chstats.for_url(sink)
+        rollup_velocity = reads.rollup_velocity
+    result = reads.selection_stats(conn, flt, rng, _check_top(args.top, stats.MAX_TOP))
     window = velocity.parse_window(args.window)
-    speed = velocity.rollup_velocity(conn, link["id"], window, int(now))
+    speed = rollup_velocity(conn, link["id"], window, int(now))
     return {
         "link": stats.link_head(link),
         **rng.describe(),
         **result,
         "velocity": speed,
-        "checkpoints": stats.launch_checkpoints(
+        "checkpoints": reads.launch_checkpoints(
             conn, link["id"], *catalog.link_launch(conn, link), int(now * 1000)
         ),
+        "baseline": baselines.summary(conn, link, int(now * 1000)),
     }
 
 
@@ -396,6 +413,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
         )
         since = "launched" if launch["started_by"] == "launch" else "first human click"
         print(f"launch: {since} {launch['started_at']}; {marks}")
+    base = report["baseline"]
+    print(
+        f"baseline: first hour vs campaign: {base['first_hour_campaign']['text']}; "
+        f"vs source: {base['first_hour_utm_source']['text']}; "
+        f"last hour vs hour of week: {base['hour_of_week']['text']}"
+    )
     series = report["series"]
     if any(p["clicks"] for p in series):
         print()
@@ -439,6 +462,10 @@ def add_commands(sub: Any, cmd: CommandAdder, db_option: Callable[[Any], None]) 
         "linkedge token create dashboard",
     )
     p.add_argument("name", help="what the token is for")
+    p.add_argument(
+        "--scopes",
+        help="what it may do, comma-separated: read, links, events, admin (default admin)",
+    )
     p.add_argument("--json", action="store_true")
     db_option(p)
     p = cmd(tsub, "list", cmd_token_list, "list tokens", "linkedge token list --json")

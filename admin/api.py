@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
+import hashlib
 import logging
 import os
 import sqlite3
@@ -29,7 +31,20 @@ from typing import Any, Final
 
 import orjson
 
-from admin import auth, imports, metrics, qr, stats, timerange, velocity
+from admin import (
+    alerts,
+    auth,
+    baselines,
+    chstats,
+    conversions,
+    imports,
+    insights,
+    metrics,
+    qr,
+    stats,
+    timerange,
+    velocity,
+)
 from admin.http import (
     BulkFailed,
     Call,
@@ -41,7 +56,7 @@ from admin.http import (
     json_response,
 )
 from admin.metrics import FLUSH_BUCKETS_S, Histogram
-from edge import catalog
+from edge import catalog, changelog
 from edge.catalog import bounded_int
 from edge.db import Database, Transaction, current_rev, now_ms
 from edge.errors import InvalidField, LinkedgeError, NotFound
@@ -56,6 +71,9 @@ MAX_BULK_LINKS: Final = 1000
 STREAM_INTERVAL_S: Final = 1.0
 LIVE_REUSE_S: Final = 0.1  # a /api/live snapshot is reused this long while clicks arrive
 STREAM_RETRY_MS: Final = 2000  # EventSource reconnection delay we suggest
+# The SHA-256 of the bearer token of the request being handled (set when it is authorized,
+# in the connection's task): the change history records which token made each change.
+_caller: contextvars.ContextVar[bytes | None] = contextvars.ContextVar("caller", default=None)
 
 
 def _version() -> str:
@@ -116,6 +134,8 @@ class AdminServer:
         self.runtime = runtime
         self.config = runtime.config
         self.db = Database(self.config.db_path)  # reads: links, stats, tokens
+        # the stats reads: admin/stats.py over SQLite, or admin/chstats.py over ClickHouse
+        self.reads: Any = stats if not self.config.click_sink else chstats.for_sink(self.config)
         self.tokens = auth.TokenCache(self.db, runtime.writer)
         self.router = Router()
         self._add_routes()
@@ -172,9 +192,15 @@ class AdminServer:
         await self.db.close()
 
     async def _authorize(self, req: Request, segments: list[str]) -> None:
+        if segments[:2] == ["api", "postback"]:
+            return  # a domain's postback secret instead (admin/conversions.py)
         if segments[:1] == ["api"] or (segments == ["metrics"] and self.public):
             # (a token the CLI made a moment ago is looked up: admin/auth.py)
-            await self.tokens.authenticate(req.header(b"authorization"))
+            header = req.header(b"authorization")
+            token_id = await self.tokens.authenticate(header)
+            _caller.set(hashlib.sha256((header or b"").partition(b" ")[2].strip()).digest())
+            scopes = self.tokens.scopes.get(token_id, frozenset())
+            auth.check_scope(scopes, req.method.decode("ascii"), segments)
 
     def _tick(self) -> None:
         self._take_flush_durations()
@@ -211,18 +237,22 @@ class AdminServer:
         r.add("POST", "/api/links", self.create_link)
         r.add("POST", "/api/links/bulk", self.create_links_bulk)
         r.add("POST", "/api/import", self.import_links, IMPORT_QUERY)
+        # (before /api/links/{domain}/{slug}, which would take /api/links/{id}/abtest)
+        conversions.add_routes(r, self, filters)  # events, postbacks, A/B tests, segments
         for ref in ("/api/links/{id}", "/api/links/{domain}/{slug}"):
             r.add("GET", ref, self.get_link)
             r.add("PATCH", ref, self.patch_link)
             r.add("DELETE", ref, self.delete_link, ("purge",))
-            r.add("GET", ref + "/stats", self.link_stats, stats_q)
+            r.add("GET", ref + "/stats", self.link_stats, (*stats_q, "route", "goal"))
             r.add("GET", ref + "/velocity", self.link_velocity, ("window",))
             r.add("GET", ref + "/checkpoints", self.link_checkpoints)
             r.add("POST", ref + "/launch", self.launch_link)
             r.add("DELETE", ref + "/launch", self.unlaunch_link)
             for kind in qr.FORMATS:
                 r.add("GET", f"{ref}/qr.{kind}", self.link_qr, QR_QUERY)
-        r.add("GET", "/api/stats", self.group_stats, (*stats_q, *filters, "group_by", "limit"))
+        r.add(
+            "GET", "/api/stats", self.group_stats, (*stats_q, *filters, "group_by", "limit", "goal")
+        )
         r.add("GET", "/api/campaigns/{name}/launch", self.campaign_launch)
         r.add("POST", "/api/campaigns/{name}/launch", self.launch_campaign)
         r.add("DELETE", "/api/campaigns/{name}/launch", self.unlaunch_campaign)
@@ -240,6 +270,8 @@ class AdminServer:
         r.add("GET", "/api/tokens", self.list_tokens)
         r.add("POST", "/api/tokens", self.create_token)
         r.add("DELETE", "/api/tokens/{id}", self.revoke_token)
+        alerts.add_routes(r, self)  # /api/alerts, /api/checks (admin/alerts.py)
+        insights.add_routes(r, self)  # history, baselines, reports, the dashboard
 
     # --- links ---------------------------------------------------------------------------
 
@@ -259,7 +291,7 @@ class AdminServer:
         """Run a catalog write on the writer connection; answer once every edge worker
         serves it (they reload at once; a worker that does not within a second picks it
         up at its next poll)."""
-        result = await self.runtime.writer.run(fn, *args)
+        result = await self.runtime.writer.run(as_caller(fn), *args)
         self._final_checkpoints.clear()  # a launch may have moved
         await self._serve_latest()
         return result
@@ -311,7 +343,7 @@ class AdminServer:
                 prepared.append(None)
         # Items that passed the checks above go through the store in one transaction even
         # when others failed (then rolled back), so every item's error is reported at once.
-        created, db_errors = await self.runtime.writer.run(_create_bulk, prepared)
+        created, db_errors = await self.runtime.writer.run(as_caller(_create_bulk), prepared)
         errors = sorted(errors + db_errors, key=lambda e: int(e["index"]))
         if errors:
             statuses = {e["status"] for e in errors}
@@ -490,11 +522,11 @@ class AdminServer:
         record["warming_up"] = now - self.runtime.started_at < 2 * window_s
         return record
 
-    async def _checkpoints(self, link: dict[str, Any]) -> dict[str, Any]:
+    async def _checkpoints(self, link: dict[str, Any]) -> dict[str, Any] | None:
         cached = self._final_checkpoints.get(link["id"])
         if cached is not None:
             return cached
-        result = await self.db.run(_checkpoints, link, now_ms())
+        result = await self.db.run(_checkpoints, self.reads, link, now_ms())
         if result["checkpoints"] and all(c["complete"] for c in result["checkpoints"]):
             self._final_checkpoints[link["id"]] = result  # until the launch changes
         return result
@@ -505,7 +537,21 @@ class AdminServer:
         top = call.q_int("top", stats.DEFAULT_TOP, 1, stats.MAX_TOP)
         window = velocity.parse_window(call.q("window"))
         flt = catalog.LinkFilter(link_id=link["id"])
-        result = await self.db.run(stats.selection_stats, flt, rng, top)
+        route = conversions.parse_route(link, call.q("route"))
+        goal = conversions.parse_goal(call.q("goal"))
+        if route is None:  # SQLite's or ClickHouse's stats (self.reads)
+            result = await self.db.run(self.reads.selection_stats, flt, rng, top)
+        else:  # a route's cut: the per-route rollups are SQLite's
+            result = await self.db.run(stats.selection_stats, flt, rng, top, route)
+        result["conversions"] = await self.db.run(
+            conversions.for_selection, flt, rng, result["totals"], route, goal
+        )
+        if route is not None:
+            result["route"] = call.q("route")
+        else:  # a routed link: its numbers per route (rule, variant)
+            routes = await self.db.run(conversions.route_breakdown, link, rng)
+            if routes is not None:
+                result["routes"] = routes
         return json_response(
             200,
             {
@@ -514,6 +560,7 @@ class AdminServer:
                 **result,
                 "velocity": self._velocity([link["id"]], window),
                 "checkpoints": await self._checkpoints(link),
+                "baseline": await self.db.run(baselines.summary, link, now_ms()),
             },
         )
 
@@ -543,7 +590,15 @@ class AdminServer:
         live_ids = self._live_ids(window)
         if group_by is None:
             top = call.q_int("top", stats.DEFAULT_TOP, 1, stats.MAX_TOP)
-            result = await self.db.run(stats.selection_stats, flt, rng, top)
+            result = await self.db.run(self.reads.selection_stats, flt, rng, top)
+            result["conversions"] = await self.db.run(
+                conversions.for_selection,
+                flt,
+                rng,
+                result["totals"],
+                None,
+                conversions.parse_goal(call.q("goal")),
+            )
             ids = await self.db.run(stats.selected_link_ids, flt, live_ids)
             return json_response(
                 200,
@@ -554,7 +609,8 @@ class AdminServer:
         if call.q("top") is not None:
             raise InvalidField("top applies without group_by (breakdowns)", "top")
         limit = call.q_int("limit", stats.DEFAULT_GROUPS, 1, stats.MAX_GROUPS)
-        result = await self.db.run(stats.group_stats, flt, group_by, rng, limit)
+        result = await self.db.run(self.reads.group_stats, flt, group_by, rng, limit)
+        await self.db.run(conversions.for_groups, flt, rng, group_by, result["groups"])
         keys_of = await self.db.run(stats.group_keys_of, flt, group_by, live_ids)
         members: dict[Any, list[int]] = {}
         for link_id, keys in keys_of.items():
@@ -614,6 +670,7 @@ class AdminServer:
                 )
             entry["windows"] = windows
             entry["rate_per_min"] = windows["60s"]["clicks"]
+            entry["conversions"] = conversions.live_conversions(live.conversions, link_id, now_s)
             entry["velocity"] = self._velocity([link_id], velocity.DEFAULT_VELOCITY_WINDOW_S, now_s)
             links.append(entry)
         overall_windows = velocity.live_windows(live, None, now_s)
@@ -624,10 +681,16 @@ class AdminServer:
                 "rate_per_min": overall_windows["60s"]["clicks"],
                 "rate_per_s": round(live.window(None, 10, now_s)[0] / 10, 2),
                 "velocity": self._velocity(None, velocity.DEFAULT_VELOCITY_WINDOW_S, now_s),
-                "since_start": {"clicks": live.total, "humans": live.humans},
+                "since_start": {
+                    "clicks": live.total,
+                    "humans": live.humans,
+                    "conversions": live.conversions.total,
+                },
+                "conversions": conversions.live_conversions(live.conversions, None, now_s),
             },
             "links": links,
             "pipeline": self._pipeline(),
+            "alerts": {"firing": self.runtime.alerts.firing() if self.runtime.alerts else []},
         }
         self._live = (now_s, top, live.total, now, snapshot)
         return snapshot
@@ -781,11 +844,12 @@ class AdminServer:
         return json_response(200, {"tokens": [self.token_out(t) for t in tokens]})
 
     async def create_token(self, call: Call) -> Response:
-        body = call.json_object(frozenset({"name"}))
+        body = call.json_object(frozenset({"name", "scopes"}))
         name = body.get("name")
         if not isinstance(name, str) or not name.strip():
             raise InvalidField("name is required: what the token is for", "name")
-        record, secret = await self.runtime.writer.run(catalog.create_token, name)
+        scopes = catalog.validate_scopes(body.get("scopes", ["admin"]))
+        record, secret = await self.runtime.writer.run(catalog.create_token, name, scopes)
         await self.tokens.refresh()
         return json_response(201, {"token": self.token_out(record), "secret": secret})
 
@@ -817,8 +881,11 @@ class AdminServer:
         degraded = _degraded(pipeline, self.config.max_queued_clicks)
         if degraded:
             pipeline["degraded"] = degraded
+        # the link store down: redirects go on from this node's copy, catalog writes fail
+        store = self.runtime.link_store.health() if self.runtime.link_store else None
+        store_down = store is not None and not store["ok"]
         body = {
-            "status": "unavailable" if not ok else "degraded" if degraded else "ok",
+            "status": "unavailable" if not ok else "degraded" if degraded or store_down else "ok",
             "db": {"ok": db_error is None, "path": self.config.db_path, "error": db_error},
             "pipeline": {"ok": pipeline_error is None, **pipeline},
             "geoip": {
@@ -828,6 +895,7 @@ class AdminServer:
                 "error": geo.get("error"),
             },
             "sync": {"ok": not sync_errors, "error": sync_errors[0] if sync_errors else None},
+            "link_store": store,
             "bot_list": bots.list_info(),
             "workers": {
                 "configured": self.runtime.workers_expected,
@@ -865,6 +933,17 @@ def _decode_cursor(text: str | None) -> int | None:
 
 
 # --- writer-thread functions (catalog calls composed; they run on the writer) -------------
+
+
+def as_caller(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` run on the writer as the request's token (edge/changelog.py records it)."""
+    digest = _caller.get()
+
+    def run(conn: sqlite3.Connection, *args: Any) -> Any:
+        with changelog.acting_as(digest):
+            return fn(conn, *args)
+
+    return run
 
 
 def _resolve(conn: sqlite3.Connection, ref: LinkRef) -> int:
@@ -925,8 +1004,13 @@ def _archive_link(conn: sqlite3.Connection, ref: LinkRef) -> dict[str, Any]:
     return catalog.archive_link(conn, _resolve(conn, ref))
 
 
-def _checkpoints(conn: sqlite3.Connection, link: dict[str, Any], now: int) -> dict[str, Any]:
-    return stats.launch_checkpoints(conn, link["id"], *catalog.link_launch(conn, link), now)
+def _checkpoints(
+    conn: sqlite3.Connection, reads: Any, link: dict[str, Any], now: int
+) -> dict[str, Any]:
+    result: dict[str, Any] = reads.launch_checkpoints(
+        conn, link["id"], *catalog.link_launch(conn, link), now
+    )
+    return result
 
 
 def _purge_link(conn: sqlite3.Connection, ref: LinkRef) -> None:

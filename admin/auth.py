@@ -11,6 +11,10 @@ Rules of this module:
   looked up in the database before a 401 (bounded: MISS_LOOKUPS_PER_S), so one made with
   the CLI works on the very next request.
 - `last_used_at` is written at most once per TOUCH_INTERVAL_S per token, off the request.
+- Scopes (edge/catalog.py SCOPES): every route needs one (`required_scope`), checked with
+  the token before routing. `admin` may do everything; `links` may read and change links
+  (import, launch campaigns); `read` may read (every GET but the token list); `events`
+  may only post conversions (POST /api/events). A token without the scope gets 403.
 - Bootstrap (server start): LINKEDGE_ADMIN_TOKEN, when set, is stored (its hash) if it is
   not already (one too short to be safe makes the server refuse to start, before anything
   else starts); then, if no active token exists, one named "admin" is created and printed
@@ -54,6 +58,46 @@ class Unauthorized(LinkedgeError):
     headers = (("WWW-Authenticate", 'Bearer realm="linkedge"'),)
 
 
+class Forbidden(LinkedgeError):
+    status = 403
+    code = "forbidden"
+
+
+# Routes whose writes need the `links` scope (reads need `read`); everything else written
+# (domains, UTM lists, tokens) needs `admin`.
+_LINK_WRITES: Final = ("links", "import", "campaigns")
+
+
+def required_scope(method: str, segments: list[str]) -> str:
+    """The scope a request needs (the path's segments after the leading /)."""
+    area = segments[1] if len(segments) > 1 else ""
+    if area == "events" and method == "POST":
+        return "events"
+    if area == "tokens":
+        return "admin"
+    if method in ("GET", "HEAD"):
+        return "read"
+    if area in _LINK_WRITES:
+        return "links"
+    return "admin"
+
+
+def allows(scopes: frozenset[str], needed: str) -> bool:
+    """Whether a token with `scopes` may do what needs `needed`."""
+    return "admin" in scopes or needed in scopes or (needed == "read" and "links" in scopes)
+
+
+def check_scope(scopes: frozenset[str], method: str, segments: list[str]) -> None:
+    needed = required_scope(method, segments)
+    if not allows(scopes, needed):
+        have = ", ".join(sorted(scopes)) or "none"
+        raise Forbidden(
+            f"this token's scopes ({have}) do not allow {method} /{'/'.join(segments)}: "
+            f"it needs {needed} (or admin)",
+            "scopes",
+        )
+
+
 def check_supplied_token(secret: str) -> None:
     if len(secret) < MIN_SUPPLIED_TOKEN_LENGTH or not secret.isascii() or not secret.isprintable():
         raise InvalidField(
@@ -87,6 +131,7 @@ class TokenCache:
         self.reader = reader
         self.writer = writer
         self.hashes: list[tuple[int, bytes]] = []
+        self.scopes: dict[int, frozenset[str]] = {}  # token id -> what it may do
         self.loaded_at = 0.0  # monotonic time of the last refresh
         self._touched: dict[int, float] = {}
         self._touching: set[asyncio.Task[None]] = set()
@@ -97,6 +142,7 @@ class TokenCache:
         self._window_lookups = 0
 
     async def refresh(self) -> None:
+        self.scopes = await self.reader.run(catalog.active_token_scopes)
         self.hashes = await self.reader.run(catalog.active_token_hashes)
         self.loaded_at = time.monotonic()
 

@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 
 import orjson
 
-from admin import admin_cli, timerange
+from admin import admin_cli, alertcli, conversions, timerange
 from admin.admin_cli import (
     EXIT_RUNTIME,
     EXIT_USAGE,
@@ -193,6 +193,8 @@ def _prepare_to_serve(args: argparse.Namespace, config: cfg.Config) -> sqlite3.C
 def cmd_serve(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     _prepare_to_serve(args, config).close()
+    if getattr(args, "link_store_joined", None) is not None:
+        args.link_store_joined.close()  # caught up; the collector keeps its own connection
     from admin.runtime import run
 
     _setup_logging(config.log_level)
@@ -1151,8 +1153,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("info", "lookup"):
         _config_option(gsub.choices[name])
     admin_cli.add_commands(sub, _cmd, _db_option)  # token, utm, stats, backup
+    alertcli.add_commands(sub, _cmd, _db_option)  # alert
     _add_bots_commands(sub)
     _add_import_export_commands(sub)
+    conversions.add_commands(sub, _cmd, _db_option)  # event send
     p = _cmd(
         sub,
         "doctor",

@@ -22,6 +22,7 @@ import time
 from typing import Any, Final
 
 from edge import catalog
+from edge.chclient import ClickHouseError
 from edge.clicks import ClickRecorder
 from edge.config import Config
 from edge.db import Database, current_rev
@@ -47,17 +48,28 @@ class Collector:
         self.started_at = time.time()
         self.live = LiveCounters()
         self.geo = GeoDatabase(config.geoip_path, config.geoip_asn_path)
-        self.writer = Database(config.db_path, timeout_ms=int(config.db_busy_timeout_s * 1000))
+        timeout_ms = int(config.db_busy_timeout_s * 1000)
+        self.writer = Database(config.db_path, timeout_ms=timeout_ms)
+        self.link_store: Any = None  # edge/pgstore.py StoreSync, with --link-store
+        if config.link_store:
+            from edge import pgstore
+
+            store = pgstore.LinkStore(config.link_store)
+            self.writer = pgstore.StoreDatabase(config.db_path, store, timeout_ms=timeout_ms)
+            self.link_store = pgstore.StoreSync(store, self.writer, self._serve_mirror)
         # the click limits' reads: never queued behind a write of clicks
-        self.limits_db = Database(config.db_path, timeout_ms=int(config.db_busy_timeout_s * 1000))
+        self.limits_db = Database(config.db_path, timeout_ms=timeout_ms)
         self.clicks: ClickRecorder | None = None
         self.edges = Ingest(None, ingest_path)
         self.admin: Any = None
         self.workers_expected = config.workers
         self.loop_lag = LoopLag()
+        self.alerts: Any = None  # admin/alerts.py AlertEngine
 
     async def start(self) -> None:
         await self.writer.open()
+        if self.link_store is not None:
+            self.link_store.start()
         status = self.geo.status()
         if status.get("enabled"):
             log.info("GeoIP: %s built %s", status.get("database_type"), status.get("build_date"))
@@ -67,7 +79,15 @@ class Collector:
                 status.get("error"),
             )
         if self.config.record_clicks:
-            self.clicks = ClickRecorder(self.config, self.writer, self.geo, self.live)
+            sink = None
+            if self.config.click_sink:
+                from edge.chclient import parse_sink_url
+                from edge.chsink import ClickHouseSink, node_id
+
+                url = parse_sink_url(self.config.click_sink)
+                sink = ClickHouseSink(url, node_id(self.config.db_path))
+                log.info("clicks go to ClickHouse at %s", url.safe())
+            self.clicks = ClickRecorder(self.config, self.writer, self.geo, self.live, sink)
             await self.clicks.start()
             self.edges = Ingest(self.clicks, self.edges.path)
         else:
@@ -80,6 +100,10 @@ class Collector:
 
             self.admin = AdminServer(self)
             await self.admin.start()
+        from admin.alerts import AlertEngine
+
+        self.alerts = AlertEngine(self)
+        await self.alerts.start()
 
     async def _load_catalog(self) -> tuple[int, dict[int, int], dict[int, int]]:
         """What the collector keeps of the catalog: the click limits (for the leases) and
@@ -95,16 +119,28 @@ class Collector:
         grace = self.config.shutdown_timeout_s + WORKERS_GONE_GRACE_S
         if not await self.edges.wait_gone(grace):
             log.error("stopping with %d worker(s) still connected", len(self.edges.sessions))
+        if self.alerts is not None:
+            await self.alerts.stop()
         if self.admin is not None:
             await self.admin.stop()
         left = 0
         if self.clicks is not None:
             left = await self.clicks.close(timeout_s=max(self.config.shutdown_timeout_s, 5.0))
         await self.edges.stop()
+        if self.link_store is not None:
+            await self.link_store.stop()
         await self.limits_db.close()
         await self.writer.close()
         self.geo.close()
         return left
+
+    async def _serve_mirror(self) -> None:
+        """The link store's changes reached this node's SQLite: the workers serve them now,
+        the admin API knows new and revoked tokens."""
+        rev = await self.writer.run(current_rev)
+        await self.edges.serve_rev(rev)
+        if self.admin is not None:
+            await self.admin.tokens.refresh()
 
     def restart_counts(self) -> dict[str, int]:
         """The supervisor's restart counts by process (a file it rewrites next to the
@@ -182,7 +218,7 @@ def main() -> int:
                 config, os.environ["LINKEDGE_COLLECTOR_SOCKET"], int(ready) if ready else None
             )
         )
-    except OSError as exc:
+    except (OSError, ClickHouseError) as exc:  # e.g. the ClickHouse sink is unreachable
         print(f"linkedge: the collector cannot start: {exc}", file=sys.stderr)
         return 2
 

@@ -203,6 +203,7 @@ def stats_rows(conn: sqlite3.Connection, f: Filters) -> Iterator[tuple[Any, ...]
     link_filter = ""
     if f.link_sql is not None:
         link_filter = f" AND link_id IN (SELECT id FROM links WHERE {f.link_sql})"
+    day_clauses.append("link_id > 0")  # routes' rows have negative keys (rules.route_key)
     with rollups.read_snapshot(conn) as watermark:
         day_where = " AND ".join(day_clauses) or "1"
         tail_where = " AND ".join(["c.id > ?", *tail_clauses])

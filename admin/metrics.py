@@ -63,6 +63,38 @@ def label(value: object) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def conversion_metrics(out: list[str], counters: Any) -> None:
+    """Events recorded by source, repeats of a recorded event id, and refusals by reason
+    (edge/live.py Conversions)."""
+    metric(
+        out,
+        "linkedge_events_total",
+        "counter",
+        "Conversion events recorded, by source (api, postback, pixel).",
+        [(f'{{source="{s}"}}', counters.accepted.get(s, 0)) for s in ("api", "postback", "pixel")],
+    )
+    metric(
+        out,
+        "linkedge_events_duplicate_total",
+        "counter",
+        "Events sent again with an event_id already recorded (answered, not counted twice).",
+        [
+            (f'{{source="{s}"}}', counters.duplicates.get(s, 0))
+            for s in ("api", "postback", "pixel")
+        ],
+    )
+    metric(
+        out,
+        "linkedge_events_rejected_total",
+        "counter",
+        "Events refused: unknown click id (404), outside the attribution window (422), invalid.",
+        [
+            (f'{{reason="{r}"}}', counters.rejected.get(r, 0))
+            for r in ("unknown_click", "outside_window", "invalid")
+        ],
+    )
+
+
 def render(runtime: Any, listener: JsonListener, flush_histogram: Histogram) -> str:
     """Prometheus text of everything a running server counts: the edge workers' counters
     (summed, and per worker), the collector's pipeline, the admin listener, GeoIP."""
@@ -308,6 +340,7 @@ def render(runtime: Any, listener: JsonListener, flush_histogram: Histogram) -> 
             )
         ],
     )
+    conversion_metrics(out, rt.live.conversions)
     metric(
         out,
         "linkedge_start_time_seconds",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from admin import alerts, conversions
 from admin.http import Router
 from edge import catalog
 
@@ -135,14 +136,36 @@ OPERATIONS: Final[dict[str, tuple[str, int, Any, str]]] = {
     "create_token": (
         "Create an API token (its secret is shown once)",
         201,
-        _object({"name": {"type": "string"}}, ("name",)),
+        _object(
+            {
+                "name": {"type": "string"},
+                "scopes": {
+                    "type": ["array", "string"],
+                    "items": {"type": "string", "enum": list(catalog.SCOPES)},
+                },
+            },
+            ("name",),
+        ),
         _JSON_BODY,
     ),
     "revoke_token": ("Revoke a token", 200, None, _JSON_BODY),
+    # admin/insights.py: history, baselines, reports, the dashboard's files
+    "link_history": ("A link's change history", 200, None, _JSON_BODY),
+    "link_baseline": ("A link against its baselines", 200, None, _JSON_BODY),
+    "domain_history": ("A domain's change history", 200, None, _JSON_BODY),
+    "campaign_baseline": ("A campaign's baselines", 200, None, _JSON_BODY),
+    "source_baseline": ("A UTM source's baselines", 200, None, _JSON_BODY),
+    "campaign_report": ("A campaign's report (JSON, Markdown, CSV)", 200, None, "report"),
+    "root": ("To the dashboard", 302, None, "text/plain"),
+    "index": ("The dashboard", 200, None, "text/html"),
+    "asset": ("A file of the dashboard", 200, None, "dashboard"),
+    **conversions.OPERATIONS,
 }
 
+OPERATIONS.update(alerts.OPENAPI_OPERATIONS)
+
 # Statuses any /api request may get before or beside its own logic (admin/http.py).
-_COMMON_ERRORS: Final = (400, 401, 404, 405, 408, 409, 413, 414, 415, 422, 431, 503)
+_COMMON_ERRORS: Final = (400, 401, 403, 404, 405, 408, 409, 413, 414, 415, 422, 431, 503)
 _OPEN_ERRORS: Final = (400, 404, 405, 408, 413, 414, 431, 503)  # /healthz, /metrics
 ERROR_SCHEMA: Final = {
     "type": "object",
@@ -166,7 +189,8 @@ _PATH_PARAMETERS: Final = {
     "slug": {"type": "string", "minLength": 1, "examples": ["a"]},
     "host": {"type": "string", "minLength": 1, "examples": ["localhost"]},
     "field": {"type": "string", "enum": list(catalog.UTM_FIELDS)},
-    "name": {"type": "string", "minLength": 1, "examples": ["spring"]},  # a campaign
+    "name": {"type": "string", "minLength": 1, "examples": ["spring"]},  # a campaign, a source
+    "file": {"type": "string", "minLength": 1, "examples": ["app.js"]},
 }
 # Operations whose JSON body may be left out.
 _OPTIONAL_BODY: Final = frozenset({"launch_link", "launch_campaign"})
@@ -186,6 +210,7 @@ _QUERY_SCHEMAS: Final[dict[Any, dict[str, Any]]] = {
         "enum": ["bitly", "shlink", "yourls", "kutt", "csv"],
     },
     "error": {"type": "string", "enum": ["l", "m", "q", "h"]},
+    "format": {"type": "string", "enum": ["json", "md", "csv"]},
 }
 
 
@@ -194,6 +219,16 @@ def _content(kind: str) -> dict[str, Any]:
         return {"image/svg+xml": {"schema": {"type": "string"}}, "image/png": {"schema": {}}}
     if kind == _JSON_BODY:
         return {kind: {"schema": _OBJECT}}
+    if kind in ("report", "dashboard"):
+        types = (
+            ("text/markdown", "text/csv")
+            if kind == "report"
+            else ("text/html", "text/css", "text/javascript")
+        )
+        return {
+            _JSON_BODY: {"schema": _OBJECT},
+            **{t: {"schema": {"type": "string"}} for t in types},
+        }
     return {kind: {"schema": {"type": "string"}}}
 
 

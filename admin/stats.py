@@ -35,6 +35,7 @@ from admin.timerange import TimeRange, bucket_starts, iso_local, iso_ms
 from edge import rollups, visitors
 from edge.catalog import LinkFilter, domain_hosts, link_names
 from edge.errors import InvalidField
+from edge.rules import ROUTES_PER_LINK, route_key
 
 # --- limits --------------------------------------------------------------------------------
 # Breakdown lists (countries, browsers, ...) return this many values unless asked (top=).
@@ -170,10 +171,20 @@ def _tuples(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> sqlite
     return cur.execute(sql, params)
 
 
-def _from_links(rollup: str, alias: str, range_clause: str) -> str:
+def _from_links(rollup: str, alias: str, range_clause: str, owner: str = "l.id") -> str:
     """`FROM links l CROSS JOIN <rollup> <alias> ON ...`: links first, then a seek into the
-    rollup's primary key per link (SQLite never reorders a CROSS JOIN)."""
-    return f"FROM links l CROSS JOIN {rollup} {alias} ON {alias}.link_id = l.id AND {range_clause}"
+    rollup's primary key per link (SQLite never reorders a CROSS JOIN); `owner`: the
+    rollup key of `l` (the link, or one of its routes: edge/rules.py route_key)."""
+    return (
+        f"FROM links l CROSS JOIN {rollup} {alias} ON {alias}.link_id = {owner} AND {range_clause}"
+    )
+
+
+def route_owner_sql(route: int | None) -> str:
+    """The rollup key of `links l` for a route index (edge/rules.py route_key), or the link."""
+    if route is None:
+        return "l.id"
+    return f"-(l.id * {ROUTES_PER_LINK} + {int(route)})"
 
 
 def _ids_clause(link_ids: Sequence[int] | None) -> tuple[str, list[Any]]:
@@ -192,13 +203,21 @@ class _Selection:
         rng: TimeRange,
         group_by: str | None,
         watermark: int,
+        route: int | None = None,
     ) -> None:
         self.conn = conn
         self.rng = rng
+        # a route of the links (edge/rules.py index): its own rollup rows (route_key)
+        self.route = route
+        self.owner = route_owner_sql(route)
         self.where, self.params = flt.where()
         self.starts = bucket_starts(rng.from_s, rng.to_s, rng.interval, rng.tz)
         # The group rollups answer a group-by over every link (and hold the domain's id).
-        self.group_dim = group_by if group_by in rollups.GROUP_DIMS and self.where == "1" else None
+        self.group_dim = (
+            group_by
+            if group_by in rollups.GROUP_DIMS and self.where == "1" and route is None
+            else None
+        )
         self.sizes: dict[Any, int] = {}
         self.groups_of: GroupsOf = {}
         self.label: dict[Any, Any] = {}  # a group rollup key -> the answer's key
@@ -247,6 +266,8 @@ class _Selection:
         """
         d_first, d_last = self.rng.days
         where = f"c.id > ? AND c.ts >= ? AND c.ts < ? AND {self.where}"
+        if self.route is not None:
+            where += f" AND c.route = {int(self.route)}"
         params = (self.watermark, d_first * 86400000, (d_last + 1) * 86400000, *self.params)
         out: list[tuple[Any, ...]] = []
         for sql in rollups.aggregate_sql(
@@ -275,8 +296,8 @@ class _Selection:
             for batch in _batches(ranges):
                 rr, params = _ranges_sql(batch)
                 source = (
-                    f"FROM links l CROSS JOIN {rr} CROSS JOIN {table} r ON r.link_id = l.id "
-                    f"AND r.{column} BETWEEN rr.column1 AND rr.column2"
+                    f"FROM links l CROSS JOIN {rr} CROSS JOIN {table} r "
+                    f"ON r.link_id = {self.owner} AND r.{column} BETWEEN rr.column1 AND rr.column2"
                 )
                 if per_link_totals:
                     sql = (
@@ -452,7 +473,10 @@ class _Selection:
                 wanted.setdefault(stored, []).append((dim, position))
             marks = ", ".join("?" for _ in wanted)
             source = _from_links(
-                "link_dim_hour", "d", f"d.dim IN ({marks}) AND d.hour BETWEEN ? AND ?"
+                "link_dim_hour",
+                "d",
+                f"d.dim IN ({marks}) AND d.hour BETWEEN ? AND ?",
+                self.owner,
             )
             for link_id, stored, value, clicks, humans in _tuples(
                 self.conn,
@@ -505,7 +529,7 @@ class _Selection:
             for link_id, day, n, n_human in _tuples(
                 self.conn,
                 f"SELECT l.id, v.day, v.n, v.n_human "
-                f"{_from_links('link_day_visitors', 'v', 'v.day BETWEEN ? AND ?')} "
+                f"{_from_links('link_day_visitors', 'v', 'v.day BETWEEN ? AND ?', self.owner)} "
                 f"WHERE {self.where}{extra}",
                 (d_first, d_last, *self.params, *extra_params),
             ):
@@ -569,7 +593,7 @@ class _Selection:
                     "SELECT n, n_human, ids, bot_ids FROM link_day_visitors "
                     "WHERE link_id = ? AND day = ?"
                 )
-                params = (owner, day)
+                params = (owner if self.route is None else route_key(owner, self.route), day)
             for n, n_human, blob, bot_blob in _tuples(self.conn, sql, params):
                 if n > 0 and not blob and isinstance(owner, tuple):
                     # a finished group-day's counts (no ids) with more to add: count the
@@ -611,13 +635,17 @@ def _bot_kinds(breakdown: Breakdown) -> dict[str, int]:
 
 
 def selection_stats(
-    conn: sqlite3.Connection, flt: LinkFilter, rng: TimeRange, top: int = DEFAULT_TOP
+    conn: sqlite3.Connection,
+    flt: LinkFilter,
+    rng: TimeRange,
+    top: int = DEFAULT_TOP,
+    route: int | None = None,
 ) -> dict[str, Any]:
     """Totals, uniques, bot kinds, a zero-filled series and top breakdowns of the links
     `flt` selects (one link for a link's stats), over `rng`."""
     everything = {None}
     with rollups.read_snapshot(conn) as watermark:
-        sel = _Selection(conn, flt, rng, None, watermark)
+        sel = _Selection(conn, flt, rng, None, watermark, route)
         series = sel.series(everything, None)
         breakdowns = sel.breakdowns(everything, None)
         uniques = sel.uniques(everything, None)
@@ -647,6 +675,27 @@ def selection_stats(
         "series": points,
         "top": top_lists,
     }
+
+
+def route_totals(
+    conn: sqlite3.Connection, flt: LinkFilter, rng: TimeRange, routes: Sequence[int]
+) -> dict[int, dict[str, int]]:
+    """Per route index of the links `flt` selects: clicks, humans, uniques, human uniques
+    over `rng` (each from the route's own rollup rows, in one snapshot)."""
+    out: dict[int, dict[str, int]] = {}
+    everything = {None}
+    with rollups.read_snapshot(conn) as watermark:
+        for route in routes:
+            sel = _Selection(conn, flt, rng, None, watermark, route)
+            _per_key, (clicks, humans) = sel.totals()
+            unique, human_unique = sel.uniques(everything, None).get(None, [0, 0])
+            out[route] = {
+                "clicks": clicks,
+                "humans": humans,
+                "uniques": unique,
+                "human_uniques": human_unique,
+            }
+    return out
 
 
 def group_stats(

@@ -34,6 +34,10 @@ FLAG_GPC: Final = 8  # Sec-GPC: 1 (the same)
 FLAG_TEST: Final = 16  # `?lc_test=1`: a test click (bot kind "test", spends no budget)
 FLAG_LIMITED: Final = 32  # this click spent a unit of its link's click budget
 FLAG_QR: Final = 64  # the short URL carried the QR marker (edge/urls.py QR_MARKER): a scan
+# Not a click: a conversion pixel (GET /_lc/e, edge/events.py) riding in the click batches
+# for their exactly-once accounting: (time, 0, 0, ip, user agent, referer, the pixel's raw
+# query, FLAG_EVENT, None, None). The collector records it as an event, never as a click.
+FLAG_EVENT: Final = 128
 
 # (time, link id, domain id, ip, user agent, referer, accept-language, flags, route, click
 # id): route is edge/rules.py's index (None: a link without routes), click id 16 bytes

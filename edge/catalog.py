@@ -26,6 +26,7 @@ from typing import Any, Final
 
 import orjson
 
+from edge import changelog
 from edge.db import Transaction, connect, current_rev, next_rev, now_ms
 from edge.errors import Conflict, InvalidField, NotFound
 from edge.rollups import link_group_keys, move_link_groups
@@ -157,6 +158,7 @@ def add_domain(
             (name, int(default), root, fallback, int(case_insensitive_slugs), now_ms(), rev),
         )
         row = conn.execute("SELECT * FROM domains WHERE id = ?", (cur.lastrowid,)).fetchone()
+        changelog.record(conn, now_ms(), [("created", None, name)], domain_id=row["id"])
     return domain_dict(row)
 
 
@@ -197,7 +199,10 @@ def update_domain(conn: sqlite3.Connection, host: str, changes: dict[str, Any]) 
         sets["rev"] = rev
         assignments = ", ".join(f"{k} = ?" for k in sets)
         conn.execute(f"UPDATE domains SET {assignments} WHERE id = ?", (*sets.values(), row["id"]))
+        before = row
         row = conn.execute("SELECT * FROM domains WHERE id = ?", (row["id"],)).fetchone()
+        changed = changelog.row_changes(before, row, sets)
+        changelog.record(conn, now_ms(), changed, domain_id=row["id"])
     return domain_dict(row)
 
 
@@ -249,6 +254,7 @@ def remove_domain(conn: sqlite3.Connection, host: str) -> None:
             )
         next_rev(conn)
         conn.execute("DELETE FROM domains WHERE id = ?", (row["id"],))
+        changelog.record(conn, now_ms(), [("removed", row["host"], None)], domain_id=row["id"])
 
 
 # --- links ---------------------------------------------------------------------------------
@@ -481,6 +487,9 @@ def create_link(
         slug = validate_slug(slug)
     with Transaction(conn):
         row = _insert_link(conn, values, domain, slug, slug_length, created_at)
+        changelog.record(
+            conn, row["updated_at"], [("created", None, row["url"])], link_id=row["id"]
+        )
     return link_dict(row)
 
 
@@ -609,9 +618,10 @@ def update_link(conn: sqlite3.Connection, link_id: int, changes: dict[str, Any])
     if "url" in sets and sets["url"] is None:
         raise InvalidField("url cannot be empty", "url")
     with Transaction(conn):
-        row = conn.execute("SELECT archived_at FROM links WHERE id = ?", (link_id,)).fetchone()
+        row = conn.execute("SELECT * FROM links WHERE id = ?", (link_id,)).fetchone()
         if row is None:
             raise NotFound(f"no link with id {link_id}")
+        before = row
         if row["archived_at"] is not None:
             raise Conflict(
                 f"link {link_id} is archived: restore it first (`linkedge link enable SLUG`, "
@@ -627,18 +637,23 @@ def update_link(conn: sqlite3.Connection, link_id: int, changes: dict[str, Any])
         conn.execute(
             "UPDATE links SET location = ? WHERE id = ?", (link_location(row["url"], row), link_id)
         )
+        changed = changelog.row_changes(before, row, sets)
+        changelog.record(conn, sets["updated_at"], changed, link_id=link_id)
     return get_link(conn, link_id)
 
 
 def archive_link(conn: sqlite3.Connection, link_id: int, archived: bool = True) -> dict[str, Any]:
     """Archive (stop serving, keep history, keep the slug taken) or restore a link."""
     with Transaction(conn):
-        if not conn.execute("SELECT 1 FROM links WHERE id = ?", (link_id,)).fetchone():
+        row = conn.execute("SELECT archived_at FROM links WHERE id = ?", (link_id,)).fetchone()
+        if row is None:
             raise NotFound(f"no link with id {link_id}")
         conn.execute(
             "UPDATE links SET archived_at = ?, updated_at = ?, rev = ? WHERE id = ?",
             (now_ms() if archived else None, now_ms(), next_rev(conn), link_id),
         )
+        was = row["archived_at"] is not None
+        changelog.record(conn, now_ms(), [("archived", was, archived)], link_id=link_id)
     return get_link(conn, link_id)
 
 
@@ -658,6 +673,7 @@ def purge_link(conn: sqlite3.Connection, link_id: int) -> None:
         )
         conn.execute("DELETE FROM links WHERE id = ?", (link_id,))
         move_link_groups(conn, link_id, groups_before, ())
+        changelog.record(conn, now_ms(), [("purged", False, True)], link_id=link_id)
 
 
 def changes_since(
@@ -790,14 +806,37 @@ def token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def create_token(conn: sqlite3.Connection, name: str) -> tuple[dict[str, Any], str]:
-    """A new bearer token: returns (its record, the secret shown once; only its hash is kept)."""
+# What a token may do (admin/auth.py says which scope each route needs): read (every
+# GET), links (read, and create/change/delete links, imports), events (POST /api/events
+# only), admin (everything: domains, UTM lists, tokens).
+SCOPES: Final = ("read", "links", "events", "admin")
+
+
+def validate_scopes(value: Any, field: str = "scopes") -> list[str]:
+    """A list (or comma-separated text) of SCOPES -> the stored, ordered list."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(i, str) for i in items):
+        raise InvalidField(f"{field} must list one or more of {', '.join(SCOPES)}", field)
+    chosen = {i.strip().lower() for i in items}
+    unknown = sorted(chosen - set(SCOPES))
+    if unknown:
+        raise InvalidField(f"unknown scope {unknown[0]!r}: {field} are {', '.join(SCOPES)}", field)
+    return [scope for scope in SCOPES if scope in chosen]
+
+
+def create_token(
+    conn: sqlite3.Connection, name: str, scopes: list[str] | None = None
+) -> tuple[dict[str, Any], str]:
+    """A new bearer token: returns (its record, the secret shown once; only its hash is kept).
+    `scopes`: what it may do (validate_scopes), admin by default."""
     secret = "le_" + secrets.token_urlsafe(32)
     label = _text(name, "name") or "token"
+    granted = ",".join(validate_scopes(scopes if scopes is not None else ["admin"]))
     with Transaction(conn):
         cur = conn.execute(
-            "INSERT INTO api_tokens (name, token_hash, prefix, created_at) VALUES (?, ?, ?, ?)",
-            (label, token_hash(secret), secret[:7], now_ms()),
+            "INSERT INTO api_tokens (name, token_hash, prefix, created_at, scopes) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (label, token_hash(secret), secret[:7], now_ms(), granted),
         )
         row = conn.execute("SELECT * FROM api_tokens WHERE id = ?", (cur.lastrowid,)).fetchone()
     return token_dict(row), secret
@@ -822,6 +861,7 @@ def token_dict(row: sqlite3.Row) -> dict[str, Any]:
         "id": row["id"],
         "name": row["name"],
         "prefix": row["prefix"],
+        "scopes": str(row["scopes"]).split(","),
         "created_at": row["created_at"],
         "last_used_at": row["last_used_at"],
         "revoked_at": row["revoked_at"],
@@ -850,6 +890,14 @@ def active_token_hashes(conn: sqlite3.Connection) -> list[tuple[int, bytes]]:
         (r[0], bytes(r[1]))
         for r in conn.execute("SELECT id, token_hash FROM api_tokens WHERE revoked_at IS NULL")
     ]
+
+
+def active_token_scopes(conn: sqlite3.Connection) -> dict[int, frozenset[str]]:
+    """What each active token may do (SCOPES)."""
+    return {
+        int(r[0]): frozenset(str(r[1]).split(","))
+        for r in conn.execute("SELECT id, scopes FROM api_tokens WHERE revoked_at IS NULL")
+    }
 
 
 def active_token_id(conn: sqlite3.Connection, digest: bytes) -> int | None:
@@ -904,6 +952,9 @@ def launch_campaign(conn: sqlite3.Connection, name: Any, at_ms: int | None) -> d
         )
         if n == 0:
             raise NotFound(f"no link has campaign {campaign!r}: set it on the links first")
+        was = conn.execute(
+            "SELECT launched_at FROM campaign_launches WHERE campaign = ?", (campaign,)
+        ).fetchone()
         if at_ms is None:
             conn.execute("DELETE FROM campaign_launches WHERE campaign = ?", (campaign,))
         else:
@@ -913,6 +964,11 @@ def launch_campaign(conn: sqlite3.Connection, name: Any, at_ms: int | None) -> d
                 (campaign, check_time_ms(at_ms, "at")),
             )
         next_rev(conn)  # the collector reads launches again (scanner labels)
+        change = [("campaign_launched_at", was[0] if was else None, at_ms)]
+        for (link_id,) in conn.execute(
+            "SELECT id FROM links WHERE campaign = ? AND archived_at IS NULL", (campaign,)
+        ).fetchall():  # on each link's history (its chart, the campaign's report)
+            changelog.record(conn, now_ms(), change, link_id=link_id)
     return campaign_launch(conn, campaign, n)
 
 

@@ -43,9 +43,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
-from edge import rollups, visitors
+from edge import events, rollups, visitors
 from edge.capture import (
     FLAG_DNT,
+    FLAG_EVENT,
     FLAG_GPC,
     FLAG_HEAD,
     FLAG_PREFETCH,
@@ -53,6 +54,7 @@ from edge.capture import (
     FLAG_TEST,
     RawClick,
 )
+from edge.chsink import ClickHouseSink, Layout
 from edge.config import Config
 from edge.db import Database, Transaction, now_ms
 from edge.live import LiveCounters
@@ -94,6 +96,15 @@ ROLLUP_BUDGET: Final = 0.1
 # Smaller, more frequent roll-ups measured worse: fewer repeated keys per write, and more
 # time with a roll-up competing with the event loop (p99 51 ms with 150k, 23-29 ms here).
 ROLLUP_MAX_CLICKS: Final = 500_000
+# Pixel events waiting for their click to be written (edge/events.py PIXEL_RETRY_MS).
+# Each is looked up again at every write (~10 a second): a burst of forged young ids past
+# this many is refused (counted) rather than tried.
+PIXEL_RETRY_MAX: Final = 1000
+# With a ClickHouse sink, rows are written at most every click_sink_interval_s (or at once
+# past SINK_WRITE_MAX_ROWS): ClickHouse wants few big inserts (each makes a part; at 0.1 s
+# intervals and 20k clicks/s it fell behind, at 1 s it kept up: docs/clickhouse.md), and
+# one insert stays well under the ~1M rows it commits atomically.
+SINK_WRITE_MAX_ROWS: Final = 100_000
 DROP_LOG_INTERVAL_S: Final = 10.0
 GEO_CHECK_INTERVAL_S: Final = 2.0  # how often the GeoIP file is stat()ed for replacement
 DAY_S: Final = 86400
@@ -120,6 +131,7 @@ class Enricher:
     """Raw captured clicks -> click rows in rollups.CLICK_COLUMNS order. Thread-confined."""
 
     def __init__(self, config: Config, geo: GeoDatabase) -> None:
+        self.pixels: list[tuple[float, bytes]] = []  # the last enrich's pixel events
         self.geo = geo
         self.ua_parser = UserAgentParser()
         self.store_truncated_ip = config.store_truncated_ip
@@ -226,9 +238,13 @@ class Enricher:
         ids_of = {day: self._visitor_ids(day, salt) for day, salt in salts.items()}
         ua_cache, ref_cache, lang_cache = self._ua_cache, self._ref_cache, self._lang_cache
         truncated = self.store_truncated_ip
+        self.pixels = pixels = []  # conversion pixels in the batch (capture.FLAG_EVENT)
         launches = self.launches if self.scanner_window_s > 0 else None
         window = self.scanner_window_s * 1000
         for ts, link_id, domain_id, ip, ua_raw, ref_raw, lang_raw, flags, route, cid in clicks:
+            if flags & FLAG_EVENT:
+                pixels.append((ts, lang_raw))  # (time, the pixel's query): not a click
+                continue
             ua = ua_cache.get(ua_raw) or self._ua(ua_raw)
             if flags:
                 # the request's own signals come first (geo.bots.explain's order)
@@ -343,9 +359,13 @@ class ClickRecorder:
         db: Database,
         geo: GeoDatabase,
         live: LiveCounters,
+        sink: ClickHouseSink | None = None,
     ) -> None:
         self.config = config
         self.db = db
+        # where the rows go: SQLite (None) or ClickHouse, which then also deduplicates
+        # (edge/chsink.py); the click budgets and salts stay in SQLite either way
+        self.sink = sink
         self.geo = geo
         self.live = live
         self.enricher = Enricher(config, geo)
@@ -363,7 +383,13 @@ class ClickRecorder:
         self._raw_count = 0
         self._pending: list[tuple[list[Row], Progress, Spent]] = []
         self._pending_count = 0
+        self._pending_layout: Layout = []  # the worker batches of the pending rows (sink)
+        self._pending_since = 0.0
         self._in_flight = 0  # clicks being enriched right now
+        # conversion pixels (edge/events.py) enriched, and those whose click is not written
+        # yet, tried again at the next writes (bounded)
+        self._pending_pixels: list[tuple[float, bytes]] = []
+        self._pixel_retry: list[tuple[float, bytes]] = []
         # rollups
         self._unrolled = 0  # clicks written but not yet in the rollups
         self._last_rollup = 0.0
@@ -399,8 +425,14 @@ class ClickRecorder:
         return 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     async def start(self) -> None:
-        self.committed = await self.db.run(_load_progress)
-        await self._catch_up_rollups()
+        if self.sink is not None:
+            # ClickHouse holds the rows and their worker identities: a resent batch is
+            # recognised there when it is written (its epoch is checked first)
+            await self.sink.start()
+            self.committed = {}
+        else:
+            self.committed = await self.db.run(_load_progress)
+            await self._catch_up_rollups()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="click-flusher")
 
     def accept(
@@ -474,12 +506,26 @@ class ClickRecorder:
             finally:
                 self._in_flight = 0
             self.live.add(live)
+            self._pending_pixels.extend(self.enricher.pixels)
+            if not self._pending:
+                self._pending_since = time.monotonic()
             self._pending.append((rows, progress, spent))
             self._pending_count += len(rows)
-        if not self._pending:
+            if self.sink is not None:
+                self._pending_layout.extend((e, s, len(c)) for e, s, c, _spent in take)
+        if not self._pending and not self._pixel_retry:
             await self._write_idle_rollup()
             return 0
+        if self.sink is not None and not self._sink_due():
+            return 0
         return await self._write_pending()
+
+    def _sink_due(self) -> bool:
+        return (
+            self._closing
+            or self._pending_count >= SINK_WRITE_MAX_ROWS
+            or time.monotonic() - self._pending_since >= self.config.click_sink_interval_s
+        )
 
     async def _enrich(
         self, raw: list[RawClick]
@@ -515,18 +561,27 @@ class ClickRecorder:
             for link_id, n in links.items():
                 spent_total[link_id] = spent_total.get(link_id, 0) + n
         started = time.monotonic()
-        rollup_due = self._rollup_due(started)
-        write = asyncio.ensure_future(
-            self.db.run(
-                _write_batch,
-                rows,
-                progress,
-                rollup_due,
-                self._rollup_state,
-                ROLLUP_MAX_CLICKS,
-                spent_total,
+        pixels = self._pending_pixels + self._pixel_retry
+        outcome: list[events.PixelOutcome] = []
+        write: asyncio.Future[tuple[int, int, int]]
+        if self.sink is not None:  # conversions are not tracked with a sink (docs/clickhouse.md)
+            rollup_due = False
+            write = asyncio.ensure_future(self._sink_write(rows, spent_total))
+        else:
+            rollup_due = self._rollup_due(started)
+            write = asyncio.ensure_future(
+                self.db.run(
+                    _write_batch,
+                    rows,
+                    progress,
+                    rollup_due,
+                    self._rollup_state,
+                    ROLLUP_MAX_CLICKS,
+                    spent_total,
+                    pixels,
+                    outcome,
+                )
             )
-        )
         # A cancellation must not leave us guessing: the write goes on in its thread and
         # may commit, so wait for its outcome, keep the books, then let the cancel go on.
         cancelled = False
@@ -545,9 +600,20 @@ class ClickRecorder:
                 raise asyncio.CancelledError from None
             return 0
         self._committed(rows, progress, spent, started, rollup_due, rolled)
+        self._pixels_written(outcome[0] if outcome else None)
         if cancelled:
             raise asyncio.CancelledError
         return len(rows)
+
+    async def _sink_write(self, rows: list[Row], spent: dict[int, int]) -> tuple[int, int, int]:
+        """Rows to ClickHouse, then the click budgets they spent to SQLite. A failure of
+        either fails the write: its retry finds the rows in ClickHouse (the sink
+        reconciles after a failure) and records the budgets once."""
+        assert self.sink is not None
+        await self.sink.write(rows, list(self._pending_layout))
+        if spent and rows:
+            await self.db.run(_record_spent, spent)
+        return 0, -1, 0
 
     def _committed(
         self,
@@ -560,6 +626,7 @@ class ClickRecorder:
     ) -> None:
         self._pending = []
         self._pending_count = 0
+        self._pending_layout = []
         for epoch, seq in progress.items():
             if seq > self.committed.get(epoch, 0):
                 self.committed[epoch] = seq
@@ -583,6 +650,24 @@ class ClickRecorder:
         if self.on_room is not None and self.queued < self.config.max_queued_clicks // 2:
             self.on_room()
 
+    def _pixels_written(self, outcome: events.PixelOutcome | None) -> None:
+        self._pending_pixels = []
+        self._pixel_retry = []
+        if outcome is None:
+            return
+        counters = self.live.conversions
+        counters.add("pixel", outcome.accepted)
+        for reason, n in outcome.rejected.items():
+            counters.reject(reason, n)
+        if outcome.duplicates:
+            counters.duplicate("pixel", outcome.duplicates)
+        retry = outcome.retry
+        if len(retry) > PIXEL_RETRY_MAX:
+            counters.reject("unknown_click", len(retry) - PIXEL_RETRY_MAX)
+            retry = retry[-PIXEL_RETRY_MAX:]
+        counters.pixel_retries += len(retry)
+        self._pixel_retry = retry
+
     def _rollup_due(self, now: float) -> bool:
         elapsed = now - self._last_rollup
         return (
@@ -602,7 +687,7 @@ class ClickRecorder:
         """Rebuild one group-day's visitors that a link edit left stale per flush cycle
         while any wait (a bounded step: a rebuild reads a whole group's day); look again
         after the next roll-up once none does."""
-        if not self._rebuild_due:
+        if not self._rebuild_due or self.sink is not None:
             return
         try:
             self._rebuild_due = await self.db.run(_rebuild_one_stale_group_day)
@@ -613,7 +698,7 @@ class ClickRecorder:
         """No clicks waiting: still roll up the last ones, so the rollup tables (and
         everything reading them, like `linkedge stats`) do not wait for the next click."""
         started = time.monotonic()
-        if not self._unrolled or not self._rollup_due(started):
+        if self.sink is not None or not self._unrolled or not self._rollup_due(started):
             return
         try:
             _first, _last, rolled = await self.db.run(
@@ -683,7 +768,7 @@ class ClickRecorder:
             except Exception:
                 log.exception("final click flush failed; retrying")
                 await asyncio.sleep(0.1)
-        if not self.queued:
+        if not self.queued and self.sink is None:
             # everything is written: roll up the last clicks too, a capped step at a time
             try:
                 while time.monotonic() < deadline:
@@ -699,7 +784,15 @@ class ClickRecorder:
         if left:
             log.error("shutdown: %d clicks could not be written before the deadline", left)
         self._executor.shutdown(wait=False)
+        if self.sink is not None:
+            await self.sink.close()
         return left
+
+
+_SPENT_SQL: Final = (
+    "INSERT INTO link_spent (link_id, spent) VALUES (?, ?) "
+    "ON CONFLICT (link_id) DO UPDATE SET spent = spent + excluded.spent"
+)
 
 
 def _load_progress(conn: sqlite3.Connection) -> Progress:
@@ -719,6 +812,8 @@ def _write_batch(
     state: rollups.RollupState | None = None,
     limit: int = 0,
     spent: dict[int, int] | None = None,
+    pixels: list[tuple[float, bytes]] | None = None,
+    outcome: list[events.PixelOutcome] | None = None,
 ) -> tuple[int, int, int]:
     """One transaction: insert the rows, record the workers' progress (the batches they
     came in), and, when `rollup_due`, roll up the clicks above the watermark (at most
@@ -731,13 +826,14 @@ def _write_batch(
     with Transaction(conn):
         if progress and _already_written(conn, progress):
             rows = []  # a retry of a write that committed (its outcome was lost): not twice
+            pixels = None
         first, last = rollups.insert_clicks(conn, rows) if rows else (0, -1)
         if spent and rows:  # click budgets: spent with the clicks that spent them
-            conn.executemany(
-                "INSERT INTO link_spent (link_id, spent) VALUES (?, ?) "
-                "ON CONFLICT (link_id) DO UPDATE SET spent = spent + excluded.spent",
-                list(spent.items()),
-            )
+            conn.executemany(_SPENT_SQL, list(spent.items()))
+        if pixels:  # conversion pixels, after the clicks they may belong to
+            result = events.record_pixels(conn, pixels, now_ms())
+            if outcome is not None:
+                outcome.append(result)
         if progress:
             stamp = now_ms()
             conn.executemany(
@@ -749,6 +845,11 @@ def _write_batch(
         if rollup_due:
             rolled = rollups.roll_up(conn, state, limit)
     return first, last, rolled
+
+
+def _record_spent(conn: sqlite3.Connection, spent: dict[int, int]) -> None:
+    with Transaction(conn):
+        conn.executemany(_SPENT_SQL, list(spent.items()))
 
 
 def _already_written(conn: sqlite3.Connection, progress: Progress) -> bool:

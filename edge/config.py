@@ -75,6 +75,12 @@ class Config:
     link_poll_interval_s: float = _setting(
         0.25, "How often the server checks SQLite for link changes made by other processes."
     )
+    link_store: str | None = _setting(
+        None,
+        "A shared link store, postgresql://USER@HOST:PORT/DB: links, domains, tokens and UTM "
+        "lists live there for every node (docs/scale-out.md); this node's SQLite file keeps "
+        "a copy it serves from. Needs the `postgresql` extra (psycopg).",
+    )
     workers: int = _setting(
         0,
         "Edge worker processes answering on the edge port (SO_REUSEPORT); 0: one per "
@@ -110,6 +116,19 @@ class Config:
         "past this it stops reading from the workers, which keep their clicks meanwhile.",
     )
     record_clicks: bool = _setting(True, "Record clicks (off only for benchmarks).")
+    click_sink: str | None = _setting(
+        None,
+        "Where the collector writes clicks: unset for SQLite (the default), or "
+        "`clickhouse+http://[USER[:PASSWORD]@]HOST:8123/DATABASE` for ClickHouse (created and "
+        "migrated at start; stats are then read from it). Links stay in the link store. "
+        "See docs/clickhouse.md.",
+        flag="click-sink",
+    )
+    click_sink_interval_s: float = _setting(
+        1.0,
+        "With a ClickHouse click sink, the collector writes at most this often (or at once "
+        "past 100,000 clicks): ClickHouse wants few, large inserts.",
+    )
     geoip_path: str | None = _setting(
         None,
         "MaxMind-format City or Country database (.mmdb); without one, geo fields stay empty.",
@@ -122,6 +141,37 @@ class Config:
         False, "Store the client IP truncated to /24 (IPv4) or /48 (IPv6) with each click."
     )
     log_level: str = _setting("info", "Logging level: debug, info, warning, error.")
+    # alerts (docs/alerts.md): admin/alerts.py, admin/checks.py, admin/notify.py
+    alert_eval_interval_s: float = _setting(
+        10.0, "How often the collector evaluates the alert rules (docs/alerts.md)."
+    )
+    destination_check_interval_s: float = _setting(
+        300.0,
+        "How often every active destination URL is checked (HEAD, then GET); 0 turns the "
+        "checks off. A failing one is checked again with backoff up to 16 times this.",
+    )
+    destination_check_timeout_s: float = _setting(
+        10.0, "A destination check (connect, TLS, answer) gives up after this many seconds."
+    )
+    alert_delivery_attempts: int = _setting(
+        5, "Attempts to deliver one alert notification (webhook, Slack, email) before it fails."
+    )
+    alert_retry_base_s: float = _setting(
+        2.0, "Delay before the second delivery attempt; each later one waits twice as long."
+    )
+    allow_private_fetch: bool = _setting(
+        False,
+        "Let destination checks and alert webhooks reach private, loopback and link-local "
+        "addresses (an internal receiver; tests). Off: such a target is refused and logged.",
+    )
+    smtp_host: str | None = _setting(
+        None, "SMTP server for alert emails (host name); without one, email targets fail."
+    )
+    smtp_port: int = _setting(587, "Port of the SMTP server.")
+    smtp_starttls: bool = _setting(True, "Upgrade the SMTP connection with STARTTLS.")
+    smtp_user: str | None = _setting(None, "SMTP login user (none: no login).")
+    smtp_password: str | None = _setting(None, "SMTP login password.")
+    smtp_from: str = _setting("linkedge@localhost", "The From address of alert emails.")
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -260,12 +310,31 @@ def from_env(environ: Mapping[str, str] | None = None, **overrides: Any) -> Conf
 def validate(config: Config) -> None:
     if config.unknown_host not in ("default", "404"):
         raise ValueError("unknown_host must be 'default' or '404'")
-    for name in ("keep_alive_timeout_s", "header_timeout_s", "flush_interval_s"):
+    for name in (
+        "keep_alive_timeout_s",
+        "header_timeout_s",
+        "flush_interval_s",
+        "click_sink_interval_s",
+    ):
         if getattr(config, name) <= 0:
             raise ValueError(f"{name} must be positive")
     if not 0 <= config.edge_port <= 65535 or not 0 <= config.admin_port <= 65535:
         raise ValueError("ports must be between 0 and 65535")
+    if config.link_store is not None and not config.link_store.startswith(
+        ("postgresql://", "postgres://")
+    ):
+        raise ValueError("link_store must be a postgresql:// URL")
     if not 0 <= config.scanner_window_s <= 3600:
         raise ValueError("scanner_window_s must be from 0 to 3600 seconds")
+    if config.click_sink is not None:
+        from edge.chclient import parse_sink_url
+
+        parse_sink_url(config.click_sink)
     if config.max_connections < 1:
         raise ValueError("max_connections must be at least 1")
+    if config.alert_eval_interval_s <= 0 or config.destination_check_timeout_s <= 0:
+        raise ValueError("alert_eval_interval_s and destination_check_timeout_s must be positive")
+    if config.destination_check_interval_s < 0 or config.alert_retry_base_s < 0:
+        raise ValueError("destination_check_interval_s and alert_retry_base_s cannot be negative")
+    if config.alert_delivery_attempts < 1:
+        raise ValueError("alert_delivery_attempts must be at least 1")

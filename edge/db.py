@@ -30,6 +30,20 @@ BUSY_TIMEOUT_MS: Final = 5000
 
 T = TypeVar("T")
 _savepoints = itertools.count(1)
+# Called before the outermost Transaction of a connection commits (edge/pgstore.py sends
+# the catalog changes to the shared link store there); raising rolls the transaction back.
+# Keyed by id(conn), holding conn itself: sqlite3 connections take no weak references.
+_before_commit: dict[int, tuple[sqlite3.Connection, Callable[[sqlite3.Connection], None]]] = {}
+
+
+def set_before_commit(
+    conn: sqlite3.Connection, hook: Callable[[sqlite3.Connection], None] | None
+) -> None:
+    """Install (or with None remove) the connection's before-commit hook."""
+    if hook is None:
+        _before_commit.pop(id(conn), None)
+    else:
+        _before_commit[id(conn)] = (conn, hook)
 
 
 def now_ms() -> int:
@@ -81,6 +95,13 @@ class Transaction:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         ok = exc_type is None and not self.discarded
         if self.savepoint is None:
+            hook = _before_commit.get(id(self.conn)) if ok else None
+            if hook is not None and hook[0] is self.conn:
+                try:
+                    hook[1](self.conn)
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
             self.conn.execute("COMMIT" if ok else "ROLLBACK")
         else:
             if not ok:

@@ -124,6 +124,7 @@ class LiveCounters:
         self._recent: dict[int, dict[int, int]] = {}
         self.recent: dict[int, int] = {}
         self.evicted = 0
+        self.conversions = Conversions()  # beside the clicks (edge/events.py)
 
     def add(self, counts: Iterable[tuple[int, int, int, int]]) -> None:
         """Add (link_id, unix second, clicks, humans) aggregates."""
@@ -278,3 +279,57 @@ class LiveCounters:
     def _link_ring(self, link_id: int) -> Ring | None:
         c = self.links.get(link_id)
         return None if c is None else c.seconds
+
+
+class Conversions:
+    """Live conversions (edge/events.py) beside the clicks, and the event counters /metrics
+    shows. Bounded like the clicks: overall a per-second ring for the hour, per link a
+    per-minute ring while the link converted within the hour (evicted a slice at a time)."""
+
+    def __init__(self) -> None:
+        self.overall = Ring(OVERALL_SECONDS_KEPT)  # (conversions, of human clicks)
+        self.links: dict[int, Ring] = {}  # per minute; ordered by last conversion
+        self.total = 0
+        # counters for /metrics
+        self.accepted: dict[str, int] = {}  # source -> events recorded
+        self.duplicates: dict[str, int] = {}  # source -> repeats of a recorded event id
+        self.rejected: dict[str, int] = {}  # reason -> events refused
+        self.pixel_retries = 0  # pixel events whose click was not written yet, tried again
+
+    def add(self, source: str, events: Iterable[tuple[int, int, bool]]) -> None:
+        """Recorded events: (link id, unix second it happened, of a human click)."""
+        links = self.links
+        n = 0
+        for link_id, second, human in sorted(events, key=lambda e: e[1]):
+            n += 1
+            self.overall.add(second, 1, 1 if human else 0)
+            ring = links.pop(link_id, None)
+            if ring is None:
+                ring = Ring(MINUTES_KEPT)
+            ring.add(second // 60, 1, 1 if human else 0)
+            links[link_id] = ring
+        if n:
+            self.total += n
+            self.accepted[source] = self.accepted.get(source, 0) + n
+            cutoff = self.overall.last // 60 - MINUTES_KEPT
+            for _ in range(EVICT_SLICE):
+                oldest = next(iter(links), None)
+                if oldest is None or links[oldest].last > cutoff:
+                    break
+                del links[oldest]
+
+    def reject(self, reason: str, n: int = 1) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + n
+
+    def duplicate(self, source: str, n: int = 1) -> None:
+        self.duplicates[source] = self.duplicates.get(source, 0) + n
+
+    def window(self, link_id: int | None, seconds: int, now_s: int) -> tuple[int, int]:
+        """(conversions, of human clicks) in the last `seconds` seconds (a link's: whole
+        minutes, the current one included)."""
+        if link_id is None:
+            return self.overall.total(now_s - seconds + 1, now_s)
+        ring = self.links.get(link_id)
+        if ring is None:
+            return 0, 0
+        return ring.total((now_s - seconds + 1) // 60, now_s // 60)

@@ -31,6 +31,7 @@ from typing import Any, Final
 import orjson
 
 from edge.db import current_rev, insert_rows
+from edge.rules import ROUTES_PER_LINK
 from edge.visitors import (
     CHUNK_COLUMNS,
     DAY_S,
@@ -39,7 +40,9 @@ from edge.visitors import (
     chunk,
     counts_only,
     has_counts_only,
+    has_human,
     mark_stale,
+    read_chunk,
     visitor_int,
     visitor_sets,
     write_chunks,
@@ -126,32 +129,52 @@ def _dim_value_sql(columns: Sequence[str]) -> str:
 
 
 def aggregate_sql(
-    kind: str, source: str, where: str, dims: Iterable[str] | None = None
+    kind: str,
+    source: str,
+    where: str,
+    dims: Iterable[str] | None = None,
+    owner: str = "c.link_id",
 ) -> list[str]:
-    """The SELECTs that aggregate the clicks `c` of `source` matching `where`:
+    """The SELECTs that aggregate the clicks `c` of `source` matching `where` per `owner`
+    (the link, or ROUTE_OWNER_SQL: the link's route under its route key):
     - "minutes": (link_id, minute, bot kind or '', clicks)
     - "dims": per stored dimension (all, or `dims`), (link_id, dim, hour, value, clicks,
       humans)
     - "visitors": (link_id, UTC day, visitor id, 1 if any click of it was human), one row
-      per distinct visitor of a link and day (clicks without a visitor id left out)."""
+      per distinct visitor of a link and day (clicks without a visitor id left out).
+    - "visitor_clicks": the "visitors" rows with a fifth column, the visitor's human clicks
+      (the roll-up reads both in one pass: repeat visitors need the counts)."""
     if kind == "minutes":
         return [
-            "SELECT c.link_id, c.ts / 60000, coalesce(c.bot_kind, ''), count(*) "
+            f"SELECT {owner}, c.ts / 60000, coalesce(c.bot_kind, ''), count(*) "
             f"FROM {source} WHERE {where} GROUP BY 1, 2, 3"
         ]
     if kind == "dims":
         return [
-            f"SELECT c.link_id, '{dim}', c.ts / 3600000, {_dim_value_sql(columns)}, count(*), "
+            f"SELECT {owner}, '{dim}', c.ts / 3600000, {_dim_value_sql(columns)}, count(*), "
             f"sum({HUMAN_SQL}) FROM {source} WHERE {where} GROUP BY 1, 3, 4"
             for dim, columns in DIM_COLUMNS.items()
             if dims is None or dim in dims
         ]
     if kind == "visitors":
         return [
-            f"SELECT c.link_id, c.ts / 86400000, c.visitor_id, max({HUMAN_SQL}) "
+            f"SELECT {owner}, c.ts / 86400000, c.visitor_id, max({HUMAN_SQL}) "
+            f"FROM {source} WHERE {where} AND c.visitor_id IS NOT NULL GROUP BY 1, 2, 3"
+        ]
+    if kind == "visitor_clicks":
+        return [
+            f"SELECT {owner}, c.ts / 86400000, c.visitor_id, max({HUMAN_SQL}), sum({HUMAN_SQL}) "
             f"FROM {source} WHERE {where} AND c.visitor_id IS NOT NULL GROUP BY 1, 2, 3"
         ]
     raise ValueError(kind)
+
+
+# Per route: a routed link's clicks (edge/rules.py route index, stored on each click) are
+# rolled up a second time under the route's key, a negative id no link has
+# (rules.route_key), into the same link tables: every per-link read (totals, series,
+# breakdowns, uniques) works per route unchanged, and costs what it costs per link.
+ROUTE_OWNER_SQL: Final = f"-(c.link_id * {ROUTES_PER_LINK} + c.route)"
+ROUTED_SQL: Final = "c.route IS NOT NULL"
 
 
 def visitors_by_link_day(rows: Iterable[Sequence[Any]]) -> dict[tuple[int, int], ChunkSets]:
@@ -226,6 +249,7 @@ class RollupState:
 
     def __init__(self) -> None:
         self.chunks = ChunkCounts()
+        self.repeat_chunks = ChunkCounts()  # of link_day_repeat
         self.keys: dict[int, tuple[GroupKey, ...]] = {}
         self.rev = -1
 
@@ -376,6 +400,106 @@ def _add(acc: dict[Any, list[int]], key: Any, clicks: int, humans: int) -> None:
 _UPSERT_COUNTS: Final = "clicks = clicks + excluded.clicks, humans = humans + excluded.humans"
 
 
+Minutes = dict[tuple[int, int], list[int]]
+
+
+def _roll_up_owners(
+    conn: sqlite3.Connection,
+    span: tuple[int, int],
+    where: str,
+    state: RollupState,
+    owner: str = "c.link_id",
+    repeats: dict[tuple[int, int], ChunkSets] | None = None,
+) -> tuple[Minutes, dict[tuple[int, int, str], int], Minutes, dict[tuple[int, int], ChunkSets]]:
+    """The link tables' share of a roll-up, per `owner` (links, or their routes): minutes,
+    hours, days, breakdowns, visitors. Returns what the group roll-up reuses."""
+    minutes: Minutes = {}
+    hour_kinds: dict[tuple[int, int, str], int] = {}
+    (minutes_sql,) = aggregate_sql("minutes", "clicks c", where, owner=owner)
+    for link_id, minute, kind, n in conn.execute(minutes_sql, span):
+        _add(minutes, (link_id, minute), n, 0 if kind else n)
+        hk = (link_id, minute // 60, kind)
+        hour_kinds[hk] = hour_kinds.get(hk, 0) + n
+    hours: Minutes = {}
+    days: Minutes = {}
+    for (link_id, minute), (clicks, humans) in minutes.items():
+        _add(hours, (link_id, minute // 60), clicks, humans)
+        _add(days, (link_id, minute // 1440), clicks, humans)
+    for table, column, link_rows in (
+        ("link_minute", "minute", minutes),
+        ("link_hour", "hour", hours),
+        ("link_day", "day", days),
+    ):
+        insert_rows(
+            conn,
+            f"INSERT INTO {table} (link_id, {column}, clicks, humans)",
+            [(k[0], k[1], v[0], v[1]) for k, v in link_rows.items()],
+            f"ON CONFLICT (link_id, {column}) DO UPDATE SET {_UPSERT_COUNTS}",
+        )
+    for sql in aggregate_sql("dims", "clicks c", where, owner=owner):
+        conn.execute(
+            f"INSERT INTO link_dim_hour (link_id, dim, hour, value, clicks, humans) {sql} "
+            f"ON CONFLICT (link_id, dim, hour, value) DO UPDATE SET {_UPSERT_COUNTS}",
+            span,
+        )
+    if repeats is None:
+        (visitors_sql,) = aggregate_sql("visitors", "clicks c", where, owner=owner)
+        visitors = visitors_by_link_day(conn.execute(visitors_sql, span))
+    else:  # the links: their visitors, and who of them is now a repeat visitor
+        (visitors_sql,) = aggregate_sql("visitor_clicks", "clicks c", where, owner=owner)
+        rows = conn.execute(visitors_sql, span).fetchall()
+        visitors = visitors_by_link_day(r[:4] for r in rows)
+        repeats.update(_repeaters(conn, rows))  # before this span's chunks are written
+    write_chunks(conn, "link_day_visitors", ("link_id",), visitors, span[1], state.chunks)
+    return minutes, hour_kinds, hours, visitors
+
+
+def repeat_visitors(
+    conn: sqlite3.Connection, span: tuple[int, int]
+) -> dict[tuple[int, int], ChunkSets]:
+    """Per (link, UTC day): the visitors of the span who now have two or more human clicks
+    that day: two in the span, or one in the span and one before it (a human visitor in
+    the link-day's stored chunks, looked up by binary search; read before this span's
+    chunk is written)."""
+    (sql,) = aggregate_sql("visitor_clicks", "clicks c", "c.id BETWEEN ? AND ?")
+    return _repeaters(conn, conn.execute(sql, span))
+
+
+def _repeaters(
+    conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]
+) -> dict[tuple[int, int], ChunkSets]:
+    """repeat_visitors from "visitor_clicks" rows."""
+    out: dict[tuple[int, int], ChunkSets] = {}
+    singles: dict[tuple[int, int], list[int]] = {}
+    for link_id, day, vid, _human, n in rows:
+        if not n:
+            continue
+        v = visitor_int(vid)
+        if n >= 2:
+            entry = out.setdefault((link_id, day), (set(), set()))
+            entry[0].add(v)
+            entry[1].add(v)
+        else:
+            singles.setdefault((link_id, day), []).append(v)
+    for (link_id, day), ids in singles.items():
+        stored = [
+            read_chunk(n, n_human, blob, bots)
+            for n, n_human, blob, bots in conn.execute(
+                "SELECT n, n_human, ids, bot_ids FROM link_day_visitors "
+                "WHERE link_id = ? AND day = ?",
+                (link_id, day),
+            )
+        ]
+        if not stored:
+            continue
+        for v in ids:
+            if any(has_human(chunk_, v) for chunk_ in stored):
+                entry = out.setdefault((link_id, day), (set(), set()))
+                entry[0].add(v)
+                entry[1].add(v)
+    return out
+
+
 def roll_up(conn: sqlite3.Connection, state: RollupState | None = None, limit: int = 0) -> int:
     """Add the clicks above the watermark to every rollup table and move the watermark;
     return how many clicks that was. With `limit`, at most that many. The rollups are
@@ -395,38 +519,14 @@ def roll_up(conn: sqlite3.Connection, state: RollupState | None = None, limit: i
         return 0
     span = (lo, hi)
     where = "c.id BETWEEN ? AND ?"
-    minutes: dict[tuple[int, int], list[int]] = {}
-    hour_kinds: dict[tuple[int, int, str], int] = {}
-    (minutes_sql,) = aggregate_sql("minutes", "clicks c", where)
-    for link_id, minute, kind, n in conn.execute(minutes_sql, span):
-        _add(minutes, (link_id, minute), n, 0 if kind else n)
-        hk = (link_id, minute // 60, kind)
-        hour_kinds[hk] = hour_kinds.get(hk, 0) + n
-    hours: dict[tuple[int, int], list[int]] = {}
-    days: dict[tuple[int, int], list[int]] = {}
-    for (link_id, minute), (clicks, humans) in minutes.items():
-        _add(hours, (link_id, minute // 60), clicks, humans)
-        _add(days, (link_id, minute // 1440), clicks, humans)
-    for table, column, link_rows in (
-        ("link_minute", "minute", minutes),
-        ("link_hour", "hour", hours),
-        ("link_day", "day", days),
-    ):
-        insert_rows(
-            conn,
-            f"INSERT INTO {table} (link_id, {column}, clicks, humans)",
-            [(k[0], k[1], v[0], v[1]) for k, v in link_rows.items()],
-            f"ON CONFLICT (link_id, {column}) DO UPDATE SET {_UPSERT_COUNTS}",
-        )
-    for sql in aggregate_sql("dims", "clicks c", where):
-        conn.execute(
-            f"INSERT INTO link_dim_hour (link_id, dim, hour, value, clicks, humans) {sql} "
-            f"ON CONFLICT (link_id, dim, hour, value) DO UPDATE SET {_UPSERT_COUNTS}",
-            span,
-        )
-    (visitors_sql,) = aggregate_sql("visitors", "clicks c", where)
-    visitors = visitors_by_link_day(conn.execute(visitors_sql, span))
-    write_chunks(conn, "link_day_visitors", ("link_id",), visitors, hi, state.chunks)
+    repeats: dict[tuple[int, int], ChunkSets] = {}
+    minutes, hour_kinds, hours, visitors = _roll_up_owners(
+        conn, span, where, state, repeats=repeats
+    )
+    routed = f"{where} AND {ROUTED_SQL}"
+    if conn.execute(f"SELECT 1 FROM clicks c WHERE {routed} LIMIT 1", span).fetchone():
+        _roll_up_owners(conn, span, routed, state, ROUTE_OWNER_SQL)
+    write_chunks(conn, "link_day_repeat", ("link_id",), repeats, hi, state.repeat_chunks)
 
     keys_of = state.group_keys(conn, {k[0] for k in hours})
     g_minutes: dict[tuple[str, str, int], list[int]] = {}

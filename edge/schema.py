@@ -561,9 +561,54 @@ def _m0008_rules_limits_click_ids(conn: sqlite3.Connection) -> None:
     _run(conn, _M0008_SQL)
 
 
+# --- 0009 ---------------------------------------------------------------------------------
+_M0009_SQL: Final = (
+    # Conversions (edge/events.py): one row per accepted event, tied to its click. The
+    # click's time, route, visitor id (and its UTC day) and humanity are copied in, so stats
+    # never look a click up again; value in millionths (exact sums).
+    """CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        event_id TEXT,
+        link_id INTEGER NOT NULL,
+        click_id BLOB NOT NULL,
+        click_ts INTEGER NOT NULL,
+        route INTEGER,
+        click_source TEXT,
+        visitor_id BLOB,
+        day INTEGER NOT NULL,
+        human INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        value_micros INTEGER,
+        currency TEXT,
+        occurred_at INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        source TEXT NOT NULL
+    )""",
+    # idempotent per event_id; pixel events (anyone can send one) have their own namespace,
+    # so a forged pixel can never take the id of a server-side event
+    "CREATE UNIQUE INDEX events_event_id ON events (source = 'pixel', event_id) "
+    "WHERE event_id IS NOT NULL",
+    "CREATE INDEX events_link ON events (link_id, click_ts)",
+    # repeat visitors: per link and UTC day, the visitors with two or more human clicks that
+    # day, in the visitor chunk format (edge/visitors.py)
+    """CREATE TABLE link_day_repeat (
+        link_id INTEGER NOT NULL,
+        day INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        n_human INTEGER NOT NULL,
+        ids BLOB NOT NULL,
+        bot_ids BLOB NOT NULL,
+        UNIQUE (link_id, day, seq)
+    )""",
+)
+
+
+def _m0009_events(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0009_SQL)
+
+
 # --- 0010 ---------------------------------------------------------------------------------
-# (9 was reserved for work in progress elsewhere: numbers need not be consecutive, each
-# migration is recorded by its own number.)
 _M0010_SQL: Final = (
     # Which signal made a click a bot (geo/bots.py Verdict.reason: "crawlerdetect:semrushbot",
     # "linkedge:curl/", "head:method", ...); NULL for a human and for clicks written before.
@@ -573,6 +618,101 @@ _M0010_SQL: Final = (
 
 def _m0010_add_click_bot_reason(conn: sqlite3.Connection) -> None:
     _run(conn, _M0010_SQL)
+
+
+# --- 0013 ---------------------------------------------------------------------------------
+# Alerts (admin/alerts.py), their delivery log (admin/notify.py) and destination checks
+# (admin/checks.py). (11 and 12 are reserved for work elsewhere.)
+_M0013_SQL: Final = (
+    """CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL,
+        link_id INTEGER,
+        campaign TEXT,
+        kind TEXT NOT NULL,
+        window_s INTEGER NOT NULL,
+        threshold REAL,
+        options TEXT NOT NULL DEFAULT '{}',
+        notify TEXT NOT NULL DEFAULT '[]',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        state TEXT NOT NULL DEFAULT 'ok',
+        state_since INTEGER NOT NULL,
+        value REAL,
+        fired_at INTEGER,
+        resolved_at INTEGER,
+        failover_from TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    )""",
+    """CREATE TABLE alert_deliveries (
+        id INTEGER PRIMARY KEY,
+        alert_id INTEGER NOT NULL,
+        event TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        target TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        response INTEGER,
+        error TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    )""",
+    "CREATE INDEX alert_deliveries_alert ON alert_deliveries (alert_id, id)",
+    """CREATE TABLE destination_checks (
+        url TEXT PRIMARY KEY,
+        checked_at INTEGER,
+        ok INTEGER,
+        status INTEGER,
+        error_kind TEXT,
+        error TEXT,
+        last_good_at INTEGER,
+        failing_since INTEGER,
+        failures INTEGER NOT NULL DEFAULT 0,
+        next_check_at INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID""",
+)
+
+
+def _m0013_create_alerts(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0013_SQL)
+
+
+# --- 0011 ---------------------------------------------------------------------------------
+_M0011_SQL: Final = (
+    # Every change to a link or domain (edge/changelog.py): when, which field, from, to,
+    # through what (api/cli) and which token. Rare writes, read per link or campaign.
+    """CREATE TABLE change_history (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        link_id INTEGER,
+        domain_id INTEGER,
+        field TEXT NOT NULL,
+        before TEXT,
+        after TEXT,
+        token_id INTEGER,
+        via TEXT NOT NULL
+    )""",
+    "CREATE INDEX change_history_link ON change_history (link_id, ts) WHERE link_id IS NOT NULL",
+    "CREATE INDEX change_history_domain ON change_history (domain_id, ts) "
+    "WHERE domain_id IS NOT NULL",
+)
+
+
+def _m0011_create_change_history(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0011_SQL)
+
+
+# --- 0012 ---------------------------------------------------------------------------------
+_M0012_SQL: Final = (
+    # Baselines (admin/baselines.py) find a UTM source's links without reading every link
+    # row, as links_campaign (0008) does a campaign's; links change rarely.
+    "CREATE INDEX links_utm_source ON links (utm_source) WHERE utm_source IS NOT NULL",
+)
+
+
+def _m0012_index_links_by_source(conn: sqlite3.Connection) -> None:
+    _run(conn, _M0012_SQL)
 
 
 Migration = tuple[int, str, Callable[[sqlite3.Connection], None]]
@@ -585,9 +725,24 @@ MIGRATIONS: Final[list[Migration]] = [
     (6, "0006_slug_case_and_time_bounds", _m0006_slug_case_and_time_bounds),
     (7, "0007_create_ingest_progress", _m0007_create_ingest_progress),
     (8, "0008_rules_limits_click_ids", _m0008_rules_limits_click_ids),
+    (9, "0009_events", _m0009_events),
     (10, "0010_add_click_bot_reason", _m0010_add_click_bot_reason),
+    (11, "0011_create_change_history", _m0011_create_change_history),
+    (12, "0012_index_links_by_source", _m0012_index_links_by_source),
+    (13, "0013_create_alerts", _m0013_create_alerts),
 ]
-LATEST: Final = MIGRATIONS[-1][0]
+# Numbers need not be consecutive (a number may be reserved for work elsewhere): the latest
+# is the highest, and a database lacks a migration when its number is not recorded.
+LATEST: Final = max(number for number, _name, _fn in MIGRATIONS)
+
+
+def pending(conn: sqlite3.Connection) -> list[str]:
+    """The names of the migrations this database lacks (none read: a fresh database)."""
+    try:
+        done = {int(r[0]) for r in conn.execute("SELECT id FROM schema_migrations")}
+    except sqlite3.OperationalError:  # no schema_migrations table yet
+        done = set()
+    return [name for number, name, _fn in MIGRATIONS if number not in done]
 
 
 def migrate(conn: sqlite3.Connection, announce: Callable[[str], None] | None = None) -> list[str]:

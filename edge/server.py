@@ -32,7 +32,15 @@ import time
 from email.utils import formatdate
 from typing import Any, Final, Protocol, cast
 
-from edge.capture import FLAG_DNT, FLAG_GPC, FLAG_HEAD, FLAG_PREFETCH, FLAG_QR, FLAG_TEST
+from edge.capture import (
+    FLAG_DNT,
+    FLAG_EVENT,
+    FLAG_GPC,
+    FLAG_HEAD,
+    FLAG_PREFETCH,
+    FLAG_QR,
+    FLAG_TEST,
+)
 from edge.config import Config
 from edge.http import STATUS_REASONS, BadRequest, BodyReader, HeadScanner, Request, parse_head
 from edge.links import (
@@ -74,6 +82,20 @@ METHOD_NOT_ALLOWED_HEAD: Final = (
 )
 METHOD_NOT_ALLOWED_BODY: Final = b"Method Not Allowed\n"
 SERVICE_UNAVAILABLE: Final = canned(503, "Too many connections")
+# The conversion pixel (edge/events.py): answered on every domain by a 1x1 transparent GIF,
+# never a redirect, never cached, readable cross-origin; the event rides in the click
+# batches (FLAG_EVENT) and the collector checks it.
+PIXEL_PATH: Final = b"/_lc/e"
+PIXEL_GIF: Final = bytes.fromhex(
+    "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
+)
+PIXEL_HEAD: Final = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: image/gif\r\n"
+    b"Content-Length: " + str(len(PIXEL_GIF)).encode() + b"\r\n"
+    b"Cache-Control: no-store\r\nAccess-Control-Allow-Origin: *\r\n"
+    b"Cross-Origin-Resource-Policy: cross-origin\r\nX-Content-Type-Options: nosniff\r\n"
+    b"Referrer-Policy: no-referrer\r\n"
+)
 
 
 def normalize_ip(ip: str) -> str:
@@ -492,6 +514,8 @@ class EdgeProtocol(asyncio.Protocol):
             metrics.count(405)
             return METHOD_NOT_ALLOWED_HEAD + tail + METHOD_NOT_ALLOWED_BODY
         now = time.time()
+        if req.path == PIXEL_PATH:
+            return self._pixel(req, now, is_head) + tail + (b"" if is_head else PIXEL_GIF)
         marks = 0
         if req.query:  # the edge's own markers (edge/urls.py), never forwarded
             req.query, scanned = take_qr_marker(req.query)
@@ -531,6 +555,28 @@ class EdgeProtocol(asyncio.Protocol):
                 )
             )
         return head + tail
+
+    def _pixel(self, req: Request, now: float, is_head: bool) -> bytes:
+        """A conversion pixel: the GIF; a GET's query goes to the collector as an event."""
+        self.server.metrics.count(200)
+        click_buffer = self.server.click_buffer
+        if not is_head and req.query and click_buffer is not None:
+            self.req = req
+            click_buffer.append(
+                (
+                    now,
+                    0,
+                    0,
+                    self.client_ip(),
+                    req.user_agent,
+                    req.referer,
+                    req.query,
+                    FLAG_EVENT,
+                    None,
+                    None,
+                )
+            )
+        return PIXEL_HEAD
 
     def client_ip(self) -> str:
         """The client's address for the request being answered: the peer, or what a

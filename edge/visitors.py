@@ -279,6 +279,11 @@ def _distinct(chunks: list[tuple[int, array.array[int]]], extra: set[int]) -> in
     return len(base) + sum(1 for x in others if not _has(base, x))
 
 
+def has_human(chunk: StoredChunk, x: int) -> bool:
+    """Whether visitor `x` has a human click in a stored chunk."""
+    return _has(chunk[2], x) and not _has(chunk[3], x)
+
+
 def _has(ids: array.array[int], x: int) -> bool:
     i = bisect.bisect_left(ids, x)
     return i < len(ids) and ids[i] == x

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from tests.pg_fixtures import link_store, pg_server  # noqa: F401 (fixtures: PostgreSQL)
+
 # `make mutation` runs each mutant against its tests: fewer examples (a fixed set, so a
 # mutant is killed by a test and not by luck) keep a run in minutes. The parser's fuzz
 # tests, which set their own max_examples, take a tenth of theirs (tests/test_http.py).

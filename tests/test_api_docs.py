@@ -52,6 +52,17 @@ VOLATILE_FIELDS = frozenset(
         "secret",
         "prefix",
         "path",
+        "state_since",
+        "evaluated_at",
+        "ts_ms",
+        "generated_at",
+        # an event's times and its lag from the click (tenths of a second in a run)
+        "occurred_at",
+        "received_at",
+        "click_at",
+        "lag_s",
+        "p50_s",
+        "p90_s",
     }
 )
 CURL_WRAPPER = "curl() { command curl --max-time 10 \"$@\" -w '\\n@@STATUS %{http_code}@@\\n'; }\n"
@@ -178,6 +189,12 @@ def settle(server: ServerProcess, command: str) -> None:
     the rollups and the live counters). A worker reports what it captured every
     STATS_INTERVAL_S, so `captured` is complete only that long after the last redirect."""
     if "$EDGE" in command:
+        # the stats examples read per-minute series: clicks made in the last seconds of a
+        # minute would land one bucket earlier than documented, so such examples start in
+        # a fresh minute
+        second = time.time() % 60
+        if second > 50:
+            time.sleep(60.5 - second)
         _last_edge_request[0] = time.monotonic()
     if not any(word in command for word in ("/stats", "/velocity", "/live")):
         return

@@ -333,7 +333,7 @@ def test_live_moves_within_a_second_of_a_click(api: Api, server: ServerProcess) 
     link = new_link(api, "live-one")
     status, before = api.get("/api/live")
     assert status == 200
-    assert set(before) == {"now", "overall", "links", "pipeline"}
+    assert set(before) == {"now", "overall", "links", "pipeline", "alerts"}
     assert set(before["overall"]["windows"]) == {"60s", "5m", "15m", "60m"}
     assert before["pipeline"]["recording"] is True
     start = before["overall"]["since_start"]["clicks"]

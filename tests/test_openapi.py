@@ -17,8 +17,8 @@ from tests.conftest import REPO, init_db
 from tests.test_api import TOKEN, Api, start_server
 
 # schemathesis's whole run, and per operation: `make test` stays within its budget.
-SCHEMATHESIS_MAX_TIME_S = 12
-SCHEMATHESIS_EXAMPLES = 5
+SCHEMATHESIS_MAX_TIME_S = 8
+SCHEMATHESIS_EXAMPLES = 3
 
 
 @pytest.fixture(scope="module")

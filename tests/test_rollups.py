@@ -18,9 +18,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from admin import stats, timerange
+from admin.chstats import ClickHouseStats
 from edge import catalog, rollups, schema, visitors
+from edge.chclient import parse_sink_url
 from edge.clicks import _catch_up
 from edge.db import Transaction, connect
+from tests.clickhouse_fixture import clickhouse, copy_clicks  # noqa: F401
 
 DAY = 86400
 END = 1_717_243_200 + 1234  # 2024-06-01T12:20:34Z: ranges never start on a round hour
@@ -70,6 +73,7 @@ def _fill(conn: sqlite3.Connection, links: list[dict[str, Any]], n: int, seed: i
     of clicks written but not rolled up."""
     rng = random.Random(seed)
     visitors = [rng.randbytes(8) for _ in range(60)]
+    visitors[0] = bytes(8)  # a real id may be all zeros: still a visitor
     start_ms = (END - 3 * DAY) * 1000
     times = sorted(rng.randrange(start_ms, END * 1000) for _ in range(n))
     rows = [_click(rng, t, rng.choice(links)["id"], visitors) for t in times]
@@ -87,6 +91,25 @@ def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
     c = catalog.open_db(str(tmp_path / "r.db"))
     yield c
     c.close()
+
+
+@pytest.fixture(params=["sqlite", "clickhouse"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which click store answers: the SQLite rollups, or ClickHouse (admin/chstats.py)
+    holding the same clicks (skipped where clickhouse-server is absent)."""
+    if request.param == "clickhouse":
+        request.getfixturevalue("clickhouse")
+    return str(request.param)
+
+
+def _reads(request: pytest.FixtureRequest, conn: sqlite3.Connection, backend: str) -> Any:
+    """admin/stats.py, or admin/chstats.py over a copy of `conn`'s clicks."""
+    if backend == "sqlite":
+        return stats
+    server = request.getfixturevalue("clickhouse")
+    url = server.new_database()
+    copy_clicks(conn, url)
+    return ClickHouseStats(parse_sink_url(url))
 
 
 def _group_keys(conn: sqlite3.Connection, group_by: str) -> dict[int, list[Any]]:
@@ -175,13 +198,15 @@ def _expected(g: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_group_by(conn: sqlite3.Connection, rng: timerange.TimeRange, group_by: str) -> None:
+def _check_group_by(
+    conn: sqlite3.Connection, rng: timerange.TimeRange, group_by: str, reads: Any = stats
+) -> None:
     truth, overall = _truth(conn, rng, group_by)
     assert truth and overall["clicks"], "no clicks in the range: the comparison proves nothing"
     every = catalog.LinkFilter()
     per_link = catalog.LinkFilter(created_from_ms=0)  # same links, through the link rollups
     for flt in (every, per_link):
-        answer = stats.group_stats(conn, flt, group_by, rng)
+        answer = reads.group_stats(conn, flt, group_by, rng)
         got = {g["key"]: _answer(g) for g in answer["groups"]}
         assert got == {k: _expected(g) for k, g in truth.items()}, (group_by, flt)
         assert answer["totals"] == overall
@@ -205,13 +230,39 @@ def test_group_stats_equal_the_raw_clicks(
         _check_group_by(conn, rng, group_by)
 
 
-def test_link_and_selection_stats_equal_the_raw_clicks(conn: sqlite3.Connection) -> None:
+@pytest.mark.parametrize(
+    ("tz", "span", "interval"),
+    [
+        ("UTC", "-3h", "minute"),
+        ("America/New_York", "-50h", "day"),
+        ("Asia/Kolkata", "-26h", "hour"),
+        ("Asia/Kathmandu", "-3d", "day"),
+    ],
+)
+def test_clickhouse_group_stats_equal_the_raw_clicks(
+    request: pytest.FixtureRequest, conn: sqlite3.Connection, tz: str, span: str, interval: str
+) -> None:
+    """The same comparison with ClickHouse answering (admin/chstats.py), a purged link's
+    clicks left in ClickHouse (they count nowhere)."""
+    links = _links(conn)
+    _fill(conn, links, 3000, seed=len(tz) + len(span))
+    catalog.purge_link(conn, links[-1]["id"])
+    reads = _reads(request, conn, "clickhouse")
+    rng = timerange.time_range(span, None, interval, tz, END)
+    for group_by in ("campaign", "utm_source", "tag", "domain", "link"):
+        _check_group_by(conn, rng, group_by, reads)
+
+
+def test_link_and_selection_stats_equal_the_raw_clicks(
+    request: pytest.FixtureRequest, conn: sqlite3.Connection, backend: str
+) -> None:
     links = _links(conn)
     _fill(conn, links, 2000, seed=3)
+    reads = _reads(request, conn, backend)
     rng = timerange.time_range("-40h", "-1h", "hour", "Asia/Kolkata", END)
     truth, _ = _truth(conn, rng, "link")
     for link in links:
-        answer = stats.selection_stats(conn, catalog.LinkFilter(link_id=link["id"]), rng)
+        answer = reads.selection_stats(conn, catalog.LinkFilter(link_id=link["id"]), rng)
         expected = _expected(truth[link["id"]])
         assert [p["clicks"] for p in answer["series"]] == expected["series"]
         assert answer["bots_by_kind"] == expected["kinds"]
@@ -221,7 +272,7 @@ def test_link_and_selection_stats_equal_the_raw_clicks(conn: sqlite3.Connection)
     # every breakdown list, from the combined dimension rows, equals the raw clicks'
     h_first, h_last = rng.hours
     link_id = links[0]["id"]
-    answer = stats.selection_stats(conn, catalog.LinkFilter(link_id=link_id), rng, top=100)
+    answer = reads.selection_stats(conn, catalog.LinkFilter(link_id=link_id), rng, top=100)
     for column, name in stats.DIMENSION_NAMES.items():
         expected_top: dict[Any, list[int]] = {}
         for value, bot in conn.execute(
