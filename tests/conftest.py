@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from tests.pg_fixtures import link_store, pg_server  # noqa: F401 (fixtures: PostgreSQL)
 
@@ -20,6 +20,10 @@ from tests.pg_fixtures import link_store, pg_server  # noqa: F401 (fixtures: Pos
 # mutant is killed by a test and not by luck) keep a run in minutes. The parser's fuzz
 # tests, which set their own max_examples, take a tenth of theirs (tests/test_http.py).
 settings.register_profile("mutation", max_examples=25, derandomize=True, database=None)
+# The default: a loaded CI machine makes input generation and examples slow, which says
+# nothing about the properties; every property still runs its examples.
+settings.register_profile("default-ci", suppress_health_check=[HealthCheck.too_slow], deadline=None)
+settings.load_profile("default-ci")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
