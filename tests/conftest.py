@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -130,10 +131,9 @@ def raw_request(port: int, data: bytes, *, timeout: float = 5.0) -> bytes:
     """Send raw bytes, half-close, and read until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
-        try:
+        # the server may have answered and closed first (a refusal): read its answer
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
-        except OSError:  # the server answered and closed first (a refusal): read its answer
-            pass
         chunks = []
         while True:
             try:
