@@ -17,7 +17,6 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import contextvars
 import hashlib
@@ -52,12 +51,13 @@ from admin.http import (
     Response,
     Router,
     Stream,
+    decode_cursor,
+    encode_cursor,
     is_loopback,
     json_response,
 )
 from admin.metrics import FLUSH_BUCKETS_S, Histogram
 from edge import catalog, changelog
-from edge.catalog import bounded_int
 from edge.db import Database, Transaction, current_rev, now_ms
 from edge.errors import InvalidField, LinkedgeError, NotFound
 from edge.http import Request
@@ -364,13 +364,13 @@ class AdminServer:
                 ms = round(timerange.parse_instant(text, name, call.now) * 1000)
                 setattr(flt, name + "_ms", ms)
         limit = call.q_int("limit", stats.DEFAULT_PAGE, 1, stats.MAX_PAGE)
-        before = _decode_cursor(call.q("cursor"))
+        before = decode_cursor(call.q("cursor"), "id")
         links, next_id = await self.db.run(catalog.list_links, flt, limit, before)
         return json_response(
             200,
             {
                 "links": [self.link_out(link) for link in links],
-                "next_cursor": None if next_id is None else _encode_cursor(next_id),
+                "next_cursor": None if next_id is None else encode_cursor("id", next_id),
             },
         )
 
@@ -912,24 +912,6 @@ class AdminServer:
         self._take_flush_durations()
         text = metrics.render(self.runtime, self.http, self.flush_histogram)
         return Response(200, text.encode(), metrics.PROMETHEUS_TYPE)
-
-
-def _encode_cursor(link_id: int) -> str:
-    return base64.urlsafe_b64encode(f"id:{link_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raw = ""
-    kind, _, value = raw.partition(":")
-    link_id = bounded_int(value) if kind == "id" else None
-    if link_id is None:
-        raise InvalidField("invalid cursor: pass next_cursor from the previous page", "cursor")
-    return link_id
 
 
 # --- writer-thread functions (catalog calls composed; they run on the writer) -------------

@@ -26,6 +26,7 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import ipaddress
 import logging
@@ -308,6 +309,30 @@ def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | No
         elif want != got:
             return None
     return params
+
+
+# --- page cursors ------------------------------------------------------------------------
+
+
+def encode_cursor(kind: str, value: int) -> str:
+    """An opaque cursor for the next page: `kind:value`, base64url without padding."""
+    return base64.urlsafe_b64encode(f"{kind}:{value}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(text: str | None, kind: str) -> int | None:
+    """The value of a cursor made by encode_cursor(kind, ...); None for no cursor; anything
+    else a 400 naming the field."""
+    if text is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raw = ""
+    got_kind, _, value = raw.partition(":")
+    got = bounded_int(value) if got_kind == kind else None
+    if got is None:
+        raise InvalidField("invalid cursor: pass next_cursor from the previous page", "cursor")
+    return got
 
 
 # --- the listener --------------------------------------------------------------------------

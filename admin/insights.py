@@ -10,13 +10,11 @@ Rules of this module:
 
 from __future__ import annotations
 
-import base64
 from typing import Any, Final
 
 from admin import baselines, dashboard, history, report
-from admin.http import Call, Response, Router, json_response
+from admin.http import Call, Response, Router, decode_cursor, encode_cursor, json_response
 from edge import catalog
-from edge.catalog import bounded_int
 from edge.db import now_ms
 from edge.errors import InvalidField, NotFound
 
@@ -49,30 +47,16 @@ def _bind(fn: Any, server: Any) -> Any:
     return handler
 
 
-def _cursor(text: str | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raw = ""
-    kind, _, value = raw.partition(":")
-    got = bounded_int(value) if kind == "h" else None
-    if got is None:
-        raise InvalidField("invalid cursor: pass next_cursor from the previous page", "cursor")
-    return got
-
-
 async def link_history(server: Any, call: Call) -> Response:
     """A link's changes, newest first: when, which field, from, to, who."""
     link = await server._read_link(server._link_ref(call))
     limit = call.q_int("limit", history.DEFAULT_LIMIT, 1, history.MAX_LIMIT)
     changes, next_id = await server.db.run(
-        history.link_history, link["id"], limit, _cursor(call.q("cursor"))
+        history.link_history, link["id"], limit, decode_cursor(call.q("cursor"), "h")
     )
     cursor = None
     if next_id is not None:
-        cursor = base64.urlsafe_b64encode(f"h:{next_id}".encode()).decode().rstrip("=")
+        cursor = encode_cursor("h", next_id)
     return json_response(200, {"link_id": link["id"], "changes": changes, "next_cursor": cursor})
 
 

@@ -4,7 +4,6 @@ rewrite hosts, their networks from a real ASN .mmdb, no Accept-Language)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from tests.conftest import ServerProcess
 from tests.geo_fixtures import build_city_mmdb
 from tests.test_api import TOKEN, Api, assert_error
 from tests.test_api_stats import LONDON, visit, wait_for
+from tests.test_routes import clicks_of
 
 SCANNER_NET_IP = "192.0.2.77"  # on AS8075 in this test's ASN database
 LANG = {"Accept-Language": "en-GB,en;q=0.9"}
@@ -68,19 +68,9 @@ def make(api: Api, slug: str, **fields: Any) -> dict[str, Any]:
     return link  # type: ignore[no-any-return]
 
 
-def labels(server: ServerProcess, link_id: int, n: int) -> list[tuple[Any, Any]]:
-    def read() -> list[tuple[Any, Any]] | None:
-        conn = sqlite3.connect(server.db)
-        try:
-            rows = conn.execute(
-                "SELECT bot_kind, bot_reason FROM clicks WHERE link_id = ? ORDER BY ts, id",
-                (link_id,),
-            ).fetchall()
-        finally:
-            conn.close()
-        return rows if len(rows) >= n else None
-
-    return wait_for(read, 10.0)  # type: ignore[no-any-return]
+def labels(server: ServerProcess, link_id: int, n: int) -> list[tuple[Any, ...]]:
+    """(bot_kind, bot_reason) of the link's clicks in time order once `n` are written."""
+    return clicks_of(server, link_id, "bot_kind, bot_reason", n, order="ts, id")
 
 
 def test_a_link_launch_starts_its_checkpoints_and_shows_on_live(

@@ -93,21 +93,27 @@ def make(api: Api, slug: str, **fields: Any) -> dict[str, Any]:
     return link  # type: ignore[no-any-return]
 
 
-def routes_of(server: ServerProcess, link_id: int, n: int) -> list[tuple[Any, ...]]:
-    """(route, bot_kind, click_id) of the link's clicks once `n` are written."""
+def clicks_of(
+    server: ServerProcess, link_id: int, columns: str, n: int, order: str = "id"
+) -> list[tuple[Any, ...]]:
+    """`columns` of the link's clicks (ordered by `order`) once `n` are written."""
 
     def read() -> list[tuple[Any, ...]] | None:
         conn = sqlite3.connect(server.db)
         try:
             rows = conn.execute(
-                "SELECT route, bot_kind, click_id FROM clicks WHERE link_id = ? ORDER BY id",
-                (link_id,),
+                f"SELECT {columns} FROM clicks WHERE link_id = ? ORDER BY {order}", (link_id,)
             ).fetchall()
         finally:
             conn.close()
         return rows if len(rows) >= n else None
 
     return wait_for(read, 10.0)  # type: ignore[no-any-return]
+
+
+def routes_of(server: ServerProcess, link_id: int, n: int) -> list[tuple[Any, ...]]:
+    """(route, bot_kind, click_id) of the link's clicks once `n` are written."""
+    return clicks_of(server, link_id, "route, bot_kind, click_id", n)
 
 
 def test_rules_route_by_device_country_language_referrer_query_and_time(
